@@ -1,0 +1,72 @@
+"""The `keystate` command line: local Kafka, topics, processors, ingress, deployments."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+__all__ = ["main"]
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+
+
+def _bootstrap(args: argparse.Namespace) -> str:
+    return args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from keystate.server.errors import ServerError
+    from keystate.server.topics import TopicSettings, ensure_topics
+    from keystate.schemas.topics import Topics
+
+    bootstrap = _bootstrap(args)
+    try:
+        settings = TopicSettings(partitions=args.partitions, replication_factor=args.replication_factor)
+        created = ensure_topics(bootstrap, Topics(args.prefix), settings)
+    except ServerError as exc:
+        print(f"keystate topics: {exc}", file=sys.stderr)
+        return 1
+    print(f"topics ready on {bootstrap} ({len(created)} created)")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keystate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("kafka", help="start|stop|status of a local KRaft broker (no Docker needed)", add_help=False)
+
+    topics = sub.add_parser("topics", help="create keystate's topics (idempotent)")
+    topics.add_argument("action", choices=["create"])
+    topics.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or %(default)s)")
+    topics.add_argument("--prefix", default="keystate.", help="topic name prefix (default %(default)s)")
+    topics.add_argument("--partitions", type=int, default=8, help="partitions of the log and changelogs (default %(default)s)")
+    topics.add_argument("--replication-factor", type=int, default=1, help="replicas per partition (default %(default)s)")
+    topics.set_defaults(run=_topics)
+
+    from .runtime import add_parsers
+
+    add_parsers(sub, _bootstrap)
+    sub.add_parser("deployments", help="register|list|describe|remove deployments via the admin API", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=os.environ.get("KEYSTATE_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv[:1] == ["kafka"]:
+        from . import kafka
+
+        return kafka.main(argv[1:])
+    if argv[:1] == ["deployments"]:
+        from . import deployments
+
+        return deployments.main(argv[1:])
+    args = _parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""`keystate processor|ingress|runtime`: run the partition processors, the ingress, or both."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from keystate.schemas.topics import Topics
+from keystate.server.errors import ServerError
+from keystate.server.kafka import KafkaSettings
+
+__all__ = ["add_parsers"]
+
+log = logging.getLogger("keystate.cli")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:19092)")
+    parser.add_argument("--prefix", default=os.environ.get("KEYSTATE_TOPIC_PREFIX", "keystate."), help="topic name prefix")
+
+
+def _processor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--instance-id",
+        default=os.environ.get("KEYSTATE_INSTANCE_ID", "0"),
+        help="stable id of this processor process; give each process its own (default %(default)s)",
+    )
+    parser.add_argument("--batch-max-records", type=int, default=500, help="records per transaction at most")
+    parser.add_argument("--batch-linger-ms", type=float, default=0.0, help="wait this long to fill a batch")
+    parser.add_argument("--retention", type=float, default=86400.0, help="seconds a completed invocation stays answerable")
+    parser.add_argument("--inactivity-timeout", type=float, default=60.0, help="seconds without a message from a deployment before an attempt is retried")
+    parser.add_argument("--abort-timeout", type=float, default=600.0, help="seconds an attempt may run at most")
+
+
+def _ingress_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="ingress port (default %(default)s)")
+    parser.add_argument("--admin-port", type=int, default=9070, help="admin API port (default %(default)s)")
+    parser.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024, help="largest accepted request body")
+
+
+def add_parsers(sub: Any, bootstrap: Callable[[argparse.Namespace], str]) -> None:
+    proc = sub.add_parser("processor", help="run partition processors (joins the processor group)")
+    _common(proc)
+    _processor_args(proc)
+    proc.set_defaults(run=lambda a: _run(a, bootstrap(a), processor=True, ingress=False))
+
+    ing = sub.add_parser("ingress", help="run the HTTP ingress and admin API")
+    _common(ing)
+    _ingress_args(ing)
+    ing.set_defaults(run=lambda a: _run(a, bootstrap(a), processor=False, ingress=True))
+
+    both = sub.add_parser("runtime", help="run processors, ingress and admin API in one process")
+    _common(both)
+    _processor_args(both)
+    _ingress_args(both)
+    both.set_defaults(run=lambda a: _run(a, bootstrap(a), processor=True, ingress=True))
+
+
+def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: bool) -> int:
+    try:
+        asyncio.run(_main(args, bootstrap, processor=processor, ingress=ingress))
+    except ServerError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: bool) -> None:
+    topics = Topics(args.prefix)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[None]] = []
+    if processor:
+        from keystate.processors.invoker import InvokerSettings
+        from keystate.processors.worker import ProcessorSettings, Worker
+
+        settings = ProcessorSettings(
+            kafka=KafkaSettings(bootstrap, topics, client_id=f"keystate-processor-{args.instance_id}"),
+            instance_id=args.instance_id,
+            batch_max_records=args.batch_max_records,
+            batch_linger_ms=args.batch_linger_ms,
+            completion_retention_ms=int(args.retention * 1000),
+            invoker=InvokerSettings(inactivity_timeout_s=args.inactivity_timeout, abort_timeout_s=args.abort_timeout),
+        )
+        tasks.append(asyncio.create_task(Worker(settings).run(stop), name="processor"))
+    if ingress:
+        from keystate.ingress.runtime import IngressSettings, run_ingress
+
+        ingress_settings = IngressSettings(bootstrap=bootstrap, topics=topics, max_body_bytes=args.max_body_bytes)
+        tasks.append(
+            asyncio.create_task(run_ingress(ingress_settings, args.host, args.port, args.admin_port), name="ingress")
+        )
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    for task in tasks:
+        if not task.done() and task.get_name() == "ingress":
+            task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    stopper.cancel()
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result

@@ -1,0 +1,20 @@
+"""Serve every example on one port: `python examples/serve.py [port]` (default 9080)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import keystate  # noqa: E402
+from cart import cart  # noqa: E402
+from greeter import counter, greeter  # noqa: E402
+from subscription import subscription_service  # noqa: E402
+
+SERVICES = [greeter, counter, cart, subscription_service]
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keystate.serve(SERVICES, port=int(sys.argv[1]) if len(sys.argv) > 1 else 9080)

@@ -1,0 +1,125 @@
+"""`IngressRuntime`: the producer, meta view, result waiter and limits shared by the ingress and admin apps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from keystate.schemas.topics import Topics
+from keystate.server.errors import KafkaUnavailable
+from keystate.server.kafka import AsyncProducer, KafkaSettings
+from keystate.server.meta import MetaView
+
+from .errors import Unavailable
+from .results import ResultWaiter
+
+__all__ = ["IngressRuntime", "IngressSettings", "run_ingress"]
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class IngressSettings:
+    """Where Kafka is and every limit of the ingress, explicit and configurable."""
+
+    bootstrap: str
+    topics: Topics = field(default_factory=Topics)
+    max_body_bytes: int = 10 * MiB
+    call_timeout: float = 300.0
+    max_pending_calls: int = 10_000
+    produce_timeout: float = 30.0
+    discovery_timeout: float = 10.0
+    register_timeout: float = 30.0
+    start_timeout: float = 30.0
+
+    @property
+    def kafka(self) -> KafkaSettings:
+        return KafkaSettings(self.bootstrap, self.topics, client_id="keystate-ingress")
+
+
+class IngressRuntime:
+    """Owns the Kafka clients and views the HTTP apps use; `start` before serving, `stop` after."""
+
+    def __init__(self, settings: IngressSettings) -> None:
+        self.settings = settings
+        self.producer: AsyncProducer | None = None
+        self.meta = MetaView(settings.kafka)
+        self.results = ResultWaiter(settings.kafka, max_pending=settings.max_pending_calls)
+        self.log_partitions = 0
+        self.http: aiohttp.ClientSession | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.meta.ready and self.results.ready and self.producer is not None
+
+    async def start(self) -> None:
+        """Connect to Kafka, read keystate.meta to its end, and start following the results."""
+        self.producer = AsyncProducer(self.settings.kafka)
+        try:
+            self.log_partitions = await asyncio.to_thread(self.producer.partitions, self.settings.topics.log)
+            # Both followers must be reading before the first request can be accepted.
+            await asyncio.gather(self._start_retrying(self.meta.start), self._start_retrying(self.results.start))
+        except BaseException:
+            await self.stop()
+            raise
+        self.http = aiohttp.ClientSession()
+
+    async def _start_retrying(self, start: Callable[[float], Awaitable[None]]) -> None:
+        # Right after topic creation a partition may have no leader yet: that passes, so retry.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.start_timeout
+        while True:
+            try:
+                await start(max(deadline - loop.time(), 1.0))
+                return
+            except KafkaUnavailable as exc:
+                if loop.time() + 0.5 >= deadline:
+                    raise
+                log.info("retrying: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        self.meta.stop()
+        self.results.stop()
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+        if self.producer is not None:
+            producer, self.producer = self.producer, None
+            await asyncio.to_thread(producer.close)
+
+    def require_producer(self) -> AsyncProducer:
+        if self.producer is None:
+            raise Unavailable("the ingress is not connected to Kafka yet; retry in a moment")
+        return self.producer
+
+
+async def run_ingress(
+    settings: IngressSettings, host: str = "127.0.0.1", port: int = 8080, admin_port: int = 9070
+) -> None:
+    """Serve the ingress on `port` and the admin API on `admin_port` until cancelled."""
+    from .admin import admin_app
+    from .app import ingress_app
+
+    runtime = IngressRuntime(settings)
+    await runtime.start()
+    runners: list[web.AppRunner] = []
+    try:
+        for app, app_port in ((ingress_app(runtime), port), (admin_app(runtime), admin_port)):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, host, app_port).start()
+        log.info("ingress on http://%s:%d, admin API on http://%s:%d", host, port, host, admin_port)
+        await asyncio.Event().wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        await runtime.stop()

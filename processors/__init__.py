@@ -1,0 +1,1 @@
+"""Partition processors: state machine, tables, invoker, timers."""

@@ -1,0 +1,35 @@
+"""The pure state machine: apply(tables, command, now, config) -> actions; no I/O, no clock."""
+
+from .actions import (
+    AckEntry,
+    Action,
+    Invoke,
+    NotifyCompletion,
+    Publish,
+    RegisterTimer,
+    SendToPartition,
+    StopInvocation,
+    in_transaction,
+)
+from .apply import Command, apply
+from .model import Config, RetryPolicy
+from .tables import Change, InMemoryTable, Tables
+
+__all__ = [
+    "AckEntry",
+    "Action",
+    "Change",
+    "Command",
+    "Config",
+    "InMemoryTable",
+    "Invoke",
+    "NotifyCompletion",
+    "Publish",
+    "RegisterTimer",
+    "RetryPolicy",
+    "SendToPartition",
+    "StopInvocation",
+    "Tables",
+    "apply",
+    "in_transaction",
+]

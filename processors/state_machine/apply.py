@@ -1,0 +1,61 @@
+"""The state machine's entry point: one command in, table writes and actions out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import journal, lifecycle, timers
+from .actions import Action
+from .model import Config, value
+from .tables import Tables
+
+__all__ = ["Command", "apply"]
+
+Command = tuple[str, dict[str, Any]]
+"""(full record name, record) as decoded from the log."""
+
+
+def apply(tables: Tables, command: Command, now: int, cfg: Config) -> list[Action]:
+    """Apply one command at time `now` (ms, from the command's log record); returns the actions.
+
+    Pure: the same tables, command, time and config give the same writes and actions.
+    Unknown commands change nothing (a newer writer on an older processor must not wedge it).
+    """
+    name, cmd = command
+    out: list[Action] = []
+    handler = _HANDLERS.get(name)
+    if handler is not None:
+        handler(tables, cmd, now, cfg, out)
+    return out
+
+
+def _on_timer_fired(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
+    kind = cmd["timer_kind"]
+    row = timers.take(tables, cmd)
+    iid = cmd["invocation_id"]
+    if kind == "RETRY":
+        # Also appended by a processor taking over a partition, without a row: fenced by the
+        # attempt it names; one that names none could restart any attempt, so it is ignored.
+        if cmd.get("attempt") is not None:
+            lifecycle.on_resume(tables, iid, cmd["attempt"], now, cfg, out)
+        return
+    if row is None:
+        return
+    if kind == "SLEEP":
+        journal.do_complete_entry(tables, iid, cmd["entry_index"], value(b""), now, cfg, out)
+    elif kind == "DELAYED_INVOKE":
+        status = tables.status.get((iid,))
+        if status is not None and status["status"] == "SCHEDULED":
+            lifecycle.do_admit(tables, status, now, cfg, out)
+    elif kind == "PURGE":
+        lifecycle.on_purge(tables, iid)
+
+
+_HANDLERS = {
+    "keystate.InvokeCommand": lifecycle.on_invoke,
+    "keystate.JournalAppendCommand": journal.on_journal_append,
+    "keystate.CompletionCommand": journal.on_completion,
+    "keystate.SuspendCommand": lifecycle.on_suspend,
+    "keystate.AttemptFailedCommand": lifecycle.on_attempt_failed,
+    "keystate.TimerFiredCommand": _on_timer_fired,
+}

@@ -1,0 +1,163 @@
+"""Journal entries from the invoker, and completions of entries that wait for something."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keystate.schemas.ids import InvalidIdError, InvocationId, ServiceId
+
+from . import timers
+from .actions import Action, NotifyCompletion, SendToPartition
+from .lifecycle import do_complete, do_start_attempt, live_status
+from .model import Config, Result, is_keyed
+from .tables import Tables
+
+__all__ = ["do_complete_entry", "on_completion", "on_journal_append"]
+
+_COMPLETABLE = {
+    "keystate.CallEntry",
+    "keystate.SleepEntry",
+    "keystate.AwakeableEntry",
+    "keystate.GetPromiseEntry",
+    "keystate.PeekPromiseEntry",
+    "keystate.CompletePromiseEntry",
+}
+_STATE_WRITES = {"keystate.SetStateEntry", "keystate.ClearStateEntry", "keystate.ClearAllStateEntry"}
+
+
+def on_journal_append(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
+    iid = cmd["invocation_id"]
+    status = live_status(tables, iid, cmd["attempt"])
+    if status is None or status["status"] != "INVOKED":
+        return  # a fenced attempt, or an invocation that has ended
+    index = cmd["entry_index"]
+    length = status["journal_length"]
+    if index < length:
+        return  # redelivered
+    if index > length:
+        # Entries of this attempt went missing: the journal cannot continue from here.
+        do_start_attempt(tables, status, now, cfg, out)
+        return
+    name, entry = cmd["entry"]["entry"]
+    if name in _STATE_WRITES and not _may_write_state(status["target"]):
+        do_complete(
+            tables,
+            status,
+            ("keystate.Failure", {"code": 500, "message": f"{status['target']['handler']} may not write state"}),
+            now,
+            cfg,
+            out,
+        )
+        return
+    status = {**status, "journal_length": length + 1, "retry_count": 0, "modified_at_ms": now}
+    tables.status.put((iid,), status)
+    if name == "keystate.OutputEntry":
+        do_complete(tables, status, entry["result"], now, cfg, out)
+        return
+    tables.journal.put((iid, index), cmd["entry"])
+    _apply_entry(tables, status, index, name, entry, now, cfg, out)
+
+
+def _may_write_state(target: dict[str, Any]) -> bool:
+    return is_keyed(target) and target["handler_kind"] in ("EXCLUSIVE", "WORKFLOW")
+
+
+def _apply_entry(
+    tables: Tables,
+    status: dict[str, Any],
+    index: int,
+    name: str,
+    entry: dict[str, Any],
+    now: int,
+    cfg: Config,
+    out: list[Action],
+) -> None:
+    iid = status["invocation_id"]
+    target = status["target"]
+    if name == "keystate.SetStateEntry":
+        tables.state.put((target["service"], target["key"], entry["key"]), {"value": entry["value"]})
+    elif name == "keystate.ClearStateEntry":
+        tables.state.delete((target["service"], target["key"], entry["key"]))
+    elif name == "keystate.ClearAllStateEntry":
+        for key, _ in list(tables.state.scan((target["service"], target["key"]))):
+            tables.state.delete(key)
+    elif name in ("keystate.CallEntry", "keystate.SendEntry") and not _routes_to_target(entry):
+        # A keyed callee must land on its key's partition, or one-writer-per-key breaks.
+        message = (
+            f"protocol violation: callee id {entry['invocation_id']} does not route to "
+            f"{entry['target']['service']}/{entry['target']['key']}"
+        )
+        do_complete(tables, status, ("keystate.Failure", {"code": 500, "message": message}), now, cfg, out)
+    elif name == "keystate.CallEntry":
+        out.append(_invoke_command(entry, iid, now, caller={"invocation_id": iid, "entry_index": index}))
+    elif name == "keystate.SendEntry":
+        out.append(_invoke_command(entry, iid, now, caller=None, execute_at=entry.get("invoke_at_ms")))
+    elif name == "keystate.SleepEntry":
+        if not entry["fired"]:
+            timers.do_register(tables, iid, "SLEEP", index, None, entry["wake_up_at_ms"], out)
+
+
+def _routes_to_target(entry: dict[str, Any]) -> bool:
+    target = entry["target"]
+    try:
+        callee = InvocationId.parse(entry["invocation_id"])
+    except InvalidIdError:
+        return False
+    if target.get("key") is None:
+        return True
+    return callee.partition_key == ServiceId(target["service"], target["key"]).partition_key
+
+
+def _invoke_command(
+    entry: dict[str, Any], caller_id: str, now: int, *, caller: dict[str, Any] | None, execute_at: int | None = None
+) -> SendToPartition:
+    callee = entry["invocation_id"]
+    target = entry["target"]
+    key = f"{target['service']}/{target['key']}" if target.get("key") is not None else callee
+    record = {
+        "invocation_id": callee,
+        "target": target,
+        "argument": entry["argument"],
+        "headers": entry["headers"],
+        "idempotency_key": entry.get("idempotency_key"),
+        "caller": caller,
+        "reply_topic": None,
+        "execute_at_ms": execute_at,
+        "created_at_ms": now,
+        "source": caller_id,
+    }
+    return SendToPartition(
+        InvocationId.parse(callee).partition_key, key.encode(), "keystate.InvokeCommand", record, callee
+    )
+
+
+def on_completion(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
+    do_complete_entry(tables, cmd["invocation_id"], cmd["entry_index"], cmd["result"], now, cfg, out)
+
+
+def do_complete_entry(
+    tables: Tables, iid: str, index: int, result: Result | None, now: int, cfg: Config, out: list[Action]
+) -> None:
+    """Record the result of a waiting entry and wake whoever waits for it; duplicates change nothing."""
+    status = live_status(tables, iid)
+    if status is None:
+        return
+    record = tables.journal.get((iid, index))
+    if record is None:
+        return
+    name, entry = record["entry"]
+    if name not in _COMPLETABLE:
+        return
+    if name == "keystate.SleepEntry":
+        if entry["fired"]:
+            return
+        entry = {**entry, "fired": True}
+    else:
+        if entry.get("result") is not None:
+            return
+        entry = {**entry, "result": result}
+    tables.journal.put((iid, index), {"entry": (name, entry)})
+    if status["status"] == "INVOKED":
+        out.append(NotifyCompletion(iid, status["attempt"], index, result))
+    elif status["status"] == "SUSPENDED" and index in status["waiting_on"]:
+        do_start_attempt(tables, status, now, cfg, out)

@@ -1,0 +1,91 @@
+"""Record names, result helpers and settings the state machine works with (records are Avro dicts)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Config",
+    "RetryPolicy",
+    "VALUE",
+    "FAILURE",
+    "failure",
+    "value",
+    "is_keyed",
+    "is_exclusive",
+]
+
+NS = "keystate."
+VALUE = NS + "Value"
+FAILURE = NS + "Failure"
+
+# Unions of records travel as fastavro tuples: (full record name, record).
+Result = tuple[str, dict[str, Any]]
+
+
+def value(data: bytes) -> Result:
+    return (VALUE, {"value": data})
+
+
+def failure(code: int, message: str) -> Result:
+    return (FAILURE, {"code": code, "message": message})
+
+
+def is_keyed(target: Mapping[str, Any]) -> bool:
+    return target["service_type"] in ("VIRTUAL_OBJECT", "WORKFLOW")
+
+
+def is_exclusive(target: Mapping[str, Any]) -> bool:
+    """Exclusive handlers of one key run one at a time (workflow `run` too)."""
+    return is_keyed(target) and target["handler_kind"] in ("EXCLUSIVE", "WORKFLOW")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff of failed attempts; `max_attempts=None` retries forever."""
+
+    initial_interval_ms: int = 100
+    factor: float = 2.0
+    max_interval_ms: int = 10_000
+    max_attempts: int | None = None
+
+    def delay_ms(self, retry_count: int) -> int:
+        """The wait before retry number `retry_count` (1 for the first retry)."""
+        delay = self.initial_interval_ms * self.factor ** max(0, retry_count - 1)
+        return int(min(delay, self.max_interval_ms))
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any] | None) -> RetryPolicy | None:
+        if record is None:
+            return None
+        return cls(
+            initial_interval_ms=record["initial_interval_ms"],
+            factor=record["factor"],
+            max_interval_ms=record["max_interval_ms"],
+            max_attempts=record.get("max_attempts"),
+        )
+
+
+def _no_deployment(service: str) -> str | None:
+    return None
+
+
+def _no_policy(service: str, handler: str) -> RetryPolicy | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Settings the state machine reads; lookups must be pure functions of their arguments."""
+
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    # Completed invocations stay answerable this long, then a timer purges them.
+    completion_retention_ms: int = 24 * 3600 * 1000
+    # Which deployment new invocations of a service go to (pinned at their first attempt).
+    deployment_for: Callable[[str], str | None] = _no_deployment
+    service_retry_policy: Callable[[str, str], RetryPolicy | None] = _no_policy
+
+    def policy_for(self, target: Mapping[str, Any]) -> RetryPolicy:
+        return self.service_retry_policy(target["service"], target["handler"]) or self.retry_policy

@@ -1,0 +1,1 @@
+"""The contract: Avro schemas and codec, ids, partitioning, topic names."""

@@ -1,0 +1,54 @@
+"""Schema ids of the records written to the wire as top-level values (Confluent wire format)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["SCHEMA_IDS"]
+
+# Ids are forever: an id is written into every record on Kafka, so never change or reuse one,
+# even after its record is removed. A new record, or an incompatible new version of a record,
+# gets a new id. Ranges are for readability only: 1xx log commands, 2xx table values,
+# 3xx public topics, 4xx meta, 5xx processor <-> deployment protocol.
+# Shared inner types (Failure, Value, Target, the journal *Entry records, ...) are never
+# top-level values and have no id.
+SCHEMA_IDS: Final[dict[str, int]] = {
+    # keystate.log
+    "keystate.InvokeCommand": 101,
+    "keystate.JournalAppendCommand": 102,
+    "keystate.SuspendCommand": 103,
+    "keystate.AttemptFailedCommand": 104,
+    "keystate.CompletionCommand": 105,
+    "keystate.TimerFiredCommand": 106,
+    "keystate.CancelCommand": 107,
+    "keystate.KillCommand": 108,
+    "keystate.ResolvePromiseCommand": 109,
+    "keystate.CompleteAwakeableCommand": 110,
+    "keystate.QueryOutputCommand": 111,
+    "keystate.QueryOutputReply": 112,
+    "keystate.PurgeCommand": 113,
+    # processor tables (changelog values)
+    "keystate.InvocationStatus": 201,
+    "keystate.JournalRecord": 202,
+    "keystate.StateValue": 203,
+    "keystate.InboxItem": 204,
+    "keystate.ObjectStatus": 205,
+    "keystate.TimerValue": 206,
+    "keystate.PromiseValue": 207,
+    "keystate.IdempotencyValue": 208,
+    # public topics
+    "keystate.InvocationRequest": 301,
+    "keystate.InvocationResult": 302,
+    "keystate.DeadLetter": 303,
+    # keystate.meta
+    "keystate.DeploymentRecord": 401,
+    # processor <-> deployment protocol
+    "keystate.StartMessage": 501,
+    "keystate.EntryMessage": 502,
+    "keystate.AckMessage": 503,
+    "keystate.CompletionMessage": 504,
+    "keystate.SuspensionMessage": 505,
+    "keystate.ErrorMessage": 506,
+    "keystate.EndMessage": 507,
+    "keystate.MessageBatch": 508,
+}

@@ -1,0 +1,30 @@
+"""Errors of the contract: records that do not match their schema, bytes that are not a record.
+
+```
+ContractError                 root: anything wrong with a schema, a record or its bytes
+ ├── EncodeError              a record does not match its schema (names the record and field)
+ └── DecodeError              bytes are not a valid wire-format record (empty, truncated,
+     │                        wrong magic byte, body not matching the schema, trailing bytes)
+     └── UnknownSchemaError   unknown schema id, or unknown record name
+```
+"""
+
+from __future__ import annotations
+
+__all__ = ["ContractError", "DecodeError", "EncodeError", "UnknownSchemaError"]
+
+
+class ContractError(Exception):
+    """Root of the errors raised by `keystate.schemas` for schemas, records and their bytes."""
+
+
+class EncodeError(ContractError):
+    """A record does not match its schema; the message names the record and the field."""
+
+
+class DecodeError(ContractError):
+    """Bytes are not a valid Confluent wire-format record of a known schema."""
+
+
+class UnknownSchemaError(DecodeError):
+    """A schema id or record name that this version of keystate does not know."""

@@ -1,0 +1,56 @@
+"""Topic names under one configurable prefix, and the processor tables that have changelogs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CHANGELOG_TABLES", "Topics"]
+
+# One compacted changelog topic per processor table; partition i of each belongs to
+# partition i of the log. Adding a table is compatible; renaming one loses its state.
+CHANGELOG_TABLES: tuple[str, ...] = (
+    "status",
+    "journal",
+    "state",
+    "inbox",
+    "objects",
+    "timers",
+    "promises",
+    "idempotency",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The names of keystate's topics; every name starts with `prefix` (default `keystate.`)."""
+
+    prefix: str = "keystate."
+
+    @property
+    def log(self) -> str:
+        return f"{self.prefix}log"
+
+    @property
+    def requests(self) -> str:
+        return f"{self.prefix}requests"
+
+    @property
+    def requests_dlq(self) -> str:
+        return f"{self.prefix}requests.dlq"
+
+    @property
+    def results(self) -> str:
+        return f"{self.prefix}results"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}meta"
+
+    def changelog(self, table: str) -> str:
+        if table not in CHANGELOG_TABLES:
+            raise ValueError(f"unknown table {table!r}; tables are {', '.join(CHANGELOG_TABLES)}")
+        return f"{self.prefix}{table}-changelog"
+
+    @property
+    def changelogs(self) -> tuple[str, ...]:
+        return tuple(self.changelog(t) for t in CHANGELOG_TABLES)

@@ -1,0 +1,243 @@
+"""Deployment discovery: fetch `GET {uri}/discover`, validate the manifest, build a DeploymentRecord."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from .errors import MetaError
+
+__all__ = [
+    "SUPPORTED_PROTOCOL_VERSIONS",
+    "TRANSPORTS",
+    "discover",
+    "manifest_to_record",
+    "new_deployment_id",
+    "normalize_uri",
+]
+
+SUPPORTED_PROTOCOL_VERSIONS = frozenset({1})
+TRANSPORTS = frozenset({"websocket", "request-response"})
+_SERVICE_TYPES = ("SERVICE", "VIRTUAL_OBJECT", "WORKFLOW")
+_HANDLER_KINDS = ("EXCLUSIVE", "SHARED", "WORKFLOW")
+# Which handler kinds each service type may declare, and the kind a handler without `ty` gets.
+_ALLOWED_KINDS = {
+    "SERVICE": ("EXCLUSIVE",),
+    "VIRTUAL_OBJECT": ("EXCLUSIVE", "SHARED"),
+    "WORKFLOW": ("WORKFLOW", "SHARED"),
+}
+_DEFAULT_KIND = {"SERVICE": "EXCLUSIVE", "VIRTUAL_OBJECT": "EXCLUSIVE", "WORKFLOW": "SHARED"}
+_MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+def new_deployment_id() -> str:
+    """`dp_` and 26 random base32 characters (128 bits)."""
+    return "dp_" + base64.b32encode(os.urandom(16)).decode("ascii").rstrip("=").lower()
+
+
+def normalize_uri(uri: object) -> str:
+    """The deployment's base URI without a trailing slash; rejects anything but http(s)://host."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise MetaError("the deployment uri is missing; give the base URL the deployment serves on, e.g. http://localhost:9080")
+    text = uri.strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise MetaError(
+            f"deployment uri {uri!r} is not an http(s) URL; give the base URL the deployment serves on, "
+            "e.g. http://localhost:9080"
+        )
+    if parts.query or parts.fragment:
+        raise MetaError(f"deployment uri {uri!r} must not have a query or fragment; give its base URL only")
+    return text
+
+
+async def discover(uri: str, session: aiohttp.ClientSession, timeout: float = 10.0) -> dict[str, Any]:
+    """Ask the deployment at `uri` what it serves; a new DeploymentRecord (fresh id) on success.
+
+    Every failure is a `MetaError` whose message says what to fix.
+    """
+    base = normalize_uri(uri)
+    url = f"{base}/discover"
+    try:
+        async with session.get(
+            url, timeout=aiohttp.ClientTimeout(total=timeout), headers={"accept": "application/json"}
+        ) as response:
+            body = await response.content.read(_MAX_MANIFEST_BYTES + 1)
+            status = response.status
+    except asyncio.TimeoutError as exc:
+        raise MetaError(
+            f"the deployment at {base} did not answer GET /discover within {timeout:g} s; "
+            "is it running and serving keystate handlers?"
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise MetaError(
+            f"cannot reach the deployment at {base} ({exc}); is the deployment running at {base} "
+            "and reachable from the keystate server?"
+        ) from exc
+    if status != 200:
+        snippet = body[:200].decode("utf-8", "replace").strip()
+        raise MetaError(
+            f"GET {url} answered HTTP {status}{': ' + snippet if snippet else ''}; "
+            "the uri must point at a keystate deployment (one that serves /discover), check the address and path"
+        )
+    if len(body) > _MAX_MANIFEST_BYTES:
+        raise MetaError(f"the manifest from {url} is larger than {_MAX_MANIFEST_BYTES} bytes; is this a keystate deployment?")
+    try:
+        manifest = json.loads(body)
+    except ValueError as exc:
+        raise MetaError(
+            f"GET {url} did not return JSON ({exc}); the uri must point at a keystate deployment, "
+            "check the address and path"
+        ) from exc
+    return manifest_to_record(manifest, base)
+
+
+def manifest_to_record(manifest: object, uri: str, *, now_ms: int | None = None) -> dict[str, Any]:
+    """Validate a discovery manifest and turn it into a DeploymentRecord dict."""
+    where = f"the manifest from {uri}/discover"
+    if not isinstance(manifest, Mapping):
+        raise MetaError(f"{where} is not a JSON object; is this a keystate deployment?")
+    protocol = manifest.get("protocol")
+    if protocol is None:
+        raise MetaError(f"{where} has no 'protocol' field; is this a keystate deployment?")
+    if not isinstance(protocol, int) or isinstance(protocol, bool):
+        raise MetaError(f"{where}: field 'protocol' must be an integer, got {protocol!r}")
+    if protocol not in SUPPORTED_PROTOCOL_VERSIONS:
+        supported = ", ".join(str(v) for v in sorted(SUPPORTED_PROTOCOL_VERSIONS))
+        raise MetaError(
+            f"{where} speaks protocol version {protocol}; this server supports {supported}. "
+            "Upgrade the server or use an SDK version that speaks a supported protocol"
+        )
+    transports = manifest.get("transports")
+    if not isinstance(transports, list) or not transports:
+        raise MetaError(f"{where}: field 'transports' must be a non-empty list, e.g. [\"websocket\"]")
+    for transport in transports:
+        if transport not in TRANSPORTS:
+            raise MetaError(
+                f"{where}: field 'transports' has unknown transport {transport!r}; "
+                f"known transports are {', '.join(sorted(TRANSPORTS))}"
+            )
+    services = manifest.get("services")
+    if not isinstance(services, list):
+        raise MetaError(f"{where}: field 'services' must be a list of services")
+    if not services:
+        raise MetaError(f"{where} declares no services; bind at least one service to the deployment")
+    converted = []
+    seen: set[str] = set()
+    for index, service in enumerate(services):
+        meta = _service(service, f"{where}: services[{index}]")
+        if meta["name"] in seen:
+            raise MetaError(f"{where} declares service {meta['name']!r} twice; service names must be unique")
+        seen.add(meta["name"])
+        converted.append(meta)
+    return {
+        "deployment_id": new_deployment_id(),
+        "uri": uri,
+        "transports": list(dict.fromkeys(transports)),
+        "protocol_version": protocol,
+        "services": converted,
+        "created_at_ms": int(time.time() * 1000) if now_ms is None else now_ms,
+    }
+
+
+def _name(value: object, where: str, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise MetaError(f"{where}: field 'name' must be a non-empty string, got {value!r}")
+    if "/" in value:
+        raise MetaError(f"{where}: {what} name {value!r} must not contain '/', it is part of the URL path")
+    if value != value.strip():
+        raise MetaError(f"{where}: {what} name {value!r} must not start or end with whitespace")
+    return value
+
+
+def _optional_ms(spec: Mapping[str, Any], field: str, where: str) -> int | None:
+    value = spec.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MetaError(f"{where}: field {field!r} must be a non-negative integer of milliseconds, got {value!r}")
+    return value
+
+
+def _service(spec: object, where: str) -> dict[str, Any]:
+    if not isinstance(spec, Mapping):
+        raise MetaError(f"{where} must be an object with 'name', 'ty' and 'handlers'")
+    name = _name(spec.get("name"), where, "service")
+    where = f"{where} ({name})"
+    ty = spec.get("ty")
+    if ty not in _SERVICE_TYPES:
+        raise MetaError(f"{where}: field 'ty' must be one of {', '.join(_SERVICE_TYPES)}, got {ty!r}")
+    handlers = spec.get("handlers")
+    if not isinstance(handlers, list):
+        raise MetaError(f"{where}: field 'handlers' must be a list of handlers")
+    if not handlers:
+        raise MetaError(f"{where} has no handlers; a service needs at least one handler to be invoked")
+    converted = []
+    seen: set[str] = set()
+    for index, handler in enumerate(handlers):
+        meta = _handler(handler, ty, f"{where}: handlers[{index}]")
+        if meta["name"] in seen:
+            raise MetaError(f"{where} declares handler {meta['name']!r} twice; handler names must be unique")
+        seen.add(meta["name"])
+        converted.append(meta)
+    if ty == "WORKFLOW":
+        runs = [h["name"] for h in converted if h["kind"] == "WORKFLOW"]
+        if len(runs) != 1:
+            raise MetaError(
+                f"{where} is a WORKFLOW with {len(runs)} handlers of ty WORKFLOW; "
+                "a workflow needs exactly one (its run handler), the others must be SHARED"
+            )
+    return {
+        "name": name,
+        "service_type": ty,
+        "handlers": converted,
+        "retry_policy": None,
+        "retention_ms": _optional_ms(spec, "journalRetention", where),
+        "inactivity_timeout_ms": _optional_ms(spec, "inactivityTimeout", where),
+        "abort_timeout_ms": _optional_ms(spec, "abortTimeout", where),
+    }
+
+
+def _handler(spec: object, service_type: str, where: str) -> dict[str, Any]:
+    if not isinstance(spec, Mapping):
+        raise MetaError(f"{where} must be an object with 'name' and 'ty'")
+    name = _name(spec.get("name"), where, "handler")
+    where = f"{where} ({name})"
+    kind = spec.get("ty")
+    if kind is None:
+        kind = _DEFAULT_KIND[service_type]
+    if kind not in _HANDLER_KINDS:
+        raise MetaError(f"{where}: field 'ty' must be one of {', '.join(_HANDLER_KINDS)}, got {kind!r}")
+    if kind not in _ALLOWED_KINDS[service_type]:
+        raise MetaError(
+            f"{where}: a {service_type} cannot have a {kind} handler; allowed: "
+            f"{', '.join(_ALLOWED_KINDS[service_type])}"
+        )
+    return {
+        "name": name,
+        "kind": kind,
+        "input_content_type": _content_type(spec.get("input"), where, "input"),
+        "output_content_type": _content_type(spec.get("output"), where, "output"),
+        "retry_policy": None,
+    }
+
+
+def _content_type(spec: object, where: str, field: str) -> str | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise MetaError(f"{where}: field {field!r} must be an object like {{\"contentType\": \"application/json\"}}")
+    content_type = spec.get("contentType")
+    if content_type is None:
+        return None
+    if not isinstance(content_type, str) or "/" not in content_type:
+        raise MetaError(f"{where}: field '{field}.contentType' must be a media type like application/json, got {content_type!r}")
+    return content_type

@@ -1,0 +1,25 @@
+"""Errors of the shared server plumbing.
+
+ServerError
+ +-- KafkaUnavailable     Kafka could not be reached, or refused an operation
+ +-- TopicConfigError     existing topics do not match what keystate needs
+ +-- MetaError            a deployment or service registration is invalid
+"""
+
+from __future__ import annotations
+
+
+class ServerError(Exception):
+    """Root of every error raised by `keystate.server`."""
+
+
+class KafkaUnavailable(ServerError):
+    """Kafka did not answer, or answered with an error; the message names the operation."""
+
+
+class TopicConfigError(ServerError):
+    """An existing topic has a partition count or config keystate cannot work with."""
+
+
+class MetaError(ServerError):
+    """A deployment or its services cannot be registered; the message says how to fix it."""

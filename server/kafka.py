@@ -1,0 +1,226 @@
+"""confluent-kafka clients bridged into asyncio; Kafka errors become `KafkaUnavailable` here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from keystate.schemas.topics import Topics
+
+from .errors import KafkaUnavailable
+
+__all__ = ["AsyncProducer", "KafkaSettings", "TopicFollower", "kafka_error"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    """Where Kafka is and how keystate's clients talk to it."""
+
+    bootstrap: str
+    topics: Topics = field(default_factory=Topics)
+    client_id: str = "keystate"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def producer_config(self, **overrides: Any) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "client.id": self.client_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 1,
+            "compression.type": "lz4",
+            **self.extra,
+            **overrides,
+        }
+
+    def consumer_config(self, **overrides: Any) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "client.id": self.client_id,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+            **self.extra,
+            **overrides,
+        }
+
+
+def kafka_error(operation: str, exc: BaseException | KafkaError) -> KafkaUnavailable:
+    """The keystate error for a confluent-kafka failure during `operation`."""
+    detail = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
+    return KafkaUnavailable(f"{operation} failed: {detail}")
+
+
+class AsyncProducer:
+    """An idempotent acks=all producer whose deliveries resolve asyncio futures.
+
+    One background thread polls for delivery reports so no event-loop call blocks on Kafka.
+    """
+
+    def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
+        self._producer = Producer(settings.producer_config(**overrides))
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="keystate-producer-poll", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Message]:
+        """Hand a record to Kafka; the future completes once Kafka acknowledged it (acks=all)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Message] = loop.create_future()
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            loop.call_soon_threadsafe(_settle, future, err, msg, topic)
+
+        kwargs: dict[str, Any] = {"key": key, "headers": headers, "on_delivery": delivered}
+        if partition is not None:
+            kwargs["partition"] = partition
+        try:
+            self._producer.produce(topic, value, **kwargs)
+        except BufferError:
+            # The local queue is full: let the poll thread drain it, then try once more.
+            self._producer.flush(1.0)
+            try:
+                self._producer.produce(topic, value, **kwargs)
+            except (BufferError, KafkaException) as exc:
+                raise kafka_error(f"produce to {topic}", exc) from exc
+        except KafkaException as exc:
+            raise kafka_error(f"produce to {topic}", exc) from exc
+        return future
+
+    def partitions(self, topic: str, timeout: float = 10.0) -> int:
+        """The partition count of `topic` (blocking metadata request)."""
+        try:
+            meta = self._producer.list_topics(topic, timeout=timeout)
+        except KafkaException as exc:
+            raise kafka_error(f"metadata for {topic}", exc) from exc
+        info = meta.topics.get(topic)
+        if info is None or info.error is not None or not info.partitions:
+            raise KafkaUnavailable(
+                f"topic {topic} does not exist; create keystate's topics with `keystate topics create`"
+            )
+        return len(info.partitions)
+
+    def close(self, timeout: float = 10.0) -> None:
+        remaining = self._producer.flush(timeout)
+        self._closed.set()
+        self._thread.join(timeout=1.0)
+        if remaining:
+            log.warning("producer closed with %d records not delivered", remaining)
+
+
+def _settle(future: asyncio.Future[Message], err: KafkaError | None, msg: Message, topic: str) -> None:
+    if future.done():
+        return
+    if err is not None:
+        future.set_exception(KafkaUnavailable(f"produce to {topic} failed: {err}"))
+    else:
+        future.set_result(msg)
+
+
+class TopicFollower:
+    """Reads every partition of one topic (from the start or the end) and hands records to a callback.
+
+    Runs a consumer without a group on its own thread; the callback runs on the event loop.
+    `ready` resolves once every partition has been read up to the end it had at start.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        on_record: Callable[[Message], None],
+        *,
+        from_beginning: bool,
+    ) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._on_record = on_record
+        self._from_beginning = from_beginning
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ready: asyncio.Future[None] | None = None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        self.ready = loop.create_future()
+        self._thread = threading.Thread(target=self._run, args=(loop,), name=f"keystate-follow-{self._topic}", daemon=True)
+        self._thread.start()
+        await asyncio.wait_for(asyncio.shield(self.ready), timeout)
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.ready is not None
+        ready = self.ready
+        try:
+            consumer = Consumer(self._settings.consumer_config(**{"group.id": f"keystate-follower-{id(self)}"}))
+            meta = consumer.list_topics(self._topic, timeout=10.0).topics.get(self._topic)
+            if meta is None or meta.error is not None:
+                raise KafkaUnavailable(
+                    f"topic {self._topic} does not exist; create keystate's topics with `keystate topics create`"
+                )
+            ends: dict[int, int] = {}
+            assignment = []
+            for p in meta.partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10.0)
+                ends[p] = high
+                assignment.append(TopicPartition(self._topic, p, low if self._from_beginning else high))
+            consumer.assign(assignment)
+        except (KafkaException, KafkaUnavailable) as exc:
+            error = exc if isinstance(exc, KafkaUnavailable) else kafka_error(f"follow {self._topic}", exc)
+            loop.call_soon_threadsafe(_fail, ready, error)
+            return
+        # read_committed may never show the high watermark (aborted tail): use the position.
+        pending = {p for p, end in ends.items() if self._from_beginning and end > 0}
+        if not pending:
+            loop.call_soon_threadsafe(_done, ready)
+        try:
+            while not self._stop.is_set():
+                if pending:
+                    positions = consumer.position([TopicPartition(self._topic, p) for p in pending])
+                    pending -= {tp.partition for tp in positions if tp.offset >= ends[tp.partition]}
+                    if not pending:
+                        loop.call_soon_threadsafe(_done, ready)
+                msg = consumer.poll(0.1)
+                if msg is None:
+                    continue
+                if msg.error() is not None:
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("reading %s: %s", self._topic, msg.error())
+                    continue
+                loop.call_soon_threadsafe(self._on_record, msg)
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+
+def _done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _fail(future: asyncio.Future[None], error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)

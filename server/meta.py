@@ -1,0 +1,221 @@
+"""Registered deployments and services: a pure `MetaState`, the `MetaView` that follows keystate.meta, `register`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from confluent_kafka import Message
+
+from keystate.schemas._codec import codec
+from keystate.schemas.errors import ContractError
+
+from .errors import KafkaUnavailable, MetaError
+from .kafka import AsyncProducer, KafkaSettings, TopicFollower
+
+__all__ = ["DEPLOYMENT_RECORD", "MetaState", "MetaView", "Registration", "register", "unregister"]
+
+log = logging.getLogger(__name__)
+
+DEPLOYMENT_RECORD = "keystate.DeploymentRecord"
+
+
+class ServiceEntry(NamedTuple):
+    """A service as currently served: its metadata and the deployment new invocations go to."""
+
+    metadata: dict[str, Any]
+    deployment_id: str
+
+
+@dataclass
+class MetaState:
+    """Deployments and the services they serve, built from DeploymentRecords in log order.
+
+    Pure: `apply` is the only way in. A service name resolves to the newest deployment (latest in
+    log order) that declares it, so removing that deployment falls back to the previous one.
+    """
+
+    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    services: dict[str, ServiceEntry] = field(default_factory=dict)
+
+    def apply(self, deployment_id: str, record: dict[str, Any] | None) -> None:
+        """Apply one keystate.meta record: a DeploymentRecord, or None (tombstone) to remove it."""
+        if record is None:
+            if self.deployments.pop(deployment_id, None) is not None:
+                self._rebuild_services()
+            return
+        if record.get("deployment_id") != deployment_id:
+            raise MetaError(
+                f"meta record key {deployment_id!r} does not match its deployment_id "
+                f"{record.get('deployment_id')!r}; the record was not written by keystate"
+            )
+        if deployment_id in self.deployments:
+            # Deployments are immutable: a redelivered record keeps its place in the order.
+            self.deployments[deployment_id] = record
+            self._rebuild_services()
+            return
+        self.deployments[deployment_id] = record
+        for service in record["services"]:
+            self.services[service["name"]] = ServiceEntry(service, deployment_id)
+
+    def _rebuild_services(self) -> None:
+        services: dict[str, ServiceEntry] = {}
+        for deployment_id, record in self.deployments.items():
+            for service in record["services"]:
+                services[service["name"]] = ServiceEntry(service, deployment_id)
+        self.services = services
+
+    def find_same(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """The newest registered deployment with the same uri, protocol, transports and services."""
+        wanted = _fingerprint(record)
+        for existing in reversed(list(self.deployments.values())):
+            if _fingerprint(existing) == wanted:
+                return existing
+        return None
+
+    def service(self, name: str) -> ServiceEntry | None:
+        return self.services.get(name)
+
+
+def _fingerprint(record: dict[str, Any]) -> str:
+    return json.dumps(
+        [record["uri"], record["protocol_version"], sorted(record["transports"]), record["services"]],
+        sort_keys=True,
+        default=repr,
+    )
+
+
+class MetaView:
+    """A `MetaState` kept current by following keystate.meta from the beginning."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.state = MetaState()
+        self.settings = settings
+        self._follower = TopicFollower(settings, settings.topics.meta, self._on_record, from_beginning=True)
+        self._waiters: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
+        self.ready = False
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Read keystate.meta up to its current end; afterwards follow it."""
+        try:
+            await self._follower.start(timeout)
+        except asyncio.TimeoutError as exc:
+            self._follower.stop()
+            raise KafkaUnavailable(
+                f"could not read {self.settings.topics.meta} within {timeout:g} s; is Kafka at "
+                f"{self.settings.bootstrap} running?"
+            ) from exc
+        self.ready = True
+
+    def stop(self) -> None:
+        self.ready = False
+        self._follower.stop()
+        for futures in self._waiters.values():
+            for future in futures:
+                future.cancel()
+        self._waiters.clear()
+
+    def _on_record(self, msg: Message) -> None:
+        key = msg.key()
+        if key is None:
+            log.warning("ignoring a keystate.meta record without a key at offset %s", msg.offset())
+            return
+        deployment_id = key.decode("utf-8", "replace")
+        self.apply(deployment_id, msg.value())
+
+    def apply(self, deployment_id: str, value: bytes | None) -> None:
+        """Decode and apply one keystate.meta record (the follower's callback)."""
+        record: dict[str, Any] | None = None
+        if value is not None:
+            try:
+                name, record = codec().decode(value)
+            except ContractError as exc:
+                log.warning("ignoring an undecodable keystate.meta record for %s: %s", deployment_id, exc)
+                return
+            if name != DEPLOYMENT_RECORD:
+                # Other record types (service settings) are not handled by this version.
+                log.debug("ignoring a %s record in keystate.meta", name)
+                return
+        try:
+            self.state.apply(deployment_id, record)
+        except MetaError as exc:
+            log.warning("ignoring keystate.meta record: %s", exc)
+            return
+        for future in self._waiters.pop(deployment_id, []):
+            if not future.done():
+                future.set_result(record)
+
+    async def wait_for(self, deployment_id: str, timeout: float = 30.0, *, removed: bool = False) -> dict[str, Any] | None:
+        """Wait until the view has the deployment (or, with `removed`, no longer has it)."""
+        def settled() -> bool:
+            return (deployment_id in self.state.deployments) != removed
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not settled():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise MetaError(
+                    f"deployment {deployment_id} was written to {self.settings.topics.meta} but not read back "
+                    f"within {timeout:g} s; check that Kafka at {self.settings.bootstrap} is healthy and retry"
+                )
+            future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+            self._waiters.setdefault(deployment_id, []).append(future)
+            try:
+                await asyncio.wait_for(future, remaining)
+            except asyncio.TimeoutError:
+                continue
+        return self.state.deployments.get(deployment_id)
+
+    # Read helpers for the HTTP layers.
+    def deployments(self) -> Iterable[dict[str, Any]]:
+        return self.state.deployments.values()
+
+
+class Registration(NamedTuple):
+    deployment: dict[str, Any]
+    created: bool
+
+
+async def register(
+    view: MetaView, producer: AsyncProducer, record: dict[str, Any], *, timeout: float = 30.0
+) -> Registration:
+    """Register a deployment and return once `view` has read it back (read-your-writes).
+
+    The same uri with the same services returns the existing deployment (`created=False`).
+    """
+    existing = view.state.find_same(record)
+    if existing is not None:
+        return Registration(existing, False)
+    deployment_id = record["deployment_id"]
+    try:
+        value = codec().encode(DEPLOYMENT_RECORD, record)
+    except ContractError as exc:
+        raise MetaError(f"cannot store deployment {deployment_id}: {exc}") from exc
+    topic = view.settings.topics.meta
+    delivery = producer.produce(
+        topic, value, key=deployment_id.encode("utf-8"), headers=[("type", DEPLOYMENT_RECORD.encode())]
+    )
+    try:
+        await asyncio.wait_for(delivery, timeout)
+    except asyncio.TimeoutError as exc:
+        raise KafkaUnavailable(
+            f"Kafka did not acknowledge deployment {deployment_id} within {timeout:g} s; is it running?"
+        ) from exc
+    stored = await view.wait_for(deployment_id, timeout)
+    assert stored is not None
+    return Registration(stored, True)
+
+
+async def unregister(view: MetaView, producer: AsyncProducer, deployment_id: str, *, timeout: float = 30.0) -> None:
+    """Remove a deployment (tombstone) and return once `view` no longer has it."""
+    if deployment_id not in view.state.deployments:
+        raise MetaError(f"unknown deployment {deployment_id}; list deployments with GET /deployments")
+    # A None value is a tombstone: compaction drops the deployment for good.
+    delivery = producer.produce(view.settings.topics.meta, None, key=deployment_id.encode("utf-8"))  # type: ignore[arg-type]
+    await asyncio.wait_for(delivery, timeout)
+    await view.wait_for(deployment_id, timeout, removed=True)

@@ -1,0 +1,68 @@
+"""Fixtures of the ingress tests: topics per module, a started runtime, test clients for both apps."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from keystate.ingress.admin import admin_app
+from keystate.ingress.app import ingress_app
+from keystate.ingress.runtime import IngressRuntime, IngressSettings
+from keystate.schemas.topics import Topics
+from keystate.server.topics import TopicSettings, ensure_topics
+
+from ingress_support import Deployment
+
+PARTITIONS = 4
+
+
+@pytest.fixture
+async def deployment() -> AsyncIterator[Deployment]:
+    fake = Deployment()
+    app = web.Application()
+    app.router.add_get("/discover", fake._discover)
+    fake.server = TestServer(app, host="127.0.0.1")
+    await fake.server.start_server()
+    try:
+        yield fake
+    finally:
+        await fake.server.close()
+
+
+@pytest.fixture(scope="module")
+def topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Topics:
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    prefix = Topics(f"test.{module}.{uuid.uuid4().hex[:8]}.")
+    ensure_topics(kafka_bootstrap, prefix, TopicSettings(partitions=PARTITIONS))
+    return prefix
+
+
+@pytest.fixture
+def ingress_settings(kafka_bootstrap: str, topics: Topics) -> IngressSettings:
+    return IngressSettings(kafka_bootstrap, topics, max_body_bytes=64 * 1024, call_timeout=20.0)
+
+
+@pytest.fixture
+async def runtime(ingress_settings: IngressSettings) -> AsyncIterator[IngressRuntime]:
+    rt = IngressRuntime(ingress_settings)
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        await rt.stop()
+
+
+@pytest.fixture
+async def ingress(runtime: IngressRuntime) -> AsyncIterator[TestClient]:
+    async with TestClient(TestServer(ingress_app(runtime), host="127.0.0.1")) as client:
+        yield client
+
+
+@pytest.fixture
+async def admin(runtime: IngressRuntime) -> AsyncIterator[TestClient]:
+    async with TestClient(TestServer(admin_app(runtime), host="127.0.0.1")) as client:
+        yield client

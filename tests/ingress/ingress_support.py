@@ -1,0 +1,93 @@
+"""Builders of the records the ingress tests use (manifests, deployment records)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from keystate.server.discovery import manifest_to_record
+
+
+def manifest(*services: dict[str, Any], protocol: int = 1) -> dict[str, Any]:
+    return {"protocol": protocol, "transports": ["websocket"], "services": list(services)}
+
+
+def service(name: str, ty: str = "SERVICE", *handlers: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "ty": ty, "handlers": list(handlers) or [handler("greet")]}
+
+
+def handler(name: str, ty: str | None = None, **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": name, "input": {}, "output": {}}
+    if ty is not None:
+        spec["ty"] = ty
+    spec.update(extra)
+    return spec
+
+
+GREETER = service("Greeter", "SERVICE", handler("greet"), handler("upload", input={"contentType": "application/octet-stream"}))
+COUNTER = service("Counter", "VIRTUAL_OBJECT", handler("add", "EXCLUSIVE"), handler("get", "SHARED"))
+SIGNUP = service("Signup", "WORKFLOW", handler("run", "WORKFLOW"), handler("status", "SHARED"))
+
+
+class Deployment:
+    """A fake deployment whose /discover answer each test sets."""
+
+    def __init__(self) -> None:
+        self.respond: Callable[[], web.StreamResponse] = lambda: web.json_response(manifest(GREETER))
+        self.server: TestServer | None = None
+        self.delay = 0.0
+
+    @property
+    def uri(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("")).rstrip("/")
+
+    async def _discover(self, request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(self.delay)
+        return self.respond()
+
+
+def record(uri: str, *services: dict[str, Any], now_ms: int = 1_700_000_000_000) -> dict[str, Any]:
+    return manifest_to_record(manifest(*services), uri, now_ms=now_ms)
+
+
+def read_log_record(bootstrap: str, topic: str, invocation_id: str, timeout: float = 30.0) -> Any:
+    """The record on `topic` (any partition) whose `invocation_id` header is `invocation_id`."""
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ingress-tests", "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            if dict(msg.headers() or []).get("invocation_id") == invocation_id.encode():
+                return msg
+        raise AssertionError(f"no record for {invocation_id} on {topic} within {timeout} s")
+    finally:
+        consumer.close()
+
+
+def produce_result(bootstrap: str, topic: str, result: dict[str, Any]) -> None:
+    """Write an InvocationResult as a partition processor would."""
+    from confluent_kafka import Producer
+
+    from keystate.schemas._codec import codec
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(
+        topic,
+        codec().encode("keystate.InvocationResult", result),
+        key=result["invocation_id"].encode(),
+        headers=[("type", b"keystate.InvocationResult")],
+    )
+    assert producer.flush(10) == 0

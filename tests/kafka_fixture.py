@@ -1,0 +1,91 @@
+"""pytest plugin: a Kafka broker for integration tests ($KAFKA_BOOTSTRAP_SERVERS, a local broker, or Docker)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from keystate.cli.kafka import JavaNotFound, LocalKafka, LocalKafkaError, MavenNotFound
+
+__all__ = ["create_topic", "kafka_admin", "kafka_bootstrap", "unique_topic_prefix"]
+
+HOW_TO_GET_A_BROKER = (
+    "integration tests need Kafka: install a JDK 17+ and Maven (apt-get install openjdk-17-jre-headless maven) "
+    "so the tests start a local broker, or start Docker, or set KAFKA_BOOTSTRAP_SERVERS to a running broker"
+)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap servers: $KAFKA_BOOTSTRAP_SERVERS, else a local broker on free ports, else a Docker container."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"), port=0)
+    try:
+        bootstrap = broker.start()
+    except (JavaNotFound, MavenNotFound) as exc:
+        missing = str(exc)  # no local broker possible here: try Docker below
+    except LocalKafkaError as exc:
+        pytest.fail(f"the local Kafka broker did not start: {exc}", pytrace=False)
+    else:
+        try:
+            yield bootstrap
+        finally:
+            broker.stop()
+        return
+    if not _docker_answers():
+        pytest.fail(f"{HOW_TO_GET_A_BROKER} (local broker: {missing}; no Docker engine answers)", pytrace=False)
+    yield from _kafka_container()
+
+
+def _docker_answers() -> bool:
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    try:
+        return subprocess.run([docker, "info"], capture_output=True, timeout=20, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _kafka_container() -> Iterator[str]:
+    from testcontainers.community.kafka import KafkaContainer
+
+    with KafkaContainer().with_kraft() as container:
+        yield container.get_bootstrap_server()
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(kafka_bootstrap: str) -> AdminClient:
+    """An AdminClient on the session's broker."""
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+@pytest.fixture
+def unique_topic_prefix(request: pytest.FixtureRequest) -> str:
+    """A topic-name prefix no other test (or earlier run on the same broker) uses, e.g. 'test.produce.1a2b3c4d.'."""
+    name = re.sub(r"[^a-zA-Z0-9_-]+", "-", request.node.name)[:60].strip("-")
+    return f"test.{name}.{uuid.uuid4().hex[:8]}."
+
+
+def create_topic(
+    admin: AdminClient,
+    name: str,
+    partitions: int = 1,
+    replication_factor: int = 1,
+    config: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> str:
+    """Create a topic and wait until the broker confirms it; return its name."""
+    topic = NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, config=config or {})
+    admin.create_topics([topic], operation_timeout=timeout)[name].result(timeout)
+    return name
