@@ -15,11 +15,10 @@ $(STAMP): pyproject.toml
 	touch $@
 
 dev: install
-	$(BIN)/keystate kafka start
-	$(BIN)/keystate topics create
+	$(BIN)/keystate dev start
 
 stop: install
-	$(BIN)/keystate kafka stop
+	$(BIN)/keystate dev stop
 
 test: install
 	$(BIN)/pytest

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     from .runtime import add_parsers
 
     add_parsers(sub, _bootstrap)
+    sub.add_parser("dev", help="start|stop the runtime on a local broker with the examples", add_help=False)
+    sub.add_parser("invocations", help="cancel|kill invocations via the admin API", add_help=False)
     sub.add_parser("deployments", help="register|list|describe|remove deployments via the admin API", add_help=False)
     return parser
 
@@ -60,10 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         from . import kafka
 
         return kafka.main(argv[1:])
+    if argv[:1] == ["dev"]:
+        from . import dev
+
+        return dev.main(argv[1:])
     if argv[:1] == ["deployments"]:
         from . import deployments
 
         return deployments.main(argv[1:])
+    if argv[:1] == ["invocations"]:
+        from . import deployments
+
+        return deployments.invocations_main(argv[1:])
     args = _parser().parse_args(argv)
     return int(args.run(args))
 

@@ -31,7 +31,7 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
         help="stable id of this processor process; give each process its own (default %(default)s)",
     )
     parser.add_argument("--batch-max-records", type=int, default=500, help="records per transaction at most")
-    parser.add_argument("--batch-linger-ms", type=float, default=0.0, help="wait this long to fill a batch")
+    parser.add_argument("--batch-linger-ms", type=float, default=2.0, help="wait this long to fill a batch (default %(default)s)")
     parser.add_argument("--retention", type=float, default=86400.0, help="seconds a completed invocation stays answerable")
     parser.add_argument("--inactivity-timeout", type=float, default=60.0, help="seconds without a message from a deployment before an attempt is retried")
     parser.add_argument("--abort-timeout", type=float, default=600.0, help="seconds an attempt may run at most")

@@ -1,4 +1,4 @@
-"""The admin API (:9070): deployments, services, health and the schema registry view."""
+"""The admin API (:9070): deployments, services, invocations, health and the schema registry view."""
 
 from __future__ import annotations
 
@@ -10,16 +10,30 @@ from aiohttp import web
 
 from keystate.schemas._codec import codec
 from keystate.schemas.errors import UnknownSchemaError
+from keystate.schemas.ids import InvalidIdError, InvocationId
 from keystate.server.discovery import discover
 from keystate.server.meta import register, unregister
 
-from .errors import BadRequest, NotFound, Unavailable, error_middleware
+from .commands import produce_command
+from .errors import BadRequest, Conflict, NotFound, Unavailable, error_middleware
+from .readmodel import InvocationReadModel, InvocationSummary
+from .results import target_text
 from .runtime import IngressRuntime
 
-__all__ = ["admin_app", "deployment_json", "service_json"]
+__all__ = ["admin_app", "deployment_json", "invocation_json", "service_json"]
 
 RUNTIME_KEY = web.AppKey("admin_runtime", IngressRuntime)
 _MAX_REQUEST_BYTES = 1024 * 1024
+_DEFAULT_LIMIT = 100
+_MAX_LIMIT = 10_000
+_PAST = {"cancel": "cancelled", "kill": "killed", "resume": "resumed"}
+# PATCH /invocations/{id}/{action}: the command it appends to the log.
+_ACTIONS = {
+    "cancel": "keystate.CancelCommand",
+    "kill": "keystate.KillCommand",
+    "resume": "keystate.ResumeCommand",
+    "purge": "keystate.PurgeCommand",
+}
 
 
 def admin_app(runtime: IngressRuntime) -> web.Application:
@@ -32,6 +46,10 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     app.router.add_delete("/deployments/{id}", _delete_deployment)
     app.router.add_get("/services", _list_services)
     app.router.add_get("/services/{name}", _get_service)
+    app.router.add_get("/invocations", _list_invocations)
+    app.router.add_get("/invocations/{id}", _get_invocation)
+    app.router.add_delete("/invocations/{id}", _delete_invocation)
+    app.router.add_patch("/invocations/{id}/{action}", _patch_invocation)
     app.router.add_get("/health", _health)
     app.router.add_get("/schemas/ids/{id}", _schema)
     return app
@@ -48,9 +66,14 @@ def service_json(service: dict[str, Any], deployment_id: str) -> dict[str, Any]:
                 "ty": h["kind"],
                 "input_content_type": h.get("input_content_type"),
                 "output_content_type": h.get("output_content_type"),
+                "retry_policy": h.get("retry_policy"),
             }
             for h in service["handlers"]
         ],
+        "retry_policy": service.get("retry_policy"),
+        "inactivity_timeout_ms": service.get("inactivity_timeout_ms"),
+        "abort_timeout_ms": service.get("abort_timeout_ms"),
+        "journal_retention_ms": service.get("retention_ms"),
     }
 
 
@@ -105,6 +128,17 @@ async def _delete_deployment(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     deployment_id = request.match_info["id"]
     _deployment(runtime, deployment_id)
+    if not _flag(request, "force"):
+        pinned = _read_model(runtime, f"; remove the deployment anyway with DELETE /deployments/{deployment_id}?force=true").pinned_to(
+            deployment_id
+        )
+        if pinned:
+            raise Conflict(
+                f"deployment {deployment_id} has {len(pinned)} invocation{'s' if len(pinned) != 1 else ''} pinned to it "
+                "that have not completed (an invocation finishes on the deployment it started on); wait for them, "
+                f"cancel or kill them (GET /invocations?deployment={deployment_id} lists them), or remove it anyway "
+                f"with DELETE /deployments/{deployment_id}?force=true, which breaks them"
+            )
     await unregister(runtime.meta, runtime.require_producer(), deployment_id, timeout=runtime.settings.register_timeout)
     return web.Response(status=202)
 
@@ -146,3 +180,139 @@ async def _schema(request: web.Request) -> web.Response:
     except UnknownSchemaError as exc:
         raise NotFound(f"{exc}; ids are listed in keystate.schemas._registry") from exc
     return web.json_response({"schema": json.dumps(schema)})
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name)
+    if value is None:
+        return False
+    if value.lower() in ("", "true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise BadRequest(f"query parameter {name}={value!r} must be true or false")
+
+
+def _read_model(runtime: IngressRuntime, hint: str = "") -> InvocationReadModel:
+    model = runtime.invocations
+    if model.error is not None:
+        raise Unavailable(f"the invocation read model cannot read {model.topic}: {model.error}{hint}")
+    if not model.ready:
+        raise Unavailable(
+            f"the invocation read model is still reading {model.topic} ({len(model.invocations)} invocations so far); "
+            f"retry in a moment{hint}"
+        )
+    return model
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def invocation_json(summary: InvocationSummary) -> dict[str, Any]:
+    target = summary.target
+    return {
+        "id": summary.invocation_id,
+        "target": target_text(target),
+        "service": target["service"],
+        "handler": target["handler"],
+        "key": target.get("key"),
+        "status": summary.status,
+        "completion_status": summary.completion_status,
+        "deployment_id": summary.deployment_id,
+        "attempt": summary.attempt,
+        "retry_count": summary.retry_count,
+        "last_failure": summary.last_failure,
+        "idempotency_key": summary.idempotency_key,
+        "created_at": _iso(summary.created_at_ms),
+        "modified_at": _iso(summary.modified_at_ms),
+        "scheduled_at": _iso(summary.execute_at_ms),
+    }
+
+
+def _invocation_id(request: web.Request) -> str:
+    text = request.match_info["id"]
+    try:
+        return str(InvocationId.parse(text))
+    except InvalidIdError as exc:
+        raise BadRequest(f"{exc}; list invocations with GET /invocations") from None
+
+
+async def _list_invocations(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    model = _read_model(runtime)
+    text = request.query.get("limit", str(_DEFAULT_LIMIT))
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = -1
+    if not 1 <= limit <= _MAX_LIMIT:
+        raise BadRequest(f"limit={text!r} must be a whole number from 1 to {_MAX_LIMIT}")
+    statuses = [s for s in request.query.get("status", "").split(",") if s.strip()]
+    found = model.select(
+        statuses=[s.strip() for s in statuses],
+        service=request.query.get("service") or None,
+        deployment_id=request.query.get("deployment") or None,
+    )
+    return web.json_response({"invocations": [invocation_json(s) for s in found[:limit]], "total": len(found)})
+
+
+async def _get_invocation(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    invocation_id = _invocation_id(request)
+    summary = _read_model(runtime).get(invocation_id)
+    if summary is None:
+        raise NotFound(
+            f"unknown invocation {invocation_id}: it never existed, was purged, or is too new for the read model; "
+            "list invocations with GET /invocations"
+        )
+    return web.json_response(invocation_json(summary))
+
+
+async def _patch_invocation(request: web.Request) -> web.Response:
+    action = request.match_info["action"]
+    if action not in _ACTIONS:
+        raise NotFound(f"no action {action!r} on invocations; use PATCH /invocations/{{id}}/{'|'.join(_ACTIONS)}")
+    return await _act(request, action)
+
+
+async def _delete_invocation(request: web.Request) -> web.Response:
+    """Restate's older form: `DELETE /invocations/{id}?mode=cancel|kill|purge` (cancel by default)."""
+    mode = request.query.get("mode", "cancel").lower()
+    if mode not in ("cancel", "kill", "purge"):
+        raise BadRequest(f"mode={mode!r} must be cancel, kill or purge")
+    return await _act(request, mode)
+
+
+async def _act(request: web.Request, action: str) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    invocation_id = _invocation_id(request)
+    model = runtime.invocations
+    # Only refuse on what the read model knows for sure: a completed invocation stays completed.
+    known = model.get(invocation_id) if model.ready else None
+    if known is not None:
+        if action == "purge" and not known.completed:
+            raise Conflict(
+                f"invocation {invocation_id} has not completed (it is {known.status}); only completed invocations "
+                f"can be purged: cancel or kill it first (PATCH /invocations/{invocation_id}/cancel)"
+            )
+        if action != "purge" and known.completed:
+            raise Conflict(
+                f"invocation {invocation_id} has already completed ({known.completion_status}), so it cannot be "
+                f"{_PAST[action]}; forget it with PATCH /invocations/{invocation_id}/purge"
+            )
+    record: dict[str, Any] = {"invocation_id": invocation_id}
+    if action in ("cancel", "kill"):
+        record["reason"] = f"{action} requested through the admin API"
+    await produce_command(
+        runtime,
+        _ACTIONS[action],
+        record,
+        key=invocation_id,
+        partition_key=InvocationId.parse(invocation_id).partition_key,
+        invocation_id=invocation_id,
+        what=f"the {action} of {invocation_id}",
+    )
+    return web.Response(status=202)

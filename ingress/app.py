@@ -1,43 +1,49 @@
-"""The HTTP ingress (:8080): `POST /{svc}/{handler}`, `/{svc}/{key}/{handler}`, and `.../send`, Restate-style."""
+"""The HTTP ingress (:8080): `POST /{svc}/{handler}`, `/{svc}/{key}/{handler}`, `.../send`; `/restate/...` elsewhere."""
 
 from __future__ import annotations
 
-import asyncio
-import json
+import functools
 import re
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
 
-from keystate.schemas._codec import codec
-from keystate.schemas.ids import InvocationId, InvocationTarget, ServiceType, HandlerKind
-from keystate.server.errors import KafkaUnavailable
-from keystate.server.kafka import AsyncProducer
+from keystate.schemas.ids import HandlerKind, InvocationId, InvocationTarget, ServiceType, idempotency_partition_key
 
+from .commands import (
+    IDEMPOTENCY_EXPIRES_HEADER,
+    JSON,
+    await_within,
+    http_date,
+    produce_command,
+    reply_outcome,
+    result_response,
+    target_record,
+)
 from .errors import (
     INVOCATION_ID_HEADER,
     MAX_BODY_KEY,
     BadRequest,
-    InvocationFailed,
+    Conflict,
+    IngressError,
     KeyMismatch,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    ResultTimeout,
-    Unavailable,
     UnsupportedContentType,
     error_middleware,
 )
+from .restate_paths import RUNTIME_KEY, restate_paths
 from .runtime import IngressRuntime
 
 __all__ = ["RUNTIME_KEY", "ingress_app", "parse_delay"]
 
-RUNTIME_KEY = web.AppKey("runtime", IngressRuntime)
 INVOKE_COMMAND = "keystate.InvokeCommand"
-JSON = "application/json"
 IDEMPOTENCY_KEY_HEADER = "idempotency-key"
 # Not forwarded to handlers: they describe one HTTP hop, not the request.
 _HOP_BY_HOP = frozenset(
@@ -62,6 +68,7 @@ def ingress_app(runtime: IngressRuntime) -> web.Application:
     app = web.Application(client_max_size=runtime.settings.max_body_bytes, middlewares=[error_middleware])
     app[RUNTIME_KEY] = runtime
     app[MAX_BODY_KEY] = runtime.settings.max_body_bytes
+    app.router.add_route("*", "/restate/{path:.*}", restate_paths)
     app.router.add_route("*", "/{path:.*}", _invoke)
     return app
 
@@ -210,20 +217,20 @@ async def _invoke(request: web.Request) -> web.Response:
             raise BadRequest(f"delay is only allowed when sending: POST {request.path}/send?delay=...")
         execute_at_ms = now_ms + parse_delay(request.query["delay"])
     idempotency_key = request.headers.get(IDEMPOTENCY_KEY_HEADER) or None
+    workflow_run = target.handler_kind is HandlerKind.WORKFLOW
 
-    producer = runtime.require_producer()
-    invocation_id = InvocationId.for_target(target)
+    if idempotency_key is not None:
+        # The dedup row and the invocation must share a partition (see the contract).
+        invocation_id = InvocationId.new(idempotency_partition_key(target, idempotency_key))
+    else:
+        invocation_id = InvocationId.for_target(target)
     id_text = str(invocation_id)
     target_text = str(target)
+    # Requests that may find an existing invocation ask for a reply saying which one.
+    request_id = str(uuid.uuid4()) if idempotency_key is not None or workflow_run else None
     command = {
         "invocation_id": id_text,
-        "target": {
-            "service": target.service,
-            "handler": target.handler,
-            "key": target.key,
-            "service_type": target.service_type.value,
-            "handler_kind": target.handler_kind.value,
-        },
+        "target": target_record(target),
         "argument": body,
         "headers": _forwarded_headers(request),
         "idempotency_key": idempotency_key,
@@ -232,77 +239,94 @@ async def _invoke(request: web.Request) -> web.Response:
         "execute_at_ms": execute_at_ms,
         "created_at_ms": now_ms,
         "source": "ingress",
+        "request_id": request_id,
     }
-    value = codec().encode(INVOKE_COMMAND, command)
     key = target_text.rsplit("/", 1)[0] if target.key is not None else id_text
-    partition = invocation_id.partition(runtime.log_partitions)
-    headers = [
-        ("type", INVOKE_COMMAND.encode()),
-        ("invocation_id", id_text.encode()),
-        ("target", target_text.encode()),
-    ]
+    produce = functools.partial(
+        produce_command,
+        runtime,
+        INVOKE_COMMAND,
+        command,
+        key=key,
+        partition_key=invocation_id.partition_key,
+        invocation_id=id_text,
+        target=target_text,
+        what="the invocation",
+        retry_hint="retry with the same idempotency-key header",
+    )
+    if request_id is not None:
+        return await _invoke_with_reply(runtime, route, produce, request_id, id_text)
 
     # Register for the result before the command exists, so it cannot be missed.
-    result = None if route.send else runtime.results.expect(id_text, target=target_text, idempotency_key=idempotency_key)
+    result = None if route.send else runtime.results.expect(id_text)
     try:
-        await _produce(runtime, producer, value, key.encode("utf-8"), partition, headers, id_text)
+        await produce()
         if route.send:
             return web.json_response(
                 {"invocationId": id_text, "status": "Accepted"}, status=202, headers={INVOCATION_ID_HEADER: id_text}
             )
         assert result is not None
-        try:
-            outcome = await asyncio.wait_for(result, runtime.settings.call_timeout)
-        except asyncio.TimeoutError:
-            raise ResultTimeout(
-                f"{target_text} did not finish within {runtime.settings.call_timeout:g} s; it keeps running, "
-                f"its result will be published on {runtime.settings.topics.results} under id {id_text}. "
-                "Use /send for long-running handlers or raise the call timeout",
-                invocation_id=id_text,
-            ) from None
+        outcome = await await_within(runtime, result, _call_timeout_message(runtime, target_text, id_text), invocation_id=id_text)
     finally:
         if result is not None:
-            runtime.results.forget(id_text, target=target_text, idempotency_key=idempotency_key)
-    # With an idempotency key the answer may be the first invocation's: report its id.
-    return _result_response(outcome, route.handler, outcome.get("invocation_id") or id_text)
+            runtime.results.forget(id_text, result)
+    return result_response(outcome, route.handler.get("output_content_type"), id_text)
 
 
-async def _produce(
-    runtime: IngressRuntime,
-    producer: AsyncProducer,
-    value: bytes,
-    key: bytes,
-    partition: int,
-    headers: list[tuple[str, bytes]],
-    id_text: str,
-) -> None:
-    timeout = runtime.settings.produce_timeout
+async def _invoke_with_reply(
+    runtime: IngressRuntime, route: _Route, produce: Callable[[], Awaitable[None]], request_id: str, id_text: str
+) -> web.Response:
+    """An idempotent request or a workflow run: the processor's reply says which invocation it is."""
+    target = route.target
+    pending = runtime.results.expect_reply(request_id, follow=not route.send)
     try:
-        delivery = producer.produce(runtime.settings.topics.log, value, key=key, partition=partition, headers=headers)
-        await asyncio.wait_for(delivery, timeout)
-    except asyncio.TimeoutError:
-        raise Unavailable(
-            f"Kafka did not acknowledge the invocation within {timeout:g} s, so it may or may not have been "
-            "accepted; retry with the same idempotency-key header to be safe",
+        await produce()
+        reply = await await_within(
+            runtime,
+            pending.reply,
+            f"the invocation was appended to {runtime.settings.topics.log}, but no partition processor confirmed "
+            f"it within {runtime.settings.call_timeout:g} s; are the processors running? Retry with the same "
+            "idempotency-key header to find out what became of it",
             invocation_id=id_text,
-        ) from None
-    except KafkaUnavailable as exc:
-        raise Unavailable(
-            f"Kafka did not accept the invocation ({exc}); retry with the same idempotency-key header to be safe",
-            invocation_id=id_text,
-        ) from exc
-
-
-def _result_response(result: dict[str, Any], handler: dict[str, Any], id_text: str) -> web.Response:
-    status = result["status"]
-    if status == "SUCCEEDED":
-        return web.Response(
-            status=200,
-            body=result.get("output") or b"",
-            headers={"content-type": handler.get("output_content_type") or JSON, INVOCATION_ID_HEADER: id_text},
         )
-    failure = result.get("failure")
-    if failure is not None:
-        raise InvocationFailed(failure.get("code", 500), failure["message"], invocation_id=id_text)
-    # Cancelled and killed invocations without a failure answer like Restate: 409.
-    raise InvocationFailed(409, f"the invocation was {status.lower()}", invocation_id=id_text)
+        existing_id = reply.get("invocation_id") or id_text
+        previously = bool(reply.get("previously_accepted"))
+        headers = {INVOCATION_ID_HEADER: existing_id}
+        if reply.get("expires_at_ms") is not None:
+            headers[IDEMPOTENCY_EXPIRES_HEADER] = http_date(reply["expires_at_ms"])
+        if route.send:
+            status = "PreviouslyAccepted" if previously else "Accepted"
+            return web.json_response({"invocationId": existing_id, "status": status}, status=202, headers=headers)
+        if previously and target.handler_kind is HandlerKind.WORKFLOW:
+            workflow = f"{target.service}/{target.key}"
+            raise Conflict(
+                f"workflow {workflow} was already started; attach with GET /restate/workflow/{workflow}/attach",
+                invocation_id=existing_id,
+                headers={k: v for k, v in headers.items() if k != INVOCATION_ID_HEADER},
+            )
+        if reply["status"] == "RUNNING":
+            assert pending.result is not None
+            outcome = await await_within(
+                runtime, pending.result, _call_timeout_message(runtime, str(target), existing_id), invocation_id=existing_id
+            )
+        elif reply["status"] == "UNKNOWN":
+            raise IngressError(
+                f"the partition processor answered UNKNOWN for the new invocation {existing_id}; this is a bug "
+                "in the processor, please report it",
+                invocation_id=existing_id,
+            )
+        else:
+            outcome = reply_outcome(reply)
+    finally:
+        runtime.results.forget_reply(pending)
+    extra = {k: v for k, v in headers.items() if k != INVOCATION_ID_HEADER}
+    return result_response(outcome, route.handler.get("output_content_type"), existing_id, extra)
+
+
+def _call_timeout_message(runtime: IngressRuntime, target_text: str, id_text: str) -> str:
+    return (
+        f"{target_text} did not finish within {runtime.settings.call_timeout:g} s; it keeps running, "
+        f"its result will be published on {runtime.settings.topics.results} under id {id_text}. "
+        f"Attach to it with GET /restate/invocation/{id_text}/attach, use /send for long-running handlers "
+        "or raise the call timeout"
+    )

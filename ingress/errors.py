@@ -8,14 +8,17 @@ IngressError                  500  root; every subclass carries its HTTP status
  │    └── DeploymentRejected  400  discovery or registration of a deployment failed
  ├── NotFound                 404  unknown service, handler, deployment or schema
  ├── MethodNotAllowed         405  e.g. GET on an invocation path
+ ├── Conflict                 409  e.g. a workflow run that already started, a deployment still in use
  ├── PayloadTooLarge          413  body over the configured limit
  ├── InvocationFailed         4xx/5xx  the handler failed: its Failure {code, message}
+ ├── NotReady                 470  output asked for while the invocation still runs (Restate's code)
  ├── Overloaded               503  too many calls waiting for their result
  ├── Unavailable              503  Kafka did not accept or acknowledge the request
  └── ResultTimeout            504  the invocation did not finish within the call timeout
 ```
 
-Every error may carry the invocation id it concerns; `error_response` then sets `x-restate-id`.
+Every error may carry the invocation id it concerns; `error_response` then sets `x-restate-id`
+(and any further `headers` the error carries, e.g. `idempotency-expires`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from keystate.server.errors import KafkaUnavailable, MetaError
 
 __all__ = [
     "BadRequest",
+    "Conflict",
+    "NotReady",
     "DeploymentRejected",
     "IngressError",
     "InvocationFailed",
@@ -59,10 +64,18 @@ class IngressError(Exception):
 
     status = 500
 
-    def __init__(self, message: str, *, invocation_id: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        invocation_id: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.invocation_id = invocation_id
+        self.headers = dict(headers or {})
         if status is not None:
             self.status = status
 
@@ -91,16 +104,28 @@ class MethodNotAllowed(IngressError):
     status = 405
 
 
+class Conflict(IngressError):
+    status = 409
+
+
 class PayloadTooLarge(IngressError):
     status = 413
+
+
+class NotReady(IngressError):
+    """The output of an invocation that has not completed yet; Restate answers 470."""
+
+    status = 470
 
 
 class InvocationFailed(IngressError):
     """The invocation ended with a failure; its code is the status (500 when not an HTTP error code)."""
 
-    def __init__(self, code: int, message: str, *, invocation_id: str | None = None) -> None:
+    def __init__(
+        self, code: int, message: str, *, invocation_id: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         status = code if 400 <= code <= 599 else 500
-        super().__init__(message, invocation_id=invocation_id, status=status)
+        super().__init__(message, invocation_id=invocation_id, status=status, headers=headers)
         self.code = status
 
 
@@ -121,13 +146,20 @@ def error_response(exc: BaseException, *, max_body_bytes: int | None = None) -> 
     error = _as_ingress_error(exc, max_body_bytes)
     if error.status >= 500 and not isinstance(error, (InvocationFailed, Unavailable, Overloaded, ResultTimeout)):
         log.error("request failed: %s", error.message, exc_info=exc)
-    headers = {INVOCATION_ID_HEADER: error.invocation_id} if error.invocation_id else None
+    headers = dict(error.headers)
+    if error.invocation_id:
+        headers[INVOCATION_ID_HEADER] = error.invocation_id
     return web.Response(
         status=error.status,
+        reason=_REASONS.get(error.status),
         body=json.dumps({"code": error.status, "message": error.message}).encode("utf-8"),
         content_type="application/json",
-        headers=headers,
+        headers=headers or None,
     )
+
+
+# Statuses without a standard reason phrase.
+_REASONS = {470: "Not Ready"}
 
 
 def _as_ingress_error(exc: BaseException, max_body_bytes: int | None) -> IngressError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -16,6 +15,7 @@ from keystate.server.kafka import AsyncProducer, KafkaSettings
 from keystate.server.meta import MetaView
 
 from .errors import Unavailable
+from .readmodel import InvocationReadModel
 from .results import ResultWaiter
 
 __all__ = ["IngressRuntime", "IngressSettings", "run_ingress"]
@@ -52,6 +52,7 @@ class IngressRuntime:
         self.producer: AsyncProducer | None = None
         self.meta = MetaView(settings.kafka)
         self.results = ResultWaiter(settings.kafka, max_pending=settings.max_pending_calls)
+        self.invocations = InvocationReadModel(settings.kafka)
         self.log_partitions = 0
         self.http: aiohttp.ClientSession | None = None
 
@@ -60,34 +61,25 @@ class IngressRuntime:
         return self.meta.ready and self.results.ready and self.producer is not None
 
     async def start(self) -> None:
-        """Connect to Kafka, read keystate.meta to its end, and start following the results."""
+        """Connect to Kafka, read keystate.meta to its end, follow the results, start the invocation read model."""
         self.producer = AsyncProducer(self.settings.kafka)
         try:
             self.log_partitions = await asyncio.to_thread(self.producer.partitions, self.settings.topics.log)
             # Both followers must be reading before the first request can be accepted.
-            await asyncio.gather(self._start_retrying(self.meta.start), self._start_retrying(self.results.start))
+            await asyncio.gather(
+                self.meta.start(self.settings.start_timeout), self.results.start(self.settings.start_timeout)
+            )
+            # The read model serves only the admin API: it catches up in the background.
+            await self.invocations.start()
         except BaseException:
             await self.stop()
             raise
         self.http = aiohttp.ClientSession()
 
-    async def _start_retrying(self, start: Callable[[float], Awaitable[None]]) -> None:
-        # Right after topic creation a partition may have no leader yet: that passes, so retry.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.start_timeout
-        while True:
-            try:
-                await start(max(deadline - loop.time(), 1.0))
-                return
-            except KafkaUnavailable as exc:
-                if loop.time() + 0.5 >= deadline:
-                    raise
-                log.info("retrying: %s", exc)
-                await asyncio.sleep(0.5)
-
     async def stop(self) -> None:
         self.meta.stop()
         self.results.stop()
+        self.invocations.stop()
         if self.http is not None:
             await self.http.close()
             self.http = None

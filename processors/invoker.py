@@ -30,6 +30,7 @@ __all__ = ["Invoker", "InvokerSettings", "log_key"]
 log = logging.getLogger(__name__)
 
 _RUN_ENTRY = "keystate.RunEntry"
+BATCH_CONTENT_TYPE = "application/vnd.keystate.batch+avro"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ class Invoker:
         producer: AsyncProducer,
         log_topic: str,
         partitions: int,
-        resolve_uri: Callable[[str | None, str], str | None],
+        resolve_uri: Callable[[str | None, str], tuple[str, list[str]] | None],
         settings: InvokerSettings | None = None,
     ) -> None:
         self._producer = producer
@@ -156,22 +157,37 @@ class Invoker:
 
     async def _stream(self, attempt: _Attempt) -> None:
         action = attempt.action
-        uri = self._resolve_uri(action.deployment_id, action.target["service"])
-        if uri is None:
+        resolved = self._resolve_uri(action.deployment_id, action.target["service"])
+        if resolved is None:
             raise AttemptError(
                 f"no deployment serves {action.target['service']}; register one with "
                 "`keystate deployments register <uri>`"
             )
-        assert self._session is not None
+        uri, transports = resolved
         url = f"{uri.rstrip('/')}/invoke/{action.target['service']}/{action.target['handler']}"
+        if "websocket" in transports:
+            await self._websocket(attempt, url)
+        else:
+            await self._request_response(attempt, url)
+
+    def _opening(self, action: Invoke) -> list[bytes]:
+        """Start message and the journal so far, encoded."""
+        encode = self._codec.encode
+        return [
+            encode("keystate.StartMessage", self._start_message(action)),
+            *(encode("keystate.EntryMessage", {"index": i, "entry": r}) for i, r in enumerate(action.journal)),
+        ]
+
+    async def _websocket(self, attempt: _Attempt, url: str) -> None:
+        action = attempt.action
+        assert self._session is not None
         try:
             ws = await self._session.ws_connect(url, max_msg_size=self._settings.max_message_bytes, autoping=True)
         except aiohttp.WSServerHandshakeError as exc:
             raise AttemptError(f"deployment refused the invocation at {url}: HTTP {exc.status} {exc.message}") from exc
         attempt.ws = ws
-        await ws.send_bytes(self._codec.encode("keystate.StartMessage", self._start_message(action)))
-        for index, record in enumerate(action.journal):
-            await ws.send_bytes(self._codec.encode("keystate.EntryMessage", {"index": index, "entry": record}))
+        for message in self._opening(action):
+            await ws.send_bytes(message)
         for message in attempt.pending:
             await ws.send_bytes(message)
         attempt.pending.clear()
@@ -189,39 +205,67 @@ class Invoker:
                 raise AttemptError(f"stream error: {ws.exception()!r}")
             if msg.type != aiohttp.WSMsgType.BINARY:
                 raise AttemptError(f"protocol violation: expected a binary message, got {msg.type.name}")
-            try:
-                name, record = self._codec.decode(msg.data)
-            except ContractError as exc:
-                raise AttemptError(f"protocol violation: undecodable message from the deployment: {exc}") from exc
-            if name == "keystate.EntryMessage":
-                if record["index"] != next_index:
-                    raise AttemptError(
-                        f"protocol violation: entry index {record['index']}, expected {next_index}"
-                    )
-                next_index += 1
-                await self._append(action, record, ws)
-            elif name == "keystate.EndMessage":
+            next_index, ended = await self._handle(action, msg.data, next_index, ws)
+            if ended:
                 return
-            elif name == "keystate.SuspensionMessage":
-                await self._command(
-                    action,
-                    "keystate.SuspendCommand",
-                    {"invocation_id": action.invocation_id, "attempt": action.attempt, "waiting_on": record["waiting_on"]},
-                )
+
+    async def _request_response(self, attempt: _Attempt, url: str) -> None:
+        """One POST per attempt: the journal goes in; new entries and how it ended come out."""
+        action = attempt.action
+        assert self._session is not None
+        body = self._codec.encode("keystate.MessageBatch", {"messages": self._opening(action)})
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=self._settings.inactivity_timeout_s)
+        async with self._session.post(url, data=body, headers={"content-type": BATCH_CONTENT_TYPE}, timeout=timeout) as resp:
+            data = await resp.content.read(self._settings.max_message_bytes + 1)
+            if resp.status != 200:
+                raise AttemptError(f"deployment answered HTTP {resp.status} at {url}: {data[:300]!r}")
+        if len(data) > self._settings.max_message_bytes:
+            raise AttemptError(f"response larger than {self._settings.max_message_bytes} bytes")
+        try:
+            messages = self._codec.decode_as("keystate.MessageBatch", data)["messages"]
+        except ContractError as exc:
+            raise AttemptError(f"protocol violation: the response is not a MessageBatch: {exc}") from exc
+        next_index = len(action.journal)
+        for message in messages:
+            next_index, ended = await self._handle(action, message, next_index, None)
+            if ended:
                 return
-            elif name == "keystate.ErrorMessage":
-                await self._failed(
-                    action,
-                    record["code"],
-                    record["message"],
-                    record["retryable"],
-                    record.get("stacktrace"),
-                    record.get("retry_after_ms"),
-                    record.get("related_entry_index"),
-                )
-                return
-            else:
-                raise AttemptError(f"protocol violation: unexpected {name} from the deployment")
+        raise AttemptError("protocol violation: the response ended without End, Suspension or Error")
+
+    async def _handle(
+        self, action: Invoke, data: bytes, next_index: int, ws: aiohttp.ClientWebSocketResponse | None
+    ) -> tuple[int, bool]:
+        """Act on one message from the deployment; returns the next entry index and whether the attempt ended."""
+        try:
+            name, record = self._codec.decode(data)
+        except ContractError as exc:
+            raise AttemptError(f"protocol violation: undecodable message from the deployment: {exc}") from exc
+        if name == "keystate.EntryMessage":
+            if record["index"] != next_index:
+                raise AttemptError(f"protocol violation: entry index {record['index']}, expected {next_index}")
+            await self._append(action, record, ws)
+            return next_index + 1, False
+        if name == "keystate.EndMessage":
+            return next_index, True
+        if name == "keystate.SuspensionMessage":
+            await self._command(
+                action,
+                "keystate.SuspendCommand",
+                {"invocation_id": action.invocation_id, "attempt": action.attempt, "waiting_on": record["waiting_on"]},
+            )
+            return next_index, True
+        if name == "keystate.ErrorMessage":
+            await self._failed(
+                action,
+                record["code"],
+                record["message"],
+                record["retryable"],
+                record.get("stacktrace"),
+                record.get("retry_after_ms"),
+                record.get("related_entry_index"),
+            )
+            return next_index, True
+        raise AttemptError(f"protocol violation: unexpected {name} from the deployment")
 
     def _start_message(self, action: Invoke) -> dict[str, Any]:
         return {
@@ -236,14 +280,16 @@ class Invoker:
             "duration_since_first_attempt_ms": max(0, int(time.time() * 1000) - action.first_attempt_at_ms),
         }
 
-    async def _append(self, action: Invoke, message: dict[str, Any], ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _append(
+        self, action: Invoke, message: dict[str, Any], ws: aiohttp.ClientWebSocketResponse | None
+    ) -> None:
         entry = message["entry"]
         delivered = self._produce(
             action,
             "keystate.JournalAppendCommand",
             {"invocation_id": action.invocation_id, "attempt": action.attempt, "entry_index": message["index"], "entry": entry},
         )
-        if entry["entry"][0] == _RUN_ENTRY:
+        if entry["entry"][0] == _RUN_ENTRY and ws is not None:
             await delivered
             await ws.send_bytes(self._codec.encode("keystate.AckMessage", {"index": message["index"]}))
         else:

@@ -10,7 +10,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from keystate.schemas.topics import Topics
-from keystate.server.kafka import KafkaSettings, kafka_error
+from keystate.server.kafka import KafkaSettings, kafka_error, watermarks
 
 from . import changelog
 from .state_machine import Action, Change, Command, Config, Tables, apply
@@ -53,7 +53,7 @@ class PartitionProcessor:
         ends: dict[str, int] = {}
         assignment = []
         for topic in by_topic:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, self.partition), timeout=10.0)
+            low, high = watermarks(consumer, TopicPartition(topic, self.partition))
             if high > low:
                 ends[topic] = high
                 assignment.append(TopicPartition(topic, self.partition, low))

@@ -27,6 +27,7 @@ SCHEMA_IDS: Final[dict[str, int]] = {
     "keystate.QueryOutputCommand": 111,
     "keystate.QueryOutputReply": 112,
     "keystate.PurgeCommand": 113,
+    "keystate.ResumeCommand": 114,
     # processor tables (changelog values)
     "keystate.InvocationStatus": 201,
     "keystate.JournalRecord": 202,

@@ -21,6 +21,7 @@ __all__ = [
     "partition_for",
     "partition_for_hash",
     "positive_hash",
+    "idempotency_partition_key",
 ]
 
 PartitionKey = NewType("PartitionKey", int)
@@ -122,6 +123,16 @@ class InvocationTarget:
     def service_id(self) -> ServiceId | None:
         return None if self.key is None else ServiceId(self.service, self.key)
 
+    def to_record(self) -> dict[str, object]:
+        """The Avro `keystate.Target` of this target."""
+        return {
+            "service": self.service,
+            "handler": self.handler,
+            "key": self.key,
+            "service_type": self.service_type.value,
+            "handler_kind": self.handler_kind.value,
+        }
+
     def __str__(self) -> str:
         if self.key is None:
             return f"{self.service}/{self.handler}"
@@ -186,3 +197,15 @@ class InvocationId:
 
     def partition(self, partitions: int) -> int:
         return partition_for_hash(self.partition_key, partitions)
+
+
+def idempotency_partition_key(target: InvocationTarget, idempotency_key: str) -> PartitionKey:
+    """Where an idempotent invocation lives: its object's partition, or one fixed by the key for services.
+
+    Every producer of an idempotent request (ingress, SDK, router) must use it, so the idempotency
+    table row and the invocation land on one partition.
+    """
+    sid = target.service_id
+    if sid is not None:
+        return sid.partition_key
+    return positive_hash(f"{target.service}/{target.handler}/{idempotency_key}")

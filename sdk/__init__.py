@@ -16,8 +16,8 @@ from ._context import (
     WorkflowSharedContext,
 )
 from ._server import app, manifest, serve
-from ._service import Service, VirtualObject, Workflow
-from .errors import TerminalError
+from ._service import InvocationRetryPolicy, Service, VirtualObject, Workflow
+from .errors import RetryableError, TerminalError
 from . import serde
 
 __all__ = [
@@ -26,9 +26,11 @@ __all__ = [
     "DurableFuture",
     "DurablePromise",
     "DurableSleepFuture",
+    "InvocationRetryPolicy",
     "ObjectContext",
     "ObjectSharedContext",
     "Request",
+    "RetryableError",
     "RunOptions",
     "SendHandle",
     "Service",

@@ -1,13 +1,22 @@
-"""Combinators over durable futures: gather, select, as_completed, wait_completed."""
+"""Combinators over durable futures: gather, select, as_completed, wait_completed.
+
+Which futures completed first is a fact of one attempt: a replay may find more of them
+completed. So `wait_completed` (and `as_completed` and `select` on top of it) journals the
+order it saw as a step named `keystate:combinator`, and a replay follows the journal. `gather`
+waits for all of them, which has one outcome whatever the order: it journals nothing.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from ._context import DurableFuture, InvocationCore
 
-__all__ = ["as_completed", "gather", "select", "wait_completed"]
+__all__ = ["COMBINATOR_STEP", "as_completed", "gather", "select", "wait_completed"]
+
+COMBINATOR_STEP = "keystate:combinator"
 
 
 def _core_of(futures: tuple[DurableFuture[Any], ...]) -> InvocationCore:
@@ -23,6 +32,13 @@ def _core_of(futures: tuple[DurableFuture[Any], ...]) -> InvocationCore:
     return core
 
 
+def _decode_order(data: bytes) -> list[int]:
+    order = json.loads(data)
+    if not isinstance(order, list) or not all(isinstance(i, int) for i in order):
+        raise ValueError(f"a {COMBINATOR_STEP} step holds a list of entry indexes, got {order!r}")
+    return order
+
+
 async def wait_completed(
     *futures: DurableFuture[Any],
 ) -> tuple[list[DurableFuture[Any]], list[DurableFuture[Any]]]:
@@ -33,9 +49,17 @@ async def wait_completed(
     if not any(f.is_completed() for f in futures):
         # Waiting on several entries suspends on all of them: any completion resumes the handler.
         await core.wait_any(list(futures))
-    completed = [f for f in futures if f.is_completed()]
-    pending = [f for f in futures if not f.is_completed()]
-    return completed, pending
+    seen = [f.index for f in futures if f.is_completed()]
+    order = await core.record(COMBINATOR_STEP, json.dumps(seen, separators=(",", ":")).encode(), _decode_order)
+    by_index = {f.index: f for f in futures}
+    unknown = [i for i in order if i not in by_index]
+    if unknown or not order:
+        raise ValueError(
+            f"the journaled {COMBINATOR_STEP} step names entries {order}, but the handler waits on "
+            f"{sorted(by_index)}: the handler code changed since this invocation started"
+        )
+    done = set(order)
+    return [f for f in futures if f.index in done], [f for f in futures if f.index not in done]
 
 
 async def as_completed(*futures: DurableFuture[Any]) -> AsyncIterator[DurableFuture[Any]]:
@@ -49,8 +73,13 @@ async def as_completed(*futures: DurableFuture[Any]) -> AsyncIterator[DurableFut
 
 async def gather(*futures: DurableFuture[Any]) -> list[DurableFuture[Any]]:
     """Until every future is completed; returns the futures (await each one for its value)."""
-    async for _ in as_completed(*futures):
-        pass
+    if not futures:
+        return []
+    core = _core_of(futures)
+    pending = [f for f in futures if not f.is_completed()]
+    while pending:
+        await core.wait_any(pending)  # suspends on every pending one
+        pending = [f for f in pending if not f.is_completed()]
     return list(futures)
 
 

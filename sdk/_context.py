@@ -21,7 +21,7 @@ from keystate.schemas.ids import HandlerKind, InvocationTarget, ServiceType
 
 from ._machine import Failure, Machine, Result, Value
 from ._service import Handler, handler_of
-from .errors import AttemptEnded, Suspended, TerminalError
+from .errors import AttemptEnded, RetryableError, Suspended, TerminalError
 from .serde import Serde, serde_for
 
 __all__ = [
@@ -155,6 +155,11 @@ class InvocationCore:
 
     The transport feeds processor messages to `feed` and sends `machine.take_output()` whenever
     `on_output` is called; `finished` is set once the machine is closed.
+
+    `request_response`: the transport cannot deliver acks or completions during the attempt, so
+    a handler blocked on an incomplete entry suspends at once, and a new run step, which can
+    never be acknowledged, is awaited like a completable entry: the attempt suspends on it and
+    the processor re-invokes with the run journaled.
     """
 
     def __init__(
@@ -165,10 +170,12 @@ class InvocationCore:
         suspend_after: float,
         on_output: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = _time.time,
+        request_response: bool = False,
     ) -> None:
         self.machine = machine
         self.handler = handler
-        self.suspend_after = suspend_after
+        self.request_response = request_response
+        self.suspend_after = 0.0 if request_response else suspend_after
         self.clock = clock
         self._on_output = on_output
         self._loop = asyncio.get_running_loop()
@@ -310,6 +317,12 @@ class InvocationCore:
             machine.sys_write_output(result)
         except AttemptEnded:
             pass
+        except RetryableError as exc:
+            log.info("handler %s asked to retry invocation %s: %r", handler.qualified, self.invocation_id, exc)
+            machine.sys_fail(
+                exc.status_code, exc.message, retryable=True, retry_after_ms=exc.retry_after_ms,
+                stacktrace=traceback.format_exc(),
+            )
         except asyncio.CancelledError:
             if not machine.closed:
                 machine.sys_fail(500, "the handler was cancelled", retryable=True)
@@ -335,7 +348,11 @@ class InvocationCore:
     ) -> DurableFuture[Any]:
         with self.op():
             index, replayed = self.machine.sys_run(name)
-            future: DurableFuture[Any] = DurableFuture(self, index, serde.deserialize, suspendable=False)
+            # Streaming: the ack follows shortly, never suspend on it. Request/response: no ack
+            # can come, so waiting on the step is what suspends the attempt.
+            future: DurableFuture[Any] = DurableFuture(
+                self, index, serde.deserialize, suspendable=self.request_response
+            )
             if replayed is None:
                 self._runs_in_flight += 1
                 coro = self._execute_run(index, name, action, args, kwargs, serde, max_attempts, initial_retry_interval)
@@ -374,6 +391,8 @@ class InvocationCore:
                     result = Failure(500, f"{type(exc).__name__}: {exc}")
                 else:
                     retry_ms = None if initial_retry_interval is None else int(initial_retry_interval / timedelta(milliseconds=1))
+                    if isinstance(exc, RetryableError) and exc.retry_after is not None:
+                        retry_ms = exc.retry_after_ms
                     machine.sys_fail(
                         500,
                         repr(exc),
@@ -385,12 +404,25 @@ class InvocationCore:
                     return
             machine.sys_run_done(index, name, result)
             self.changed()
-            await self._result_future(index)  # the ack: the step is acted on only once durable
+            if not self.request_response:
+                await self._result_future(index)  # the ack: the step is acted on only once durable
         except (AttemptEnded, asyncio.CancelledError):
             pass
         finally:
             self._runs_in_flight -= 1
             self.changed()
+
+    def record(self, name: str, data: bytes, decode: Callable[[bytes], T]) -> DurableFuture[T]:
+        """Journal a decision the handler made (as a run step with `data` as its result).
+
+        A replay returns the journaled decision instead of `data`. Like any step it counts once
+        durable: streaming waits for the ack, request/response suspends on it.
+        """
+        with self.op():
+            index, replayed = self.machine.sys_run(name)
+            if replayed is None:
+                self.machine.sys_run_done(index, name, Value(data))
+            return DurableFuture(self, index, decode, suspendable=self.request_response)
 
     def context_cancel(self, invocation_id: str) -> None:
         with self.op():

@@ -19,6 +19,7 @@ from keystate.schemas.ids import (
     InvocationTarget,
     PartitionKey,
     ServiceType,
+    idempotency_partition_key,
     positive_hash,
 )
 
@@ -111,13 +112,7 @@ def result_from_avro(data: Any) -> Result | None:
 
 
 def target_to_avro(target: InvocationTarget) -> dict[str, Any]:
-    return {
-        "service": target.service,
-        "handler": target.handler,
-        "key": target.key,
-        "service_type": target.service_type.value,
-        "handler_kind": target.handler_kind.value,
-    }
+    return target.to_record()
 
 
 def target_from_avro(data: dict[str, Any]) -> InvocationTarget:
@@ -158,14 +153,27 @@ def describe_entry(name: str, entry: dict[str, Any]) -> str:
     }.get(name, short)
 
 
-def child_invocation_id(parent_id: str, index: int, target: InvocationTarget) -> InvocationId:
-    """The callee's id of a call/send at `index`: derived from the parent, so replays agree."""
+def child_invocation_id(
+    parent_id: str, index: int, target: InvocationTarget, idempotency_key: str | None = None
+) -> InvocationId:
+    """The callee's id of a call/send at `index`: derived from the parent, so replays agree.
+
+    With an idempotency key the id is routed by `idempotency_partition_key`, so the invocation
+    lands on the partition that holds its idempotency row; the random part stays derived.
+    """
     digest = hashlib.sha256(f"{parent_id}/{index}".encode()).digest()
-    if target.key is not None:
+    if idempotency_key is not None:
+        partition_key = idempotency_partition_key(target, idempotency_key)
+    elif target.key is not None:
         partition_key = positive_hash(f"{target.service}/{target.key}")
     else:
         partition_key = PartitionKey(int.from_bytes(digest[15:19], "big") & 0x7FFFFFFF)
     return InvocationId.new(partition_key, random=digest[:15])
+
+
+def _check_idempotency_key(key: str | None) -> None:
+    if key is not None and (not isinstance(key, str) or not key):
+        raise ValueError(f"idempotency_key must be a non-empty string or None, got {key!r}")
 
 
 @dataclass(slots=True)
@@ -217,6 +225,11 @@ class Machine:
     @property
     def known_entries(self) -> int:
         return max(self._known, 0)
+
+    @property
+    def received_entries(self) -> int:
+        """Known journal entries received so far (`ready` once all `known_entries` arrived)."""
+        return len(self._journal)
 
     def notify_input(self, name: str, record: dict[str, Any]) -> None:
         """Apply one message from the processor; raises ProtocolError if it breaks the protocol."""
@@ -290,7 +303,10 @@ class Machine:
     @staticmethod
     def _journaled_result(name: str, entry: dict[str, Any]) -> Result | None:
         if name == SLEEP:
-            return Value(b"") if entry["fired"] else None
+            if not entry["fired"]:
+                return None
+            # A sleep ended by a cancel carries its 409 failure; a fired timer an empty value.
+            return result_from_avro(entry.get("result")) or Value(b"")
         if name == RUN or name in COMPLETABLE:
             return result_from_avro(entry.get("result"))
         return None
@@ -440,7 +456,8 @@ class Machine:
     ) -> tuple[int, str]:
         """Index of a call entry and the callee's invocation id."""
         info = self._info()
-        callee = str(child_invocation_id(info.invocation_id, self._next, target))
+        _check_idempotency_key(idempotency_key)
+        callee = str(child_invocation_id(info.invocation_id, self._next, target, idempotency_key))
         entry = {
             "target": target_to_avro(target),
             "argument": argument,
@@ -462,7 +479,8 @@ class Machine:
     ) -> tuple[int, str]:
         """Index of a send entry and the callee's invocation id."""
         info = self._info()
-        callee = str(child_invocation_id(info.invocation_id, self._next, target))
+        _check_idempotency_key(idempotency_key)
+        callee = str(child_invocation_id(info.invocation_id, self._next, target, idempotency_key))
         entry = {
             "target": target_to_avro(target),
             "argument": argument,

@@ -6,17 +6,55 @@ import inspect
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
 from keystate.schemas.ids import HandlerKind, ServiceType
 
 from .serde import Serde, serde_for
 
-__all__ = ["Handler", "Service", "VirtualObject", "Workflow", "handler_of"]
+__all__ = ["Handler", "InvocationRetryPolicy", "Service", "VirtualObject", "Workflow", "handler_of"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _ATTR = "__keystate_handler__"
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationRetryPolicy:
+    """How the processor retries failed attempts: exponential backoff, then fail or pause.
+
+    The delay before retry n (n >= 1) is `min(initial_interval * factor**(n-1), max_interval)`.
+    `max_attempts` counts every attempt, the first included; None retries forever. When it is
+    reached the invocation fails (`"fail"`, the last error becomes its output) or waits for an
+    operator to resume it (`"pause"`).
+    """
+
+    initial_interval: timedelta = timedelta(milliseconds=50)
+    factor: float = 2.0
+    max_interval: timedelta = timedelta(seconds=60)
+    max_attempts: int | None = None
+    on_max_attempts: Literal["fail", "pause"] = "fail"
+
+    def __post_init__(self) -> None:
+        if self.initial_interval <= timedelta(0):
+            raise ValueError(f"initial_interval must be positive, got {self.initial_interval}")
+        if self.max_interval < self.initial_interval:
+            raise ValueError(
+                f"max_interval ({self.max_interval}) must not be shorter than initial_interval ({self.initial_interval})"
+            )
+        if not self.factor >= 1.0:
+            raise ValueError(f"factor must be at least 1.0 (1.0 = constant delay), got {self.factor}")
+        if self.max_attempts is not None and (isinstance(self.max_attempts, bool) or self.max_attempts < 1):
+            raise ValueError(f"max_attempts must be a positive int or None (unlimited), got {self.max_attempts!r}")
+        if self.on_max_attempts not in ("fail", "pause"):
+            raise ValueError(f"on_max_attempts must be 'fail' or 'pause', got {self.on_max_attempts!r}")
+
+
+def _positive(name: str, value: timedelta | None) -> timedelta | None:
+    if value is not None and (not isinstance(value, timedelta) or value <= timedelta(0)):
+        raise ValueError(f"{name} must be a positive timedelta or None, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +69,7 @@ class Handler:
     takes_input: bool
     input_serde: Serde[Any]
     output_serde: Serde[Any]
+    retry_policy: InvocationRetryPolicy | None = None
 
     @property
     def qualified(self) -> str:
@@ -51,13 +90,41 @@ def handler_of(fn: Any) -> Handler:
 class _ServiceBase:
     service_type: ServiceType
 
-    def __init__(self, name: str, *, description: str | None = None, metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        metadata: dict[str, str] | None = None,
+        invocation_retry_policy: InvocationRetryPolicy | None = None,
+        inactivity_timeout: timedelta | None = None,
+        abort_timeout: timedelta | None = None,
+        idempotency_retention: timedelta | None = None,
+    ) -> None:
+        """None for a setting means: the server's default.
+
+        `inactivity_timeout`: an attempt silent this long is asked to suspend (or retried);
+        `abort_timeout`: an attempt asked to stop is aborted this long after;
+        `idempotency_retention`: how long the result of an invocation sent with an idempotency
+        key is kept to answer duplicates.
+        """
         if not name or "/" in name:
             raise ValueError(f"invalid service name {name!r}: it must be non-empty and contain no '/'")
+        if invocation_retry_policy is not None and not isinstance(invocation_retry_policy, InvocationRetryPolicy):
+            raise TypeError("invocation_retry_policy must be a keystate.InvocationRetryPolicy")
         self.name = name
         self.description = description
         self.metadata = dict(metadata or {})
+        self.invocation_retry_policy = invocation_retry_policy
+        self.inactivity_timeout = _positive("inactivity_timeout", inactivity_timeout)
+        self.abort_timeout = _positive("abort_timeout", abort_timeout)
+        self.idempotency_retention = _positive("idempotency_retention", idempotency_retention)
         self.handlers: dict[str, Handler] = {}
+
+    @property
+    def journal_retention(self) -> timedelta | None:
+        """How long a completed invocation (and its journal) is kept; None = server default."""
+        return self.idempotency_retention
 
     def _register(
         self,
@@ -66,7 +133,10 @@ class _ServiceBase:
         kind: HandlerKind,
         input_serde: Serde[Any] | None,
         output_serde: Serde[Any] | None,
+        retry_policy: InvocationRetryPolicy | None = None,
     ) -> None:
+        if retry_policy is not None and not isinstance(retry_policy, InvocationRetryPolicy):
+            raise TypeError("invocation_retry_policy must be a keystate.InvocationRetryPolicy")
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"handler {fn.__qualname__} must be an async function: async def h(ctx, arg)")
         handler_name = name or fn.__name__
@@ -91,6 +161,7 @@ class _ServiceBase:
             takes_input=len(params) == 2,
             input_serde=serde_for(arg_hint, input_serde),
             output_serde=serde_for(hints.get("return"), output_serde),
+            retry_policy=retry_policy,
         )
         setattr(fn, _ATTR, handler)
 
@@ -107,6 +178,7 @@ class Service(_ServiceBase):
         *,
         input_serde: Serde[Any] | None = None,
         output_serde: Serde[Any] | None = None,
+        invocation_retry_policy: InvocationRetryPolicy | None = None,
     ) -> Callable[[F], F]:
         """Register `async def h(ctx: Context, arg: T) -> R` (or `h(ctx)`) as a handler."""
         if kind is not None:
@@ -114,7 +186,7 @@ class Service(_ServiceBase):
 
         def register(fn: F) -> F:
             # Services have no concurrency kind; the contract's Target needs one, EXCLUSIVE is its default.
-            self._register(fn, name, HandlerKind.EXCLUSIVE, input_serde, output_serde)
+            self._register(fn, name, HandlerKind.EXCLUSIVE, input_serde, output_serde, invocation_retry_policy)
             return fn
 
         return register
@@ -132,6 +204,7 @@ class VirtualObject(_ServiceBase):
         *,
         input_serde: Serde[Any] | None = None,
         output_serde: Serde[Any] | None = None,
+        invocation_retry_policy: InvocationRetryPolicy | None = None,
     ) -> Callable[[F], F]:
         """Register an exclusive (`ObjectContext`) or shared (`ObjectSharedContext`) handler."""
         kinds = {None: HandlerKind.EXCLUSIVE, "exclusive": HandlerKind.EXCLUSIVE, "shared": HandlerKind.SHARED}
@@ -139,7 +212,7 @@ class VirtualObject(_ServiceBase):
             raise ValueError(f"kind must be 'exclusive' or 'shared', got {kind!r}")
 
         def register(fn: F) -> F:
-            self._register(fn, name, kinds[kind], input_serde, output_serde)
+            self._register(fn, name, kinds[kind], input_serde, output_serde, invocation_retry_policy)
             return fn
 
         return register
@@ -150,19 +223,50 @@ class Workflow(_ServiceBase):
 
     service_type = ServiceType.WORKFLOW
 
+    def __init__(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        metadata: dict[str, str] | None = None,
+        invocation_retry_policy: InvocationRetryPolicy | None = None,
+        inactivity_timeout: timedelta | None = None,
+        abort_timeout: timedelta | None = None,
+        idempotency_retention: timedelta | None = None,
+        workflow_retention: timedelta | None = timedelta(days=1),
+    ) -> None:
+        """`workflow_retention`: how long a finished workflow's state, promises and result are
+        kept (and its id blocked from running again); None = the server's default."""
+        super().__init__(
+            name,
+            description=description,
+            metadata=metadata,
+            invocation_retry_policy=invocation_retry_policy,
+            inactivity_timeout=inactivity_timeout,
+            abort_timeout=abort_timeout,
+            idempotency_retention=idempotency_retention,
+        )
+        self.workflow_retention = _positive("workflow_retention", workflow_retention)
+
+    @property
+    def journal_retention(self) -> timedelta | None:
+        # The run handler's result is what a workflow id keeps: its retention wins.
+        return self.workflow_retention
+
     def main(
         self,
         name: str | None = None,
         *,
         input_serde: Serde[Any] | None = None,
         output_serde: Serde[Any] | None = None,
+        invocation_retry_policy: InvocationRetryPolicy | None = None,
     ) -> Callable[[F], F]:
         """Register the run handler (`WorkflowContext`); a workflow has exactly one."""
 
         def register(fn: F) -> F:
             if any(h.kind is HandlerKind.WORKFLOW for h in self.handlers.values()):
                 raise ValueError(f"workflow {self.name} already has a main handler")
-            self._register(fn, name, HandlerKind.WORKFLOW, input_serde, output_serde)
+            self._register(fn, name, HandlerKind.WORKFLOW, input_serde, output_serde, invocation_retry_policy)
             return fn
 
         return register
@@ -173,11 +277,12 @@ class Workflow(_ServiceBase):
         *,
         input_serde: Serde[Any] | None = None,
         output_serde: Serde[Any] | None = None,
+        invocation_retry_policy: InvocationRetryPolicy | None = None,
     ) -> Callable[[F], F]:
         """Register a shared handler (`WorkflowSharedContext`), e.g. a signal or a query."""
 
         def register(fn: F) -> F:
-            self._register(fn, name, HandlerKind.SHARED, input_serde, output_serde)
+            self._register(fn, name, HandlerKind.SHARED, input_serde, output_serde, invocation_retry_policy)
             return fn
 
         return register

@@ -16,6 +16,7 @@ import aiohttp
 from .errors import MetaError
 
 __all__ = [
+    "RETRY_POLICY_DEFAULTS",
     "SUPPORTED_PROTOCOL_VERSIONS",
     "TRANSPORTS",
     "discover",
@@ -36,6 +37,17 @@ _ALLOWED_KINDS = {
 }
 _DEFAULT_KIND = {"SERVICE": "EXCLUSIVE", "VIRTUAL_OBJECT": "EXCLUSIVE", "WORKFLOW": "SHARED"}
 _MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# Fields of a partial retryPolicy that the manifest leaves out; the processors' default policy.
+RETRY_POLICY_DEFAULTS = {
+    "initial_interval_ms": 100,
+    "factor": 2.0,
+    "max_interval_ms": 10_000,
+    "max_attempts": None,
+    "on_max_attempts": "FAIL",
+}
+_ON_MAX_ATTEMPTS = ("FAIL", "PAUSE")
+# Service-level settings the schema has no per-handler place for (HandlerMetadata has retry_policy only).
+_SERVICE_ONLY_SETTINGS = ("inactivityTimeout", "abortTimeout", "journalRetention")
 
 
 def new_deployment_id() -> str:
@@ -162,9 +174,51 @@ def _optional_ms(spec: Mapping[str, Any], field: str, where: str) -> int | None:
     value = spec.get(field)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
         raise MetaError(f"{where}: field {field!r} must be a non-negative integer of milliseconds, got {value!r}")
     return value
+
+
+def _retry_policy(spec: object, where: str) -> dict[str, Any] | None:
+    """A RetryPolicy record from a manifest's `retryPolicy`; fields left out take the server defaults."""
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise MetaError(
+            f"{where}: field 'retryPolicy' must be an object like "
+            '{"initialInterval": 100, "factor": 2.0, "maxInterval": 10000, "maxAttempts": 10, "onMaxAttempts": "PAUSE"}'
+        )
+    where = f"{where}: retryPolicy"
+    policy = dict(RETRY_POLICY_DEFAULTS)
+    for field, name in (("initialInterval", "initial_interval_ms"), ("maxInterval", "max_interval_ms")):
+        value = _optional_ms(spec, field, where)
+        if value is not None:
+            policy[name] = value
+    factor = spec.get("factor")
+    if factor is not None:
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor >= 1.0 or factor == float("inf"):
+            raise MetaError(f"{where}: field 'factor' must be a number of at least 1.0, got {factor!r}")
+        policy["factor"] = float(factor)
+    max_attempts = spec.get("maxAttempts")
+    if max_attempts is not None:
+        if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
+            raise MetaError(
+                f"{where}: field 'maxAttempts' must be a positive integer, or null for unlimited, got {max_attempts!r}"
+            )
+        if max_attempts > 2**31 - 1:
+            raise MetaError(f"{where}: field 'maxAttempts' must be at most {2**31 - 1}, got {max_attempts}")
+        policy["max_attempts"] = max_attempts
+    on_max = spec.get("onMaxAttempts")
+    if on_max is not None:
+        if on_max not in _ON_MAX_ATTEMPTS:
+            raise MetaError(f"{where}: field 'onMaxAttempts' must be one of {', '.join(_ON_MAX_ATTEMPTS)}, got {on_max!r}")
+        policy["on_max_attempts"] = on_max
+    if policy["max_interval_ms"] < policy["initial_interval_ms"]:
+        raise MetaError(
+            f"{where}: field 'maxInterval' ({policy['max_interval_ms']} ms) is below 'initialInterval' "
+            f"({policy['initial_interval_ms']} ms); the delay grows from the initial interval up to the maximum"
+        )
+    return policy
 
 
 def _service(spec: object, where: str) -> dict[str, Any]:
@@ -199,7 +253,7 @@ def _service(spec: object, where: str) -> dict[str, Any]:
         "name": name,
         "service_type": ty,
         "handlers": converted,
-        "retry_policy": None,
+        "retry_policy": _retry_policy(spec.get("retryPolicy"), where),
         "retention_ms": _optional_ms(spec, "journalRetention", where),
         "inactivity_timeout_ms": _optional_ms(spec, "inactivityTimeout", where),
         "abort_timeout_ms": _optional_ms(spec, "abortTimeout", where),
@@ -221,12 +275,18 @@ def _handler(spec: object, service_type: str, where: str) -> dict[str, Any]:
             f"{where}: a {service_type} cannot have a {kind} handler; allowed: "
             f"{', '.join(_ALLOWED_KINDS[service_type])}"
         )
+    for setting in _SERVICE_ONLY_SETTINGS:
+        if _optional_ms(spec, setting, where) is not None:
+            raise MetaError(
+                f"{where}: field {setting!r} is not supported per handler by this server; "
+                "set it on the service instead (it then applies to every handler)"
+            )
     return {
         "name": name,
         "kind": kind,
         "input_content_type": _content_type(spec.get("input"), where, "input"),
         "output_content_type": _content_type(spec.get("output"), where, "output"),
-        "retry_policy": None,
+        "retry_policy": _retry_policy(spec.get("retryPolicy"), where),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from keystate.schemas.topics import Topics
 
 from .errors import KafkaUnavailable
 
-__all__ = ["AsyncProducer", "KafkaSettings", "TopicFollower", "kafka_error"]
+__all__ = ["AsyncProducer", "KafkaSettings", "TopicFollower", "kafka_error", "watermarks"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,32 @@ def kafka_error(operation: str, exc: BaseException | KafkaError) -> KafkaUnavail
     """The keystate error for a confluent-kafka failure during `operation`."""
     detail = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
     return KafkaUnavailable(f"{operation} failed: {detail}")
+
+
+# Errors that pass on their own, e.g. a partition without a leader right after topic creation.
+_TRANSIENT = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+}
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
+    """(low, high) offsets of a partition, retrying transient errors until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=min(10.0, timeout))
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            transient = isinstance(error, KafkaError) and (error.retriable() or error.code() in _TRANSIENT)
+            if not transient or time.monotonic() > deadline:
+                raise
+            log.info("watermarks of %s[%d]: %s; retrying", tp.topic, tp.partition, error)
+            time.sleep(0.2)
 
 
 class AsyncProducer:
@@ -172,15 +199,11 @@ class TopicFollower:
         ready = self.ready
         try:
             consumer = Consumer(self._settings.consumer_config(**{"group.id": f"keystate-follower-{id(self)}"}))
-            meta = consumer.list_topics(self._topic, timeout=10.0).topics.get(self._topic)
-            if meta is None or meta.error is not None:
-                raise KafkaUnavailable(
-                    f"topic {self._topic} does not exist; create keystate's topics with `keystate topics create`"
-                )
+            meta = _topic_metadata(consumer, self._topic)
             ends: dict[int, int] = {}
             assignment = []
             for p in meta.partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10.0)
+                low, high = watermarks(consumer, TopicPartition(self._topic, p))
                 ends[p] = high
                 assignment.append(TopicPartition(self._topic, p, low if self._from_beginning else high))
             consumer.assign(assignment)
@@ -214,6 +237,21 @@ class TopicFollower:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+
+
+def _topic_metadata(consumer: Consumer, topic: str, timeout: float = 30.0) -> Any:
+    """The topic's metadata once every partition has a leader (just-created topics take a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
+        if meta is not None and meta.error is None and meta.partitions and all(
+            p.leader >= 0 and p.error is None for p in meta.partitions.values()
+        ):
+            return meta
+        if time.monotonic() > deadline:
+            detail = "does not exist" if meta is None or not meta.partitions else f"is not ready ({meta.error})"
+            raise KafkaUnavailable(f"topic {topic} {detail}; create keystate's topics with `keystate topics create`")
+        time.sleep(0.2)
 
 
 def _done(future: asyncio.Future[None]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import journal, lifecycle, timers
+from . import cancellation, idempotency, journal, lifecycle, promises, timers
 from .actions import Action
 from .model import Config, value
 from .tables import Tables
@@ -51,6 +51,27 @@ def _on_timer_fired(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, 
         lifecycle.on_purge(tables, iid)
 
 
+def _on_query(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
+    """Attach/output: what is known of an invocation, by id, idempotency key or workflow id."""
+    status = None
+    if cmd.get("invocation_id"):
+        status = tables.status.get((cmd["invocation_id"],))
+    elif cmd.get("idempotency"):
+        ref = cmd["idempotency"]
+        target = ref["target"]
+        status = idempotency.existing(
+            tables, (target["service"], target.get("key") or "", target["handler"], ref["idempotency_key"])
+        )
+    elif cmd.get("workflow"):
+        target = cmd["workflow"]
+        status = idempotency.existing(tables, (target["service"], target["key"], "", ""))
+    idempotency.reply(out, cmd["reply_topic"], cmd["request_id"], status)
+
+
+def _on_purge(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
+    lifecycle.on_purge(tables, cmd["invocation_id"])
+
+
 _HANDLERS = {
     "keystate.InvokeCommand": lifecycle.on_invoke,
     "keystate.JournalAppendCommand": journal.on_journal_append,
@@ -58,4 +79,10 @@ _HANDLERS = {
     "keystate.SuspendCommand": lifecycle.on_suspend,
     "keystate.AttemptFailedCommand": lifecycle.on_attempt_failed,
     "keystate.TimerFiredCommand": _on_timer_fired,
+    "keystate.CancelCommand": cancellation.on_cancel,
+    "keystate.KillCommand": cancellation.on_kill,
+    "keystate.CompleteAwakeableCommand": promises.on_complete_awakeable,
+    "keystate.ResumeCommand": lifecycle.on_resume_paused,
+    "keystate.PurgeCommand": _on_purge,
+    "keystate.QueryOutputCommand": _on_query,
 }

@@ -6,7 +6,7 @@ from typing import Any
 
 from .tables import Tables
 
-__all__ = ["do_enqueue", "do_release", "try_lock"]
+__all__ = ["do_enqueue", "do_release", "do_remove", "try_lock"]
 
 
 def _object(tables: Tables, service: str, key: str) -> dict[str, Any]:
@@ -35,13 +35,20 @@ def do_release(tables: Tables, service: str, key: str, invocation_id: str) -> st
     if obj is None or obj["locked_by"] != invocation_id:
         return None
     head, nxt = obj["head_seq"], obj["next_seq"]
-    if head == nxt:
-        tables.objects.delete((service, key))
-        return None
-    item = tables.inbox.get((service, key, head))
-    tables.inbox.delete((service, key, head))
-    next_id = None if item is None else item["invocation_id"]
-    tables.objects.put((service, key), {"locked_by": next_id, "next_seq": nxt, "head_seq": head + 1})
-    if next_id is None:  # a hole in the inbox cannot happen; skip it rather than wedge the key
-        return do_release(tables, service, key, invocation_id=None)  # type: ignore[arg-type]
-    return next_id
+    while head < nxt:
+        item = tables.inbox.get((service, key, head))
+        head += 1
+        if item is None:
+            continue  # cancelled or killed while it waited
+        tables.inbox.delete((service, key, head - 1))
+        tables.objects.put((service, key), {"locked_by": item["invocation_id"], "next_seq": nxt, "head_seq": head})
+        return str(item["invocation_id"])
+    tables.objects.delete((service, key))
+    return None
+
+
+def do_remove(tables: Tables, service: str, key: str, invocation_id: str) -> None:
+    """Take a waiting invocation out of the key's inbox (cancelled or killed before it ran)."""
+    for row_key, item in list(tables.inbox.scan((service, key))):
+        if item["invocation_id"] == invocation_id:
+            tables.inbox.delete(row_key)

@@ -6,10 +6,10 @@ from typing import Any
 
 from keystate.schemas.ids import InvalidIdError, InvocationId, ServiceId
 
-from . import timers
+from . import promises, timers
 from .actions import Action, NotifyCompletion, SendToPartition
 from .lifecycle import do_complete, do_start_attempt, live_status
-from .model import Config, Result, is_keyed
+from .model import Config, Result, failure, is_keyed
 from .tables import Tables
 
 __all__ = ["do_complete_entry", "on_completion", "on_journal_append"]
@@ -22,6 +22,8 @@ _COMPLETABLE = {
     "keystate.PeekPromiseEntry",
     "keystate.CompletePromiseEntry",
 }
+_CANCELLABLE = {"keystate.CallEntry", "keystate.SleepEntry", "keystate.AwakeableEntry", "keystate.GetPromiseEntry"}
+_PROMISE_ENTRIES = {"keystate.GetPromiseEntry", "keystate.PeekPromiseEntry", "keystate.CompletePromiseEntry"}
 _STATE_WRITES = {"keystate.SetStateEntry", "keystate.ClearStateEntry", "keystate.ClearAllStateEntry"}
 
 
@@ -55,6 +57,11 @@ def on_journal_append(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config
         do_complete(tables, status, entry["result"], now, cfg, out)
         return
     tables.journal.put((iid, index), cmd["entry"])
+    if status["cancel_pending"] and name in _CANCELLABLE:
+        # The cancel reaches the handler here, once; what it does afterwards (compensation) runs.
+        tables.status.put((iid,), {**status, "cancel_pending": False})
+        do_complete_entry(tables, iid, index, failure(409, "cancelled"), now, cfg, out)
+        return
     _apply_entry(tables, status, index, name, entry, now, cfg, out)
 
 
@@ -95,6 +102,27 @@ def _apply_entry(
     elif name == "keystate.SleepEntry":
         if not entry["fired"]:
             timers.do_register(tables, iid, "SLEEP", index, None, entry["wake_up_at_ms"], out)
+    elif name in _PROMISE_ENTRIES:
+        if target["service_type"] != "WORKFLOW":
+            do_complete_entry(tables, iid, index, failure(400, "promises exist only in workflows"), now, cfg, out)
+        else:
+            promises.on_promise_entry(tables, status, index, name, entry, now, cfg, out)
+    elif name == "keystate.CompleteAwakeableEntry":
+        promises.send_awakeable_completion(entry, out)
+    elif name == "keystate.CancelInvocationEntry":
+        try:
+            callee = InvocationId.parse(entry["invocation_id"])
+        except InvalidIdError:
+            return  # nothing to cancel
+        out.append(
+            SendToPartition(
+                callee.partition_key,
+                entry["invocation_id"].encode(),
+                "keystate.CancelCommand",
+                {"invocation_id": entry["invocation_id"], "reason": f"cancelled by {iid}"},
+                entry["invocation_id"],
+            )
+        )
 
 
 def _routes_to_target(entry: dict[str, Any]) -> bool:
@@ -151,7 +179,7 @@ def do_complete_entry(
     if name == "keystate.SleepEntry":
         if entry["fired"]:
             return
-        entry = {**entry, "fired": True}
+        entry = {**entry, "fired": True, "result": result}
     else:
         if entry.get("result") is not None:
             return

@@ -6,9 +6,9 @@ from typing import Any
 
 from keystate.schemas.ids import InvocationId, positive_hash
 
-from . import inbox, timers
+from . import idempotency, inbox, timers
 from .actions import Action, Invoke, Publish, SendToPartition, StopInvocation
-from .model import FAILURE, VALUE, Config, Result, failure, is_exclusive, is_keyed
+from .model import FAILURE, VALUE, Config, Result, failure, is_exclusive, is_keyed, is_workflow_run
 from .tables import Tables
 
 __all__ = [
@@ -17,7 +17,9 @@ __all__ = [
     "on_attempt_failed",
     "on_invoke",
     "on_resume",
+    "do_purge",
     "on_purge",
+    "on_resume_paused",
     "on_suspend",
     "partition_key_of",
 ]
@@ -41,8 +43,25 @@ def live_status(tables: Tables, invocation_id: str, attempt: int | None = None) 
 
 def on_invoke(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
     iid = cmd["invocation_id"]
-    if tables.status.get((iid,)) is not None:
-        return  # redelivered or duplicate id: the first one wins
+    request_id = cmd.get("request_id")
+    same = tables.status.get((iid,))
+    if same is not None:
+        # Redelivered, or a retried send with the same id: the first one wins.
+        if request_id:
+            idempotency.reply(out, None, request_id, same, previously_accepted=True)
+        return
+    dedup = idempotency.dedup_key(cmd)
+    if dedup is not None:
+        first = idempotency.existing(tables, dedup)
+        if first is not None:
+            if request_id:
+                idempotency.reply(out, None, request_id, first, previously_accepted=True)
+            caller = cmd.get("caller")
+            known = caller == first["caller"] or caller in first["attached_callers"]
+            if idempotency.answer_duplicate(out, cmd, first) and not known:
+                attached = [*first["attached_callers"], caller]
+                tables.status.put((first["invocation_id"],), {**first, "attached_callers": attached})
+            return
     target = cmd["target"]
     status = {
         "invocation_id": iid,
@@ -63,12 +82,18 @@ def on_invoke(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: l
         "completion_status": None,
         "last_failure": None,
         "retry_count": 0,
-        "retention_ms": cfg.completion_retention_ms,
+        "retention_ms": cfg.retention_for(target),
         "source": cmd["source"],
+        "cancel_requested": False,
+        "cancel_pending": False,
+        "attached_callers": [],
+        "dedup_key": None if dedup is None else idempotency.do_remember(tables, dedup, iid),
     }
     tables.status.put((iid,), status)
     entry = {"entry": (INPUT_ENTRY, {"argument": cmd["argument"], "headers": cmd["headers"]})}
     tables.journal.put((iid, 0), entry)
+    if request_id:
+        idempotency.reply(out, None, request_id, status)
     execute_at = cmd.get("execute_at_ms")
     if execute_at is not None and execute_at > now:
         timers.do_register(tables, iid, "DELAYED_INVOKE", None, None, execute_at, out)
@@ -163,6 +188,12 @@ def on_attempt_failed(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config
     policy = cfg.policy_for(status["target"])
     retries = status["retry_count"] + 1
     exhausted = policy.max_attempts is not None and retries >= policy.max_attempts
+    if exhausted and cmd["retryable"] and policy.on_max_attempts == "PAUSE":
+        tables.status.put(
+            (status["invocation_id"],),
+            {**status, "status": "PAUSED", "retry_count": retries, "last_failure": failed, "modified_at_ms": now},
+        )
+        return
     if not cmd["retryable"] or exhausted:
         message = failed["message"]
         if exhausted and cmd["retryable"]:
@@ -184,13 +215,21 @@ def on_attempt_failed(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config
 
 
 def do_complete(
-    tables: Tables, status: dict[str, Any], result: Result, now: int, cfg: Config, out: list[Action]
+    tables: Tables,
+    status: dict[str, Any],
+    result: Result,
+    now: int,
+    cfg: Config,
+    out: list[Action],
+    completion: str | None = None,
 ) -> None:
-    """Finish an invocation: publish its result, answer its caller, free its key, keep it for retention."""
+    """Finish an invocation: publish its result, answer its callers, free its key, keep it for retention."""
     iid = status["invocation_id"]
     target = status["target"]
     succeeded = result[0] == VALUE
-    completion = "SUCCEEDED" if succeeded else "FAILED"
+    if completion is None:
+        cancelled = status["cancel_requested"] and not succeeded and result[1]["code"] == 409
+        completion = "SUCCEEDED" if succeeded else ("CANCELLED" if cancelled else "FAILED")
     for key, _ in list(tables.journal.scan((iid,))):
         tables.journal.delete(key)
     timers.do_delete_all(tables, iid)
@@ -207,32 +246,23 @@ def do_complete(
     out.append(Publish(None, iid.encode(), "keystate.InvocationResult", record))
     if status["reply_topic"]:
         out.append(Publish(status["reply_topic"], iid.encode(), "keystate.InvocationResult", record))
-    caller = status["caller"]
-    if caller is not None:
-        out.append(
-            SendToPartition(
-                partition_key_of(caller["invocation_id"]),
-                caller["invocation_id"].encode(),
-                "keystate.CompletionCommand",
-                {"invocation_id": caller["invocation_id"], "entry_index": caller["entry_index"], "result": result},
-                caller["invocation_id"],
-            )
-        )
+    for caller in [status["caller"], *status["attached_callers"]]:
+        if caller is not None:
+            out.append(idempotency.completion_to(caller, result))
+    completed = {
+        **status,
+        "status": "COMPLETED",
+        "result": result,
+        "completion_status": completion,
+        "waiting_on": [],
+        "attached_callers": [],
+        "modified_at_ms": now,
+    }
     if status["retention_ms"] > 0:
-        tables.status.put(
-            (iid,),
-            {
-                **status,
-                "status": "COMPLETED",
-                "result": result,
-                "completion_status": completion,
-                "waiting_on": [],
-                "modified_at_ms": now,
-            },
-        )
+        tables.status.put((iid,), completed)
         timers.do_register(tables, iid, "PURGE", None, None, now + status["retention_ms"], out)
     else:
-        tables.status.delete((iid,))
+        do_purge(tables, completed)
     if is_exclusive(target):
         next_id = inbox.do_release(tables, target["service"], target["key"], iid)
         if next_id is not None:
@@ -244,7 +274,26 @@ def do_complete(
 def on_purge(tables: Tables, iid: str) -> None:
     status = tables.status.get((iid,))
     if status is not None and status["status"] == "COMPLETED":
-        tables.status.delete((iid,))
+        do_purge(tables, status)
+
+
+def do_purge(tables: Tables, status: dict[str, Any]) -> None:
+    """Forget a completed invocation; a workflow's run takes the workflow's state and promises along."""
+    iid = status["invocation_id"]
+    tables.status.delete((iid,))
+    timers.do_delete_all(tables, iid)
+    idempotency.do_forget(tables, status)
+    target = status["target"]
+    if is_workflow_run(target):
+        for table in (tables.state, tables.promises):
+            for key, _ in list(table.scan((target["service"], target["key"]))):
+                table.delete(key)
+
+
+def on_resume_paused(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
+    status = live_status(tables, cmd["invocation_id"])
+    if status is not None and status["status"] == "PAUSED":
+        do_start_attempt(tables, {**status, "retry_count": 0}, now, cfg, out)
 
 
 def failure_of(result: Result) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ __all__ = [
     "value",
     "is_keyed",
     "is_exclusive",
+    "is_workflow_run",
 ]
 
 NS = "keystate."
@@ -37,6 +38,10 @@ def is_keyed(target: Mapping[str, Any]) -> bool:
     return target["service_type"] in ("VIRTUAL_OBJECT", "WORKFLOW")
 
 
+def is_workflow_run(target: Mapping[str, Any]) -> bool:
+    return target["service_type"] == "WORKFLOW" and target["handler_kind"] == "WORKFLOW"
+
+
 def is_exclusive(target: Mapping[str, Any]) -> bool:
     """Exclusive handlers of one key run one at a time (workflow `run` too)."""
     return is_keyed(target) and target["handler_kind"] in ("EXCLUSIVE", "WORKFLOW")
@@ -50,6 +55,9 @@ class RetryPolicy:
     factor: float = 2.0
     max_interval_ms: int = 10_000
     max_attempts: int | None = None
+    # What happens when max_attempts is reached: "FAIL" ends the invocation, "PAUSE" parks it
+    # until an operator resumes (or cancels or kills) it.
+    on_max_attempts: str = "FAIL"
 
     def delay_ms(self, retry_count: int) -> int:
         """The wait before retry number `retry_count` (1 for the first retry)."""
@@ -65,6 +73,7 @@ class RetryPolicy:
             factor=record["factor"],
             max_interval_ms=record["max_interval_ms"],
             max_attempts=record.get("max_attempts"),
+            on_max_attempts=record.get("on_max_attempts") or "FAIL",
         )
 
 
@@ -73,6 +82,10 @@ def _no_deployment(service: str) -> str | None:
 
 
 def _no_policy(service: str, handler: str) -> RetryPolicy | None:
+    return None
+
+
+def _no_retention(service: str) -> int | None:
     return None
 
 
@@ -86,6 +99,12 @@ class Config:
     # Which deployment new invocations of a service go to (pinned at their first attempt).
     deployment_for: Callable[[str], str | None] = _no_deployment
     service_retry_policy: Callable[[str, str], RetryPolicy | None] = _no_policy
+    # Per-service retention (workflow retention, idempotency retention) overriding the default.
+    service_retention_ms: Callable[[str], int | None] = _no_retention
+
+    def retention_for(self, target: Mapping[str, Any]) -> int:
+        configured = self.service_retention_ms(target["service"])
+        return self.completion_retention_ms if configured is None else configured
 
     def policy_for(self, target: Mapping[str, Any]) -> RetryPolicy:
         return self.service_retry_policy(target["service"], target["handler"]) or self.retry_policy

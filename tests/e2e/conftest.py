@@ -33,6 +33,7 @@ def deployment_env(tmp_path: Path) -> dict[str, str]:
     return {
         "KEYSTATE_TEST_LEDGER": str(tmp_path / "ledger.txt"),
         "KEYSTATE_TEST_RELEASE": str(tmp_path / "release"),
+        "KEYSTATE_SIGNUP_OUTBOX": str(tmp_path / "outbox.txt"),
     }
 
 

@@ -71,7 +71,8 @@ class HttpResponse:
     body: bytes
 
     def json(self) -> Any:
-        return json.loads(self.body)
+        """The JSON body; an empty body (a handler that returned None) is None."""
+        return json.loads(self.body) if self.body else None
 
 
 def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 60.0) -> HttpResponse:

@@ -18,7 +18,17 @@ from cart import cart  # noqa: E402
 from greeter import counter, greet, greeter  # noqa: E402
 from greeter import add as counter_add  # noqa: E402
 from keystate import Context, Service  # noqa: E402
+from signup import user_signup  # noqa: E402
 from subscription import subscription_service  # noqa: E402
+
+from keystate import (  # noqa: E402
+    InvocationRetryPolicy,
+    ObjectContext,
+    ObjectSharedContext,
+    RetryableError,
+    TerminalError,
+    VirtualObject,
+)
 
 caller = Service("Caller")
 steps = Service("Steps")
@@ -58,8 +68,99 @@ async def charge_once(ctx: Context, order: str) -> str:
     return ref
 
 
-SERVICES = [greeter, counter, cart, subscription_service, caller, steps]
+sleeper = Service("Sleeper")
+mailbox = VirtualObject("Mailbox")
+approvals = Service("Approvals")
+trip = VirtualObject("Trip")
+flaky = Service(
+    "Flaky",
+    invocation_retry_policy=InvocationRetryPolicy(initial_interval=timedelta(milliseconds=20), max_attempts=3),
+)
+
+
+@sleeper.handler()
+async def nap(ctx: Context, ms: int) -> int:
+    await ctx.sleep(timedelta(milliseconds=ms))
+    return ms
+
+
+@sleeper.handler()
+async def naps(ctx: Context, ms: int) -> float:
+    """Three sleeps of `ms` at once; returns the seconds they took together."""
+    start = await ctx.time()
+    await keystate.gather(*(ctx.sleep(timedelta(milliseconds=ms)) for _ in range(3)))
+    return await ctx.time() - start
+
+
+@mailbox.handler()
+async def put(ctx: ObjectContext, value: str) -> None:
+    ctx.set("value", value)
+
+
+@mailbox.handler(kind="shared")
+async def peek(ctx: ObjectSharedContext) -> str | None:
+    return await ctx.get("value", type_hint=str)
+
+
+@approvals.handler()
+async def approve(ctx: Context, who: str) -> str:
+    """Posts an awakeable id to Mailbox/<who>, then waits for it or for a 20 s timeout."""
+    awakeable_id, answer = ctx.awakeable(type_hint=str)
+    ctx.object_send(put, who, awakeable_id)
+    match await keystate.select(answer=answer, timeout=ctx.sleep(timedelta(seconds=20))):
+        case ["answer", value]:
+            return f"approved: {value}"
+        case _:
+            return "timed out"
+
+
+@trip.handler()
+async def book(ctx: ObjectContext, mode: str) -> str:
+    """Blocks on a call, a sleep or an awakeable; on cancel, compensates once and re-raises."""
+    ctx.set("status", "booking")
+    try:
+        if mode == "call":
+            await ctx.service_call(nap, 600_000)
+        elif mode == "sleep":
+            await ctx.sleep(timedelta(minutes=10))
+        elif mode == "awakeable":
+            awakeable_id, answer = ctx.awakeable(type_hint=str)
+            ctx.object_send(put, ctx.key(), awakeable_id)
+            await answer
+        ctx.set("status", "booked")
+        return "booked"
+    except TerminalError:
+        ctx.set("status", "compensated")
+        ctx.set("compensations", (await ctx.get("compensations", type_hint=int) or 0) + 1)
+        raise
+
+
+@trip.handler(kind="shared")
+async def trip_status(ctx: ObjectSharedContext) -> dict[str, object]:
+    return {
+        "status": await ctx.get("status", type_hint=str),
+        "compensations": await ctx.get("compensations", type_hint=int) or 0,
+    }
+
+
+@flaky.handler()
+async def always_fails(ctx: Context) -> str:
+    raise ValueError("boom")
+
+
+@flaky.handler()
+async def fails_then_waits(ctx: Context, marker: str) -> int:
+    """Fails its first attempt asking for a 1 s pause; succeeds after."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("1")
+        raise RetryableError("not yet", retry_after=timedelta(seconds=1))
+    return int(path.read_text())
+
+
+SERVICES = [greeter, counter, cart, subscription_service, caller, steps, user_signup, sleeper, mailbox, approvals, trip, flaky]
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    keystate.serve(SERVICES, port=int(sys.argv[1]), suspend_after=timedelta(seconds=5))
+    transports = os.environ.get("KEYSTATE_TEST_TRANSPORTS", "websocket,request-response").split(",")
+    keystate.serve(SERVICES, port=int(sys.argv[1]), suspend_after=timedelta(seconds=1), transports=transports)

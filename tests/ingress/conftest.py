@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -50,6 +51,10 @@ def ingress_settings(kafka_bootstrap: str, topics: Topics) -> IngressSettings:
 async def runtime(ingress_settings: IngressSettings) -> AsyncIterator[IngressRuntime]:
     rt = IngressRuntime(ingress_settings)
     await rt.start()
+    for _ in range(300):
+        if rt.invocations.ready:
+            break
+        await asyncio.sleep(0.05)
     try:
         yield rt
     finally:

@@ -91,3 +91,61 @@ def produce_result(bootstrap: str, topic: str, result: dict[str, Any]) -> None:
         headers=[("type", b"keystate.InvocationResult")],
     )
     assert producer.flush(10) == 0
+
+
+def find_command(
+    bootstrap: str, topic: str, name: str, where: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+) -> tuple[Any, dict[str, Any]]:
+    """The first record of type `name` on `topic` whose decoded value satisfies `where`, as a processor reads it."""
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from keystate.schemas._codec import codec
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ingress-tests", "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            if dict(msg.headers() or []).get("type") != name.encode():
+                continue
+            record = codec().decode_as(name, msg.value())
+            if where(record):
+                return msg, record
+        raise AssertionError(f"no {name} matching the test's condition on {topic} within {timeout} s")
+    finally:
+        consumer.close()
+
+
+def produce_reply(bootstrap: str, topic: str, reply: dict[str, Any]) -> None:
+    """Write a QueryOutputReply as a partition processor would: keyed by the invocation id it names."""
+    from confluent_kafka import Producer
+
+    from keystate.schemas._codec import codec
+
+    full = {"invocation_id": None, "result": None, "previously_accepted": False, "expires_at_ms": None, **reply}
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(
+        topic,
+        codec().encode("keystate.QueryOutputReply", full),
+        key=(full["invocation_id"] or full["request_id"]).encode(),
+        headers=[("type", b"keystate.QueryOutputReply")],
+    )
+    assert producer.flush(10) == 0
+
+
+def produce_records(bootstrap: str, topic: str, records: list[tuple[str, dict[str, Any], str]]) -> None:
+    """Write several (type, record, key) with one producer, back to back, as one processor commit would."""
+    from confluent_kafka import Producer
+
+    from keystate.schemas._codec import codec
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50})
+    for name, record, key in records:
+        producer.produce(topic, codec().encode(name, record), key=key.encode(), headers=[("type", name.encode())])
+    assert producer.flush(10) == 0

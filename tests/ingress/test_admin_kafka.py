@@ -33,9 +33,13 @@ async def test_register_then_services_and_deployments_show_it(admin: TestClient,
         "ty": "VIRTUAL_OBJECT",
         "deployment_id": created["id"],
         "handlers": [
-            {"name": "add", "ty": "EXCLUSIVE", "input_content_type": None, "output_content_type": None},
-            {"name": "get", "ty": "SHARED", "input_content_type": None, "output_content_type": None},
+            {"name": "add", "ty": "EXCLUSIVE", "input_content_type": None, "output_content_type": None, "retry_policy": None},
+            {"name": "get", "ty": "SHARED", "input_content_type": None, "output_content_type": None, "retry_policy": None},
         ],
+        "retry_policy": None,
+        "inactivity_timeout_ms": None,
+        "abort_timeout_ms": None,
+        "journal_retention_ms": None,
     }
     one = await admin.get("/services/Greeter")
     assert one.status == 200 and (await one.json())["deployment_id"] == created["id"]
@@ -46,6 +50,21 @@ async def test_register_then_services_and_deployments_show_it(admin: TestClient,
     assert got.status == 200
     detail = await got.json()
     assert detail["uri"] == deployment.uri and detail["created_at"].endswith("Z")
+
+
+async def test_service_settings_from_the_manifest_are_shown(admin: TestClient, deployment: Deployment) -> None:
+    spec = service("Tuned", "SERVICE", handler("go", retryPolicy={"maxAttempts": 2}))
+    spec |= {"retryPolicy": {"initialInterval": 500, "onMaxAttempts": "PAUSE"}, "inactivityTimeout": 60_000, "journalRetention": 3_600_000}
+    deployment.respond = lambda: web.json_response(manifest(spec) | {"transports": ["request-response"]})
+    created = await (await admin.post("/deployments", json={"uri": deployment.uri})).json()
+
+    assert created["transports"] == ["request-response"]
+    tuned = await (await admin.get("/services/Tuned")).json()
+    assert tuned["retry_policy"] == {
+        "initial_interval_ms": 500, "factor": 2.0, "max_interval_ms": 10_000, "max_attempts": None, "on_max_attempts": "PAUSE"
+    }
+    assert tuned["handlers"][0]["retry_policy"]["max_attempts"] == 2
+    assert (tuned["inactivity_timeout_ms"], tuned["abort_timeout_ms"], tuned["journal_retention_ms"]) == (60_000, None, 3_600_000)
 
 
 async def test_re_registering_the_same_deployment_is_idempotent(admin: TestClient, deployment: Deployment) -> None:

@@ -8,9 +8,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from keystate.cli.deployments import main
+from keystate.cli.deployments import invocations_main, main
 
-from ingress_support import COUNTER, GREETER, Deployment, manifest
+from ingress_support import COUNTER, GREETER, Deployment, handler, manifest, service
 
 
 def test_an_unreachable_admin_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -56,3 +56,72 @@ async def test_register_prints_the_id_and_services(
     assert "  Greeter (SERVICE): greet, upload" in first
     assert "  Counter (VIRTUAL_OBJECT): add, get" in first
     assert f"{deployment_id}  {deployment.uri}" in listing
+
+
+@pytest.mark.integration
+async def test_describe_and_remove_a_deployment(
+    admin: TestClient, deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deployment.respond = lambda: web.json_response(manifest(service("Cli", "SERVICE", handler("run_it"))))
+    admin_url = str(admin.make_url("")).rstrip("/")
+    created = await (await admin.post("/deployments", json={"uri": deployment.uri})).json()
+    dp = created["id"]
+    capsys.readouterr()
+
+    described = await asyncio.to_thread(main, ["describe", dp, "--admin", admin_url])
+    out = capsys.readouterr().out
+    assert described == 0
+    assert f"{dp}  {deployment.uri}" in out and "transports: websocket" in out
+    assert "Cli/run_it: EXCLUSIVE, application/json -> application/json" in out
+
+    removed = await asyncio.to_thread(main, ["remove", dp, "--force", "--admin", admin_url])
+    assert removed == 0 and f"removed deployment {dp}" in capsys.readouterr().out
+    missing = await asyncio.to_thread(main, ["describe", dp, "--admin", admin_url])
+    assert missing == 1
+    assert f"the admin API answered 404: unknown deployment '{dp}'" in capsys.readouterr().err
+
+
+async def test_remove_without_force_shows_the_refusal(capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[str] = []
+
+    async def refuse(request: web.Request) -> web.Response:
+        seen.append(str(request.rel_url))
+        if request.query.get("force") == "true":
+            return web.Response(status=202)
+        return web.json_response({"code": 409, "message": "deployment dp_x has 2 invocations pinned to it; use ?force=true"}, status=409)
+
+    app = web.Application()
+    app.router.add_delete("/deployments/{id}", refuse)
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url(""))
+        refused = await asyncio.to_thread(main, ["--admin", url, "remove", "dp_x"])
+        forced = await asyncio.to_thread(main, ["--admin", url, "remove", "dp_x", "--force"])
+
+    assert (refused, forced) == (1, 0)
+    assert "the admin API answered 409: deployment dp_x has 2 invocations pinned to it" in capsys.readouterr().err
+    assert seen == ["/deployments/dp_x", "/deployments/dp_x?force=true"]
+
+
+async def test_invocations_cancel_and_kill_patch_the_admin_api(capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[tuple[str, str]] = []
+
+    async def act(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path))
+        if request.match_info["id"] == "inv_bad":
+            return web.json_response({"code": 400, "message": "not an invocation id: 'inv_bad'"}, status=400)
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_patch("/invocations/{id}/{action}", act)
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url(""))
+        codes = [
+            await asyncio.to_thread(invocations_main, ["--admin", url, action, invocation_id])
+            for action, invocation_id in (("cancel", "inv_1"), ("kill", "inv_2"), ("kill", "inv_bad"))
+        ]
+
+    assert codes == [0, 0, 1]
+    assert seen == [("PATCH", "/invocations/inv_1/cancel"), ("PATCH", "/invocations/inv_2/kill"), ("PATCH", "/invocations/inv_bad/kill")]
+    captured = capsys.readouterr()
+    assert "cancel of inv_1 requested" in captured.out and "kill of inv_2 requested" in captured.out
+    assert "keystate invocations: the admin API answered 400: not an invocation id" in captured.err

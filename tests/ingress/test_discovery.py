@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from keystate.server.discovery import discover, new_deployment_id, normalize_uri
+from keystate.schemas._codec import codec
+from keystate.server.discovery import RETRY_POLICY_DEFAULTS, discover, manifest_to_record, new_deployment_id, normalize_uri
 from keystate.server.errors import MetaError
 
 from ingress_support import COUNTER, GREETER, SIGNUP, Deployment, handler, manifest, service
@@ -124,3 +125,77 @@ def test_a_uri_that_is_not_http_is_rejected_before_any_request(uri: Any) -> None
 
 def test_a_uri_loses_its_trailing_slash() -> None:
     assert normalize_uri(" http://host:9080/base/ ") == "http://host:9080/base"
+
+
+def _one_service(**settings: Any) -> dict[str, Any]:
+    return service("Billing", "SERVICE", handler("charge"), handler("refund", retryPolicy={"maxAttempts": 3, "onMaxAttempts": "PAUSE"})) | settings
+
+
+def test_service_and_handler_settings_map_to_the_record() -> None:
+    spec = _one_service(
+        retryPolicy={"initialInterval": 250, "factor": 1.5, "maxInterval": 30_000, "maxAttempts": None, "onMaxAttempts": "FAIL"},
+        inactivityTimeout=60_000,
+        abortTimeout=10_000,
+        journalRetention=86_400_000,
+    )
+    record = manifest_to_record(manifest(spec), "http://x")
+    billing = record["services"][0]
+
+    assert billing["retry_policy"] == {
+        "initial_interval_ms": 250, "factor": 1.5, "max_interval_ms": 30_000, "max_attempts": None, "on_max_attempts": "FAIL"
+    }
+    assert (billing["inactivity_timeout_ms"], billing["abort_timeout_ms"], billing["retention_ms"]) == (60_000, 10_000, 86_400_000)
+    charge, refund = billing["handlers"]
+    assert charge["retry_policy"] is None
+    # Fields left out of a partial policy take the processors' defaults.
+    assert refund["retry_policy"] == RETRY_POLICY_DEFAULTS | {"max_attempts": 3, "on_max_attempts": "PAUSE"}
+    codec().encode("keystate.DeploymentRecord", record)  # fits the schema
+
+
+def test_without_settings_everything_is_the_server_default() -> None:
+    billing = manifest_to_record(manifest(service("Plain")), "http://x")["services"][0]
+    assert billing["retry_policy"] is None
+    assert billing["retention_ms"] is billing["inactivity_timeout_ms"] is billing["abort_timeout_ms"] is None
+
+
+def test_request_response_is_a_known_transport() -> None:
+    spec = manifest(service("Plain")) | {"transports": ["request-response", "websocket", "request-response"]}
+    assert manifest_to_record(spec, "http://x")["transports"] == ["request-response", "websocket"]
+    with pytest.raises(MetaError, match="unknown transport 'grpc'; known transports are request-response, websocket"):
+        manifest_to_record(manifest(service("Plain")) | {"transports": ["grpc"]}, "http://x")
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"retryPolicy": 5}, "services[0] (Billing): field 'retryPolicy' must be an object"),
+        ({"retryPolicy": {"factor": 0.5}}, "retryPolicy: field 'factor' must be a number of at least 1.0, got 0.5"),
+        ({"retryPolicy": {"factor": "2"}}, "field 'factor' must be a number"),
+        ({"retryPolicy": {"initialInterval": -1}}, "retryPolicy: field 'initialInterval' must be a non-negative integer of milliseconds"),
+        ({"retryPolicy": {"maxInterval": 1.5}}, "field 'maxInterval' must be a non-negative integer of milliseconds"),
+        ({"retryPolicy": {"maxAttempts": 0}}, "field 'maxAttempts' must be a positive integer, or null for unlimited"),
+        ({"retryPolicy": {"onMaxAttempts": "RETRY"}}, "field 'onMaxAttempts' must be one of FAIL, PAUSE, got 'RETRY'"),
+        ({"retryPolicy": {"initialInterval": 5000, "maxInterval": 100}}, "'maxInterval' (100 ms) is below 'initialInterval' (5000 ms)"),
+        ({"inactivityTimeout": "1m"}, "field 'inactivityTimeout' must be a non-negative integer of milliseconds, got '1m'"),
+        ({"abortTimeout": True}, "field 'abortTimeout' must be a non-negative integer"),
+        ({"journalRetention": -5}, "field 'journalRetention' must be a non-negative integer"),
+    ],
+)
+def test_bad_service_settings_name_the_field(settings: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(MetaError) as info:
+        manifest_to_record(manifest(_one_service(**settings)), "http://x")
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"retryPolicy": {"maxAttempts": "3"}}, "handlers[0] (charge): retryPolicy: field 'maxAttempts'"),
+        ({"inactivityTimeout": 1000}, "handlers[0] (charge): field 'inactivityTimeout' is not supported per handler"),
+        ({"journalRetention": "x"}, "handlers[0] (charge): field 'journalRetention' must be a non-negative integer"),
+    ],
+)
+def test_bad_handler_settings_name_the_handler_and_field(extra: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(MetaError) as info:
+        manifest_to_record(manifest(service("Billing", "SERVICE", handler("charge", **extra))), "http://x")
+    assert fragment in str(info.value)

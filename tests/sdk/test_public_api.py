@@ -6,8 +6,9 @@ import keystate
 import keystate.serde
 
 PUBLIC = {
-    "Context", "DurableCallFuture", "DurableFuture", "DurablePromise", "DurableSleepFuture", "ObjectContext",
-    "ObjectSharedContext", "Request", "RunOptions", "SendHandle", "Service", "TerminalError", "VirtualObject",
+    "Context", "DurableCallFuture", "DurableFuture", "DurablePromise", "DurableSleepFuture", "InvocationRetryPolicy",
+    "ObjectContext", "ObjectSharedContext", "Request", "RetryableError", "RunOptions", "SendHandle", "Service",
+    "TerminalError", "VirtualObject",
     "Workflow", "WorkflowContext", "WorkflowSharedContext", "app", "as_completed", "gather", "manifest", "select",
     "serde", "serve", "wait_completed",
 }

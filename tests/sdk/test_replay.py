@@ -243,8 +243,25 @@ async def test_select_returns_the_first_completed_with_its_name() -> None:
     assert [n for _, n, _ in new] == ["CallEntry", "SleepEntry"]
     assert new[1][2] == {"wake_up_at_ms": 1_005_000, "fired": False}
     d.feed(completion(2, value(b"")))
+    # Which branch won is journaled, so a replay that finds both completed takes the same branch.
+    assert entries_of(await d.settle()) == [(3, "RunEntry", {"name": "keystate:combinator", "result": value(b"[2]")})]
+    d.feed(ack(3))
     out = await d.finish()
     assert entries_of(out)[-1][2] == {"result": value(b'"timed out"')}
+
+
+async def test_select_replays_the_journaled_winner_even_when_both_are_completed_now() -> None:
+    call = {"target": target("Billing", "greet"), "argument": b'"x"', "headers": {}, "idempotency_key": None,
+            "invocation_id": "inv_x", "result": value(b'"hello"')}
+    d = Driver(race, clock=lambda: 1000.0)
+    d.feed(
+        start(target("Billing", "race"), 4), input_entry(),
+        entry(1, "CallEntry", call),
+        entry(2, "SleepEntry", {"wake_up_at_ms": 1_005_000, "fired": True}),
+        entry(3, "RunEntry", {"name": "keystate:combinator", "result": value(b"[2]")}),
+    )
+    out = await d.finish()
+    assert entries_of(out) == [(4, "OutputEntry", {"result": value(b'"timed out"')})]
 
 
 async def test_select_suspends_on_every_branch() -> None:

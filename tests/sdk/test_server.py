@@ -239,7 +239,7 @@ async def test_discovery_manifest(client: TestClient) -> None:
     response = await client.get("/discover")
     assert response.status == 200
     manifest = await response.json()
-    assert manifest["protocol"] == 1 and manifest["transports"] == ["websocket"]
+    assert manifest["protocol"] == 1 and manifest["transports"] == ["websocket", "request-response"]
     services = {s["name"]: s for s in manifest["services"]}
     assert services["Greeter"]["ty"] == "SERVICE"
     assert services["Counter"]["ty"] == "VIRTUAL_OBJECT"

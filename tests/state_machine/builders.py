@@ -10,13 +10,14 @@ from keystate.processors.state_machine import (
     Action,
     Config,
     Invoke,
+    Publish,
     RegisterTimer,
     SendToPartition,
     Tables,
     apply,
 )
 from keystate.processors.state_machine.model import failure, value
-from keystate.schemas.ids import InvocationId, InvocationTarget
+from keystate.schemas.ids import InvocationId, InvocationTarget, PartitionKey, idempotency_partition_key
 
 __all__ = [
     "Story",
@@ -24,24 +25,40 @@ __all__ = [
     "as_command",
     "attempt_failed",
     "awakeable",
+    "awakeable_id",
     "call",
+    "cancel",
+    "cancel_invocation",
     "clear_all",
     "clear_state",
+    "complete_awakeable",
+    "complete_awakeable_entry",
+    "complete_promise",
     "completion",
     "failure",
     "fired",
+    "get_promise",
     "get_state",
+    "idempotent_id",
     "input_entry",
     "invoke",
+    "kill",
     "new_id",
     "object_target",
     "of_type",
     "output",
     "output_failure",
+    "peek_promise",
+    "purge",
+    "query",
+    "replies",
+    "results",
+    "resume",
     "run",
     "run_commands",
     "run_entry",
     "send",
+    "sends",
     "set_state",
     "service_target",
     "sleep",
@@ -102,6 +119,19 @@ def new_id(target: Record, n: int | None = None) -> str:
     n = next(_ids) if n is None else n
     t = InvocationTarget(target["service"], target["handler"], target["key"])
     return str(InvocationId.for_target(t, random=n.to_bytes(15, "big")))
+
+
+def idempotent_id(target: Record, idempotency_key: str, n: int | None = None) -> str:
+    """A fresh id for a request with an idempotency key, routed as the ingress and SDK route it."""
+    n = next(_ids) if n is None else n
+    t = InvocationTarget(target["service"], target["handler"], target["key"])
+    pk = idempotency_partition_key(t, idempotency_key)
+    return str(InvocationId.new(PartitionKey(pk), random=n.to_bytes(15, "big")))
+
+
+def awakeable_id(invocation_id: str, index: int) -> str:
+    """The id ctx.awakeable hands out: `awk_<invocation id>_<entry index>`."""
+    return f"awk_{invocation_id}_{index}"
 
 
 # ---------------------------------------------------------------- journal entries (JournalRecord dicts)
@@ -186,12 +216,36 @@ def send(
     )
 
 
-def sleep(wake_up_at_ms: int, fired: bool = False) -> Record:
-    return _entry("SleepEntry", wake_up_at_ms=wake_up_at_ms, fired=fired)
+def sleep(wake_up_at_ms: int, fired: bool = False, result: Any = None) -> Record:
+    """A sleep; once fired it carries how it ended: an empty Value (the timer), or a Failure (a cancel)."""
+    if fired and result is None:
+        result = value(b"")
+    return _entry("SleepEntry", wake_up_at_ms=wake_up_at_ms, fired=fired, result=result)
 
 
 def awakeable(awakeable_id: str = "awk-1", result: Any = None) -> Record:
     return _entry("AwakeableEntry", awakeable_id=awakeable_id, result=result)
+
+
+def complete_awakeable_entry(awakeable_id: str, result: Any) -> Record:
+    """ctx.resolve_awakeable (a Value) or ctx.reject_awakeable (a Failure)."""
+    return _entry("CompleteAwakeableEntry", awakeable_id=awakeable_id, result=result)
+
+
+def get_promise(name: str, result: Any = None) -> Record:
+    return _entry("GetPromiseEntry", name=name, result=result)
+
+
+def peek_promise(name: str, result: Any = None) -> Record:
+    return _entry("PeekPromiseEntry", name=name, result=result)
+
+
+def complete_promise(name: str, completion: Any, result: Any = None) -> Record:
+    return _entry("CompletePromiseEntry", name=name, completion=completion, result=result)
+
+
+def cancel_invocation(invocation_id: str) -> Record:
+    return _entry("CancelInvocationEntry", invocation_id=invocation_id)
 
 
 # ---------------------------------------------------------------- commands
@@ -207,13 +261,16 @@ def invoke(
     caller: Record | None = None,
     reply_topic: str | None = None,
     idempotency_key: str | None = None,
+    request_id: str | None = None,
     created_at_ms: int = 0,
     source: str = "ingress",
 ) -> Command:
+    if invocation_id is None:
+        invocation_id = new_id(target) if idempotency_key is None else idempotent_id(target, idempotency_key)
     return (
         NS + "InvokeCommand",
         {
-            "invocation_id": invocation_id or new_id(target),
+            "invocation_id": invocation_id,
             "target": target,
             "argument": argument,
             "headers": headers or {},
@@ -223,6 +280,7 @@ def invoke(
             "execute_at_ms": execute_at_ms,
             "created_at_ms": created_at_ms,
             "source": source,
+            "request_id": request_id,
         },
     )
 
@@ -292,6 +350,50 @@ def fired(timer: RegisterTimer) -> Command:
     )
 
 
+def cancel(invocation_id: str, reason: str = "operator") -> Command:
+    return (NS + "CancelCommand", {"invocation_id": invocation_id, "reason": reason})
+
+
+def kill(invocation_id: str, reason: str = "operator") -> Command:
+    return (NS + "KillCommand", {"invocation_id": invocation_id, "reason": reason})
+
+
+def resume(invocation_id: str) -> Command:
+    return (NS + "ResumeCommand", {"invocation_id": invocation_id})
+
+
+def purge(invocation_id: str) -> Command:
+    return (NS + "PurgeCommand", {"invocation_id": invocation_id})
+
+
+def complete_awakeable(awakeable_id: str, result: Any) -> Command:
+    return (NS + "CompleteAwakeableCommand", {"awakeable_id": awakeable_id, "result": result})
+
+
+def query(
+    request_id: str = "q-1",
+    *,
+    invocation_id: str | None = None,
+    idempotency: tuple[Record, str] | None = None,
+    workflow: Record | None = None,
+    reply_topic: str = "keystate.results",
+    attach: bool = False,
+) -> Command:
+    """A QueryOutputCommand by exactly one of: invocation id, (target, idempotency key), workflow target."""
+    ref = None if idempotency is None else {"target": idempotency[0], "idempotency_key": idempotency[1]}
+    return (
+        NS + "QueryOutputCommand",
+        {
+            "invocation_id": invocation_id,
+            "idempotency": ref,
+            "workflow": workflow,
+            "request_id": request_id,
+            "reply_topic": reply_topic,
+            "attach": attach,
+        },
+    )
+
+
 def as_command(action: SendToPartition) -> Command:
     """The command a SendToPartition puts on the log, as the receiving partition decodes it."""
     return (action.name, action.record)
@@ -302,6 +404,22 @@ def as_command(action: SendToPartition) -> Command:
 
 def of_type(actions: Iterable[Action], cls: type[A]) -> list[A]:
     return [a for a in actions if isinstance(a, cls)]
+
+
+def replies(actions: Iterable[Action]) -> list[Publish]:
+    """The QueryOutputReply records published among `actions`."""
+    return [a for a in actions if isinstance(a, Publish) and a.name == NS + "QueryOutputReply"]
+
+
+def results(actions: Iterable[Action]) -> list[Publish]:
+    """The InvocationResult records published to keystate.results (topic None) among `actions`."""
+    return [a for a in actions if isinstance(a, Publish) and a.name == NS + "InvocationResult" and a.topic is None]
+
+
+def sends(actions: Iterable[Action], name: str) -> list[SendToPartition]:
+    """The SendToPartition actions carrying a command named `name` (short or full)."""
+    full = name if name.startswith(NS) else NS + name
+    return [a for a in actions if isinstance(a, SendToPartition) and a.name == full]
 
 
 def run_commands(

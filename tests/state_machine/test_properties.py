@@ -16,6 +16,7 @@ from keystate.processors.state_machine import (
     Action,
     Config,
     Invoke,
+    Publish,
     RegisterTimer,
     RetryPolicy,
     SendToPartition,
@@ -40,10 +41,21 @@ TARGETS = [
 ]
 SLOT_IDS = [b.new_id(t, 1_000 + i) for i, t in enumerate(TARGETS)]
 RUNNING = {"INVOKED", "SUSPENDED", "BACKING_OFF"}
-ENTRY_KINDS = ["run", "set", "set", "set", "clear", "clear_all", "get", "sleep", "call", "send", "awakeable", "output"]
+LOCK_HOLDERS = RUNNING | {"PAUSED"}  # a paused exclusive invocation keeps its key until resumed or ended
+ENTRY_KINDS = [
+    "run", "set", "set", "set", "clear", "clear_all", "get", "sleep", "call", "call_idem", "send", "awakeable",
+    "cancel_other", "output",
+]  # fmt: skip
+VARIANTS = ["valid"] * 8 + ["stale", "dup", "gap"]
+IDEMPOTENCY_KEYS = ["k0", "k1"]
 CONFIGS = [
     Config(retry_policy=RetryPolicy(initial_interval_ms=100, max_attempts=3), completion_retention_ms=retention)
     for retention in (0, 2_000)
+] + [
+    Config(
+        retry_policy=RetryPolicy(initial_interval_ms=100, max_attempts=2, on_max_attempts="PAUSE"),
+        completion_retention_ms=2_000,
+    )
 ]
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -53,7 +65,7 @@ appends = st.tuples(
     st.just("append"),
     slot,
     st.sampled_from(ENTRY_KINDS),
-    st.sampled_from(["valid"] * 8 + ["stale", "dup", "gap"]),
+    st.sampled_from(VARIANTS),
 )
 ops = st.lists(
     st.one_of(
@@ -67,6 +79,9 @@ ops = st.lists(
         st.tuples(st.just("complete"), slot, st.integers(0, 6), st.booleans()),
         st.tuples(st.just("deliver"), st.integers(0, 30)),
         st.tuples(st.just("fire"), st.integers(0, 30)),
+        st.tuples(st.just("invoke_idem"), slot, st.sampled_from(IDEMPOTENCY_KEYS), st.booleans()),
+        st.tuples(st.sampled_from(["cancel", "cancel", "kill"]), slot),
+        st.tuples(st.sampled_from(["resume", "purge", "query"]), slot, st.integers(0, 2)),
     ),
     max_size=40,
 )
@@ -103,6 +118,16 @@ class Driver:
         self.next_id += 1
         return b.new_id(target, self.next_id)
 
+    def _fresh_idempotent_id(self, target: dict[str, Any], key: str) -> str:
+        self.next_id += 1
+        return b.idempotent_id(target, key, self.next_id)
+
+    def _learn(self, iid: str, target: dict[str, Any]) -> None:
+        """Remember an id created on the way (a callee, an idempotent request) so later ops can act on it."""
+        if iid not in self.targets:
+            self.ids.append(iid)
+            self.targets[iid] = target
+
     def _entry(self, kind: str, n: int) -> dict[str, Any]:
         callee_target = TARGETS[n % len(TARGETS)]
         if kind == "run":
@@ -119,16 +144,31 @@ class Driver:
             return b.sleep(self.now + 50 * (n % 4))
         if kind == "call":
             return b.call(callee_target, self._fresh_id(callee_target))
+        if kind == "call_idem":
+            key = IDEMPOTENCY_KEYS[n % 2]
+            return b.call(callee_target, self._fresh_idempotent_id(callee_target, key), idempotency_key=key)
+        if kind == "cancel_other":
+            return b.cancel_invocation(self.ids[n % len(self.ids)])
         if kind == "send":
             return b.send(callee_target, self._fresh_id(callee_target), invoke_at_ms=None if n % 2 else self.now + 400)
         if kind == "awakeable":
             return b.awakeable(f"awk-{n}")
         return b.output(b"done") if n % 3 else b.output_failure(500, "terminal")
 
+    # Which statuses an op mostly picks its invocation from (so it has an effect); the rest: any id.
+    _WANTS = {
+        "cancel": {"SCHEDULED", "INBOXED", "INVOKED", "SUSPENDED", "BACKING_OFF", "PAUSED"},
+        "kill": {"SCHEDULED", "INBOXED", "INVOKED", "SUSPENDED", "BACKING_OFF", "PAUSED"},
+        "resume": {"PAUSED"},
+        "purge": {"COMPLETED"},
+        "query": {"INVOKED", "COMPLETED"},
+    }
+
     def _pick(self, kind: str, n: int) -> str:
         """Mostly an invocation that can act (so journals grow); sometimes any id, finished or unknown."""
         if kind != "invoke" and n < 24:
-            live = [i for i in self.ids if (s := self.tables.status.get((i,))) and s["status"] == "INVOKED"]
+            wanted = self._WANTS.get(kind, {"INVOKED"})
+            live = [i for i in self.ids if (s := self.tables.status.get((i,))) and s["status"] in wanted]
             if live:
                 return live[n % len(live)]
         return self.ids[n % len(self.ids)]
@@ -136,7 +176,7 @@ class Driver:
     def step(self, op: tuple[Any, ...]) -> None:
         self.now += 7
         kind = op[0]
-        iid = self._pick(kind, op[1]) if kind not in ("deliver", "fire") else ""
+        iid = self._pick(kind, op[1]) if kind not in ("deliver", "fire", "invoke_idem") else ""
         status = self.tables.status.get((iid,)) if iid else None
         attempt = status["attempt"] if status else 1
         length = status["journal_length"] if status else 1
@@ -171,14 +211,35 @@ class Driver:
             self.apply(b.completion(iid, index, result))
         elif kind == "deliver" and self.sends:
             send = self.sends.pop(op[1] % len(self.sends))
-            if send.name == "keystate.InvokeCommand" and send.invocation_id not in self.targets:
-                self.ids.append(send.invocation_id)
-                self.targets[send.invocation_id] = send.record["target"]
+            if send.name == "keystate.InvokeCommand":
+                self._learn(send.invocation_id, send.record["target"])
             self.apply(b.as_command(send))
         elif kind == "fire" and self.timers:
             timer = self.timers.pop(op[1] % len(self.timers))
             self.now = max(self.now, timer.fire_at_ms)
             self.apply(b.fired(timer))
+        elif kind == "invoke_idem":
+            _, n, key, with_request = op
+            target = TARGETS[n % len(TARGETS)]
+            fresh = self._fresh_idempotent_id(target, key)
+            self._learn(fresh, target)
+            self.apply(b.invoke(target, fresh, idempotency_key=key, request_id=f"r{n}" if with_request else None))
+        elif kind == "cancel":
+            self.apply(b.cancel(iid))
+        elif kind == "kill":
+            self.apply(b.kill(iid))
+        elif kind == "resume":
+            self.apply(b.resume(iid))
+        elif kind == "purge":
+            self.apply(b.purge(iid))
+        elif kind == "query":
+            mode, target = op[2], TARGETS[op[1] % len(TARGETS)]
+            if mode == 0:
+                self.apply(b.query(f"q{op[1]}", invocation_id=iid))
+            elif mode == 1:
+                self.apply(b.query(f"q{op[1]}", idempotency=(target, IDEMPOTENCY_KEYS[op[1] % 2])))
+            else:
+                self.apply(b.query(f"q{op[1]}", workflow=TARGETS[5]))
 
 
 def scenario(cfg: Config, abstract: list[tuple[Any, ...]]) -> Scenario:
@@ -251,9 +312,17 @@ def test_a_processor_restored_mid_way_continues_like_the_live_one(sc: Scenario, 
     assert taken_over.snapshot() == live.snapshot()
 
 
+def is_answer(action: Action) -> bool:
+    """A reply to a request or a completion for a caller: receivers keep the first, so repeating one is harmless."""
+    if isinstance(action, Publish):
+        return action.name == "keystate.QueryOutputReply"
+    return isinstance(action, SendToPartition) and action.name == "keystate.CompletionCommand"
+
+
 @PROPERTY_SETTINGS
 @given(scenarios)
 def test_a_command_redelivered_right_after_itself_changes_nothing(sc: Scenario):
+    """No table write and no action, except that a request or a duplicate's caller may be answered again."""
     tables = Tables()
     for command, now in sc.commands:
         apply(tables, command, now, sc.cfg)
@@ -262,7 +331,7 @@ def test_a_command_redelivered_right_after_itself_changes_nothing(sc: Scenario):
 
         again = apply(tables, command, now, sc.cfg)
 
-        assert again == [], f"redelivered {command[0]} emitted actions"
+        assert [a for a in again if not is_answer(a)] == [], f"redelivered {command[0]} emitted actions"
         assert tables.drain() == [], f"redelivered {command[0]} wrote the changelog"
         assert tables.snapshot() == before
 
@@ -280,10 +349,10 @@ def check_one_writer_per_key(tables: Tables) -> None:
     running: dict[tuple[str, str], list[str]] = defaultdict(list)
     statuses = dict(tables.status.items())
     for (iid,), status in statuses.items():
-        if is_exclusive(status["target"]) and status["status"] in RUNNING:
+        if is_exclusive(status["target"]) and status["status"] in LOCK_HOLDERS:
             running[(status["target"]["service"], status["target"]["key"])].append(iid)
     for key, ids in running.items():
-        assert len(ids) == 1, f"{key}: {len(ids)} exclusive invocations running: {ids}"
+        assert len(ids) == 1, f"{key}: {len(ids)} exclusive invocations running or paused: {ids}"
         obj = tables.objects.get(key)
         assert obj is not None and obj["locked_by"] == ids[0], f"{key}: lock {obj} but {ids[0]} runs"
     for key, obj in tables.objects.items():
@@ -299,21 +368,43 @@ def test_the_generator_reaches_the_interesting_states():
     """Guards the properties against a driver that silently stops producing the cases they are about."""
     rnd = random.Random(7)
     seen: set[str] = set()
-    for _ in range(100):
-        driver = Driver(CONFIGS[rnd.randrange(2)])
+    endings: set[str] = set()
+    events: set[str] = set()
+    for _ in range(150):
+        driver = Driver(CONFIGS[rnd.randrange(len(CONFIGS))])
         for _ in range(40):
             driver.step(random_op(rnd))
-            seen |= {status["status"] for _, status in driver.tables.status.items()}
-    assert seen == {"SCHEDULED", "INBOXED", "INVOKED", "SUSPENDED", "BACKING_OFF", "COMPLETED"}
+            for _, status in driver.tables.status.items():
+                seen.add(status["status"])
+                endings.add(status["completion_status"])
+                if status["attached_callers"]:
+                    events.add("attached caller")
+                if status["cancel_pending"]:
+                    events.add("cancel pending")
+            name, record = driver.commands[-1][0] if driver.commands else ("", {})
+            if name == "keystate.InvokeCommand" and driver.tables.status.get((record["invocation_id"],)) is None:
+                events.add("deduplicated")
+    assert seen == {"SCHEDULED", "INBOXED", "INVOKED", "SUSPENDED", "BACKING_OFF", "COMPLETED", "PAUSED"}
+    assert endings >= {"SUCCEEDED", "FAILED", "CANCELLED", "KILLED"}
+    assert events == {"attached caller", "cancel pending", "deduplicated"}
 
 
 def random_op(rnd: random.Random) -> tuple[Any, ...]:
-    kind = rnd.choice(["invoke", *["append"] * 4, "suspend", "fail", "complete", "deliver", "fire"])
+    kind = rnd.choice(
+        ["invoke", *["append"] * 4, "suspend", "fail", "complete", "deliver", "fire", "invoke_idem", "cancel", "kill"]
+        + ["resume", "purge", "query"]
+    )
     n = rnd.randrange(30)
     if kind == "invoke":
         return (kind, n, rnd.choice([None, 300]))
+    if kind == "invoke_idem":
+        return (kind, n, rnd.choice(IDEMPOTENCY_KEYS), rnd.random() < 0.5)
+    if kind in ("cancel", "kill"):
+        return (kind, n)
+    if kind in ("resume", "purge", "query"):
+        return (kind, n, rnd.randrange(3))
     if kind == "append":
-        return (kind, n, rnd.choice(ENTRY_KINDS), rnd.choice(["valid"] * 8 + ["stale", "dup", "gap"]))
+        return (kind, n, rnd.choice(ENTRY_KINDS), rnd.choice(VARIANTS))
     if kind == "suspend":
         return (kind, n, rnd.randrange(6))
     if kind == "fail":

@@ -1,0 +1,128 @@
+"""`keystate dev start|stop`: the whole runtime on a local broker, serving and registering the examples."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .kafka import REPO, LocalKafka, LocalKafkaError
+
+__all__ = ["main"]
+
+RUN = REPO / ".run"
+INGRESS, ADMIN, EXAMPLES = 8080, 9070, 9080
+
+
+def _pid_file(name: str) -> Path:
+    return RUN / f"{name}.pid"
+
+
+def _alive(name: str) -> int | None:
+    try:
+        pid = int(_pid_file(name).read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def _spawn(name: str, argv: list[str]) -> int:
+    pid = _alive(name)
+    if pid is not None:
+        return pid
+    log = open(RUN / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+    _pid_file(name).write_text(str(proc.pid))
+    return proc.pid
+
+
+def _wait(url: str, name: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _alive(name) is None:
+            raise SystemExit(f"keystate dev: {name} exited; see {RUN / (name + '.log')}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            time.sleep(0.2)
+    raise SystemExit(f"keystate dev: {url} did not answer within {timeout:g} s; see {RUN / (name + '.log')}")
+
+
+def _register(uri: str) -> dict[str, object]:
+    body = json.dumps({"uri": uri}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{ADMIN}/deployments", data=body, method="POST", headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def start() -> int:
+    RUN.mkdir(parents=True, exist_ok=True)
+    try:
+        bootstrap = LocalKafka().start()
+    except LocalKafkaError as exc:
+        print(f"keystate dev: {exc}", file=sys.stderr)
+        return 1
+    from keystate.server.errors import ServerError
+    from keystate.server.topics import ensure_topics
+
+    try:
+        ensure_topics(bootstrap)
+    except ServerError as exc:
+        print(f"keystate dev: {exc}", file=sys.stderr)
+        return 1
+    python = sys.executable
+    _spawn("runtime", [python, "-m", "keystate.cli", "runtime", "--bootstrap", bootstrap,
+                       "--port", str(INGRESS), "--admin-port", str(ADMIN)])
+    _spawn("examples", [python, str(REPO / "examples" / "serve.py"), str(EXAMPLES)])
+    _wait(f"http://127.0.0.1:{ADMIN}/health", "runtime")
+    _wait(f"http://127.0.0.1:{EXAMPLES}/discover", "examples")
+    deployment = _register(f"http://127.0.0.1:{EXAMPLES}")
+    services = ", ".join(s["name"] for s in deployment["services"])  # type: ignore[index, union-attr]
+    url = f"http://127.0.0.1:{INGRESS}"
+    print(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
+    print(f"ingress {url}, admin http://127.0.0.1:{ADMIN}, deployment {deployment['id']} serving {services}")
+    print(f"logs and pids in {RUN}; stop everything with `make stop`\n")
+    json_h = "-H 'content-type: application/json'"
+    print("try:")
+    print(f"  curl -s {url}/Greeter/greet {json_h} -d '\"Sarah\"'")
+    print(f"  curl -s {url}/Counter/alice/add {json_h} -d '5'")
+    print(f"  curl -s -X POST {url}/Counter/alice/get")
+    print(f"  curl -s {url}/ShoppingCart/cart-1/addItem {json_h} -d '{{\"product_id\": \"shoe\", \"quantity\": 2, \"price\": 39.5}}'")
+    print(f"  curl -s -X POST {url}/ShoppingCart/cart-1/getTotal")
+    print(f"  curl -s {url}/SubscriptionService/add {json_h} -d '{{\"user_id\": \"u1\", \"credit_card\": \"4111-1111\", \"subscriptions\": [\"news\", \"music\"]}}'")
+    print(f"  curl -s {url}/Greeter/greet/send {json_h} -d '\"later\"'")
+    return 0
+
+
+def stop() -> int:
+    for name in ("examples", "runtime"):
+        pid = _alive(name)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if _alive(name) is None:
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        _pid_file(name).unlink(missing_ok=True)
+    LocalKafka().stop()
+    print("stopped")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="keystate dev", description=__doc__)
+    parser.add_argument("action", choices=["start", "stop"])
+    args = parser.parse_args(argv)
+    return start() if args.action == "start" else stop()

@@ -1,0 +1,110 @@
+"""Deduplication: one invocation per idempotency key, one `run` per workflow id, within retention."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from keystate.schemas.ids import InvocationId
+
+from .actions import Action, Publish, SendToPartition
+from .model import failure, is_workflow_run
+from .tables import Key, Tables
+
+__all__ = [
+    "answer_duplicate",
+    "completion_to",
+    "dedup_key",
+    "do_forget",
+    "do_remember",
+    "existing",
+    "reply",
+    "result_record",
+]
+
+
+def dedup_key(cmd: dict[str, Any]) -> Key | None:
+    """The idempotency-table key of an InvokeCommand, or None when it is not deduplicated."""
+    target = cmd["target"]
+    if is_workflow_run(target):
+        # Handler names are never empty, so "" cannot collide with an idempotency key row.
+        return (target["service"], target["key"], "", "")
+    key = cmd.get("idempotency_key")
+    if key is None:
+        return None
+    return (target["service"], target.get("key") or "", target["handler"], key)
+
+
+def existing(tables: Tables, key: Key) -> dict[str, Any] | None:
+    """The status of the invocation registered under `key`, if it still exists."""
+    row = tables.idempotency.get(key)
+    if row is None:
+        return None
+    return tables.status.get((row["invocation_id"],))
+
+
+def do_remember(tables: Tables, key: Key, invocation_id: str) -> str:
+    tables.idempotency.put(key, {"invocation_id": invocation_id})
+    return json.dumps(list(key))
+
+
+def do_forget(tables: Tables, status: dict[str, Any]) -> None:
+    if status.get("dedup_key"):
+        tables.idempotency.delete(tuple(json.loads(status["dedup_key"])))
+
+
+def result_record(status: dict[str, Any]) -> dict[str, Any]:
+    """OutputStatus, result and expiry of a status, for a QueryOutputReply."""
+    if status["status"] != "COMPLETED":
+        return {"status": "RUNNING", "result": None, "expires_at_ms": None}
+    return {
+        "status": status["completion_status"],
+        "result": status["result"],
+        "expires_at_ms": status["modified_at_ms"] + status["retention_ms"],
+    }
+
+
+def reply(
+    out: list[Action],
+    topic: str | None,
+    request_id: str,
+    status: dict[str, Any] | None,
+    previously_accepted: bool = False,
+) -> None:
+    """Answer a request on `topic` (None: keystate.results), keyed by the invocation it names."""
+    if status is None:
+        record = {"request_id": request_id, "invocation_id": None, "status": "UNKNOWN", "result": None,
+                  "previously_accepted": False, "expires_at_ms": None}
+        key = request_id
+    else:
+        record = {"request_id": request_id, "invocation_id": status["invocation_id"],
+                  "previously_accepted": previously_accepted, **result_record(status)}
+        key = status["invocation_id"]
+    out.append(Publish(topic, key.encode(), "keystate.QueryOutputReply", record))
+
+
+def answer_duplicate(out: list[Action], cmd: dict[str, Any], status: dict[str, Any]) -> bool:
+    """Answer a caller of a duplicate; returns True when the caller must be attached for later."""
+    caller = cmd.get("caller")
+    if caller is None:
+        return False
+    if is_workflow_run(status["target"]):
+        target = status["target"]
+        result = failure(409, f"workflow {target['service']}/{target['key']} was already started")
+    elif status["status"] == "COMPLETED":
+        result = status["result"]
+    else:
+        return True
+    out.append(completion_to(caller, result))
+    return False
+
+
+def completion_to(caller: dict[str, Any], result: Any) -> SendToPartition:
+    iid = caller["invocation_id"]
+    return SendToPartition(
+        InvocationId.parse(iid).partition_key,
+        iid.encode(),
+        "keystate.CompletionCommand",
+        {"invocation_id": iid, "entry_index": caller["entry_index"], "result": result},
+        iid,
+    )
