@@ -28,6 +28,8 @@ from keystate import (  # noqa: E402
     RetryableError,
     TerminalError,
     VirtualObject,
+    Workflow,
+    WorkflowContext,
 )
 
 caller = Service("Caller")
@@ -158,7 +160,36 @@ async def fails_then_waits(ctx: Context, marker: str) -> int:
     return int(path.read_text())
 
 
-SERVICES = [greeter, counter, cart, subscription_service, caller, steps, user_signup, sleeper, mailbox, approvals, trip, flaky]
+short_flow = Workflow("ShortFlow", workflow_retention=timedelta(seconds=2))
+patient = Service(
+    "Patient",
+    invocation_retry_policy=InvocationRetryPolicy(
+        initial_interval=timedelta(milliseconds=20), max_attempts=2, on_max_attempts="pause"
+    ),
+)
+
+
+@approvals.handler()
+async def answer(ctx: Context, request: dict[str, str]) -> None:
+    """Resolves an awakeable from a handler."""
+    ctx.resolve_awakeable(request["id"], request["value"])
+
+
+@short_flow.main()
+async def short_run(ctx: WorkflowContext, value: str) -> str:
+    ctx.set("value", value)
+    return f"{ctx.key()}:{value}"
+
+
+@patient.handler()
+async def needs_marker(ctx: Context, marker: str) -> str:
+    """Fails until `marker` exists; its policy pauses it after two attempts."""
+    if not Path(marker).exists():
+        raise ValueError(f"{marker} is missing")
+    return "done"
+
+
+SERVICES = [short_flow, patient, greeter, counter, cart, subscription_service, caller, steps, user_signup, sleeper, mailbox, approvals, trip, flaky]
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

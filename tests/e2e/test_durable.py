@@ -70,6 +70,11 @@ def test_awakeable_resolved_over_http_and_its_timeout_branch(running: Stack) -> 
     assert rejected.status == 500
     assert "no way" in rejected.json()["message"]
 
+    iid = _send(running, "Approvals/approve", "cy")
+    awakeable = _until(lambda: http("POST", f"{running.url}/Mailbox/cy/peek").json(), stack=running)
+    assert http("POST", f"{running.url}/Approvals/answer", {"id": awakeable, "value": "from a handler"}).status == 200
+    assert _attach(running, iid).json() == "approved: from a handler"
+
 
 def test_idempotency_key_gives_the_same_invocation_and_response(running: Stack) -> None:
     key = {"idempotency-key": "order-17"}
@@ -161,3 +166,27 @@ def test_request_response_deployment(stack: Stack, deployment_env: dict[str, str
     assert http("POST", f"{stack.url}/SubscriptionService/add", body).json()["subscriptions"] == ["u:a"]
     assert http("POST", f"{stack.url}/Sleeper/nap", 200).json() == 200
     assert http("POST", f"{stack.url}/Caller/greet_and_count", "rr").json()["greeting"] == "Hello rr!"
+
+
+def test_workflow_retention_purges_and_frees_the_id(running: Stack) -> None:
+    assert http("POST", f"{running.url}/ShortFlow/w1/short_run", "a").json() == "w1:a"
+    assert http("GET", f"{running.url}/restate/workflow/ShortFlow/w1/output").json() == "w1:a"
+    assert http("POST", f"{running.url}/ShortFlow/w1/short_run", "b").status == 409
+    _until(lambda: http("GET", f"{running.url}/restate/workflow/ShortFlow/w1/output").status == 404, stack=running)
+    assert http("POST", f"{running.url}/ShortFlow/w1/short_run", "c").json() == "w1:c"
+
+
+def test_exhausted_attempts_pause_until_resumed(running: Stack, tmp_path: Path) -> None:
+    marker = tmp_path / "present"
+    iid = _send(running, "Patient/needs_marker", str(marker))
+
+    def paused() -> bool:
+        resp = http("GET", f"{running.admin_url}/invocations/{iid}")
+        return resp.status == 200 and resp.json()["status"] == "PAUSED"
+
+    _until(paused, stack=running)
+    described = http("GET", f"{running.admin_url}/invocations/{iid}").json()
+    assert "is missing" in str(described)
+    marker.touch()
+    assert http("PATCH", f"{running.admin_url}/invocations/{iid}/resume").status in (200, 202)
+    assert _attach(running, iid).json() == "done"
