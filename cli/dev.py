@@ -101,6 +101,10 @@ def start() -> int:
     print(f"  curl -s -X POST {url}/ShoppingCart/cart-1/getTotal")
     print(f"  curl -s {url}/SubscriptionService/add {json_h} -d '{{\"user_id\": \"u1\", \"credit_card\": \"4111-1111\", \"subscriptions\": [\"news\", \"music\"]}}'")
     print(f"  curl -s {url}/Greeter/greet/send {json_h} -d '\"later\"'")
+    print(f"  curl -s {url}/UserSignup/ann/run/send {json_h} -d '{{\"name\": \"Ann\", \"email\": \"ann@example.com\"}}'")
+    print(f"  grep -o 'secret=[0-9a-f-]*' {RUN / 'examples.log'} | tail -1   # the mailed link")
+    print(f"  curl -s {url}/UserSignup/ann/click {json_h} -d '\"<secret>\"'")
+    print(f"  curl -s {url}/restate/workflow/UserSignup/ann/attach")
     return 0
 
 
