@@ -1,8 +1,12 @@
-"""Serve every example on one port: `python examples/serve.py [port]` (default 9080)."""
+"""Serve every example on one port: `python examples/serve.py [port]` (default 9080).
+
+Binds 127.0.0.1 unless KEYSTATE_EXAMPLES_HOST says otherwise (0.0.0.0 in docker-compose.yml).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,4 +22,5 @@ SERVICES = [greeter, counter, cart, subscription_service, user_signup]
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    keystate.serve(SERVICES, port=int(sys.argv[1]) if len(sys.argv) > 1 else 9080)
+    host = os.environ.get("KEYSTATE_EXAMPLES_HOST", "127.0.0.1")
+    keystate.serve(SERVICES, port=int(sys.argv[1]) if len(sys.argv) > 1 else 9080, host=host)

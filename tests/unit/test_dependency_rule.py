@@ -111,3 +111,13 @@ def test_the_rule_checker_sees_violations(tmp_path: Path) -> None:
         assert {"asyncio", "keystate.processors.invoker"} <= _imports(bad)
     finally:
         bad.unlink()
+
+
+def test_server_plumbing_never_imports_ingress_processors_or_cli() -> None:
+    offenders = {
+        f"{p.relative_to(ROOT)} imports {name}"
+        for p in _files("server")
+        for name in _imports(p)
+        if any(_within(name, part) for part in ("keystate.ingress", "keystate.processors", "keystate.cli"))
+    }
+    assert not offenders
