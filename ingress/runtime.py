@@ -10,7 +10,6 @@ import aiohttp
 from aiohttp import web
 
 from keystate.schemas.topics import Topics
-from keystate.server.errors import KafkaUnavailable
 from keystate.server.kafka import AsyncProducer, KafkaSettings
 from keystate.server.meta import MetaView
 

@@ -37,7 +37,8 @@ BATCH_CONTENT_TYPE = "application/vnd.keystate.batch+avro"
 class InvokerSettings:
     """Limits of one attempt; both are per attempt, and hitting them fails it retryably."""
 
-    # No message from the deployment for this long: the attempt is presumed stuck.
+    # No message from the deployment for this long (SDKs send heartbeats every 10 s while an
+    # attempt is quiet): the deployment is presumed dead or cut off.
     inactivity_timeout_s: float = 60.0
     # An attempt running longer than this is stopped (a suspended invocation does not count).
     abort_timeout_s: float = 600.0
@@ -214,7 +215,8 @@ class Invoker:
         action = attempt.action
         assert self._session is not None
         body = self._codec.encode("keystate.MessageBatch", {"messages": self._opening(action)})
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=self._settings.inactivity_timeout_s)
+        # One response per attempt and no heartbeats: a long ctx.run is bounded by the abort timeout.
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=self._settings.abort_timeout_s)
         async with self._session.post(url, data=body, headers={"content-type": BATCH_CONTENT_TYPE}, timeout=timeout) as resp:
             data = await resp.content.read(self._settings.max_message_bytes + 1)
             if resp.status != 200:
@@ -245,6 +247,8 @@ class Invoker:
                 raise AttemptError(f"protocol violation: entry index {record['index']}, expected {next_index}")
             await self._append(action, record, ws)
             return next_index + 1, False
+        if name == "keystate.HeartbeatMessage":
+            return next_index, False
         if name == "keystate.EndMessage":
             return next_index, True
         if name == "keystate.SuspensionMessage":

@@ -52,4 +52,5 @@ SCHEMA_IDS: Final[dict[str, int]] = {
     "keystate.ErrorMessage": 506,
     "keystate.EndMessage": 507,
     "keystate.MessageBatch": 508,
+    "keystate.HeartbeatMessage": 509,
 }

@@ -107,6 +107,7 @@ def app(
     suspend_after: timedelta = timedelta(seconds=10),
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     transports: Iterable[str] = TRANSPORTS,
+    heartbeat_interval: timedelta = timedelta(seconds=10),
 ) -> web.Application:
     """The aiohttp application serving `GET /discover` and the invocation attempts.
 
@@ -114,7 +115,9 @@ def app(
     "websocket"); `POST /invoke/{service}/{handler}` with a MessageBatch body runs one attempt
     and answers with its new entries and how it ended (transport "request-response").
     `transports` chooses which of the two the deployment offers (and advertises).
-    `max_message_bytes` bounds one WebSocket message and one POST body.
+    `max_message_bytes` bounds one WebSocket message and one POST body. On a WebSocket the SDK
+    sends a HeartbeatMessage every `heartbeat_interval` while nothing else goes out, so a long
+    `ctx.run` does not trip the processor's inactivity timeout (keep it well below that timeout).
     """
     registry: dict[str, AnyService] = {}
     for svc in services:
@@ -153,7 +156,7 @@ def app(
         ws = web.WebSocketResponse(max_msg_size=max_message_bytes)
         await ws.prepare(request)
         try:
-            await _Attempt(ws, handler, the_codec, suspend_seconds).run()
+            await _Attempt(ws, handler, the_codec, suspend_seconds, heartbeat_interval.total_seconds()).run()
         except Exception:  # never let one attempt take the server down
             log.exception("attempt of %s failed inside the SDK", handler.qualified)
             if not ws.closed:
@@ -255,16 +258,23 @@ def serve(
     *,
     suspend_after: timedelta = timedelta(seconds=10),
     transports: Iterable[str] = TRANSPORTS,
+    heartbeat_interval: timedelta = timedelta(seconds=10),
 ) -> None:
     """Serve the services until interrupted (blocking)."""
-    web.run_app(app(services, suspend_after=suspend_after, transports=transports), host=host, port=port)
+    application = app(
+        services, suspend_after=suspend_after, transports=transports, heartbeat_interval=heartbeat_interval
+    )
+    web.run_app(application, host=host, port=port)
 
 
 class _Attempt:
     """Pumps one WebSocket: processor messages into the core, machine output back out."""
 
-    def __init__(self, ws: web.WebSocketResponse, handler: Handler, the_codec: Codec, suspend_after: float) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, handler: Handler, the_codec: Codec, suspend_after: float, heartbeat: float
+    ) -> None:
         self.ws = ws
+        self.heartbeat = heartbeat
         self.codec = the_codec
         self.wake = asyncio.Event()
         self.machine = Machine()
@@ -291,8 +301,13 @@ class _Attempt:
             await asyncio.gather(writer, return_exceptions=True)
 
     async def _write(self) -> None:
+        beat = self.codec.encode("keystate.HeartbeatMessage", {})
         while True:
-            await self.wake.wait()
+            try:
+                await asyncio.wait_for(self.wake.wait(), self.heartbeat)
+            except asyncio.TimeoutError:
+                await self.ws.send_bytes(beat)  # quiet, not dead: e.g. a long ctx.run
+                continue
             self.wake.clear()
             for name, record in self.machine.take_output():
                 await self.ws.send_bytes(self.codec.encode(name, record))

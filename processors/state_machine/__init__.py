@@ -1,7 +1,6 @@
 """The pure state machine: apply(tables, command, now, config) -> actions; no I/O, no clock."""
 
 from .actions import (
-    AckEntry,
     Action,
     Invoke,
     NotifyCompletion,
@@ -16,7 +15,6 @@ from .model import Config, RetryPolicy
 from .tables import Change, InMemoryTable, Tables
 
 __all__ = [
-    "AckEntry",
     "Action",
     "Change",
     "Command",

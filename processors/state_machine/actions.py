@@ -7,7 +7,6 @@ from typing import Any
 
 __all__ = [
     "Action",
-    "AckEntry",
     "Invoke",
     "NotifyCompletion",
     "Publish",
@@ -65,15 +64,6 @@ class NotifyCompletion:
 
 
 @dataclass(frozen=True, slots=True)
-class AckEntry:
-    """Tell a live attempt that an entry is durable (used when the invoker cannot know it itself)."""
-
-    invocation_id: str
-    attempt: int
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
 class StopInvocation:
     """Close the live attempt of an invocation, if any (it ended, or is no longer ours)."""
 
@@ -89,7 +79,7 @@ class RegisterTimer:
     record: dict[str, Any] = field(hash=False)
 
 
-Action = SendToPartition | Publish | Invoke | NotifyCompletion | AckEntry | StopInvocation | RegisterTimer
+Action = SendToPartition | Publish | Invoke | NotifyCompletion | StopInvocation | RegisterTimer
 
 
 def in_transaction(action: Action) -> bool:

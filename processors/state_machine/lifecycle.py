@@ -7,8 +7,8 @@ from typing import Any
 from keystate.schemas.ids import InvocationId, positive_hash
 
 from . import idempotency, inbox, timers
-from .actions import Action, Invoke, Publish, SendToPartition, StopInvocation
-from .model import FAILURE, VALUE, Config, Result, failure, is_exclusive, is_keyed, is_workflow_run
+from .actions import Action, Invoke, Publish, StopInvocation
+from .model import VALUE, Config, Result, failure, is_exclusive, is_keyed, is_workflow_run
 from .tables import Tables
 
 __all__ = [
@@ -294,7 +294,3 @@ def on_resume_paused(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config,
     status = live_status(tables, cmd["invocation_id"])
     if status is not None and status["status"] == "PAUSED":
         do_start_attempt(tables, {**status, "retry_count": 0}, now, cfg, out)
-
-
-def failure_of(result: Result) -> dict[str, Any] | None:
-    return result[1] if result[0] == FAILURE else None

@@ -46,6 +46,12 @@ async def greet_and_count(ctx: Context, name: str) -> dict[str, object]:
 
 
 @steps.handler()
+async def long_step(ctx: Context, seconds: float) -> float:
+    """One ctx.run longer than the processor's inactivity timeout in the heartbeat test."""
+    return await ctx.run("long", lambda: time.sleep(seconds) or seconds)
+
+
+@steps.handler()
 async def charge_once(ctx: Context, order: str) -> str:
     """Charges in a step, then waits in a second step until the test releases it."""
     ledger = Path(os.environ["KEYSTATE_TEST_LEDGER"])
@@ -194,4 +200,10 @@ SERVICES = [short_flow, patient, greeter, counter, cart, subscription_service, c
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     transports = os.environ.get("KEYSTATE_TEST_TRANSPORTS", "websocket,request-response").split(",")
-    keystate.serve(SERVICES, port=int(sys.argv[1]), suspend_after=timedelta(seconds=1), transports=transports)
+    keystate.serve(
+        SERVICES,
+        port=int(sys.argv[1]),
+        suspend_after=timedelta(seconds=1),
+        transports=transports,
+        heartbeat_interval=timedelta(milliseconds=500),
+    )

@@ -131,3 +131,15 @@ def test_bad_requests_go_to_the_dlq_and_good_ones_still_run(running: Stack) -> N
     while http("POST", f"{running.url}/Counter/dlq/get").json() != 3:
         assert time.monotonic() < deadline, running.logs()
         time.sleep(0.1)
+
+
+def test_a_step_longer_than_the_inactivity_timeout_completes_thanks_to_heartbeats(
+    stack: Stack, deployment_env: dict[str, str]
+) -> None:
+    stack.processor("a", "--inactivity-timeout", "2")
+    stack.ingress()
+    port = free_port()
+    stack.deployment(SERVICES, port, env=deployment_env)
+    stack.register(f"http://127.0.0.1:{port}")
+    assert http("POST", f"{stack.url}/Steps/long_step", 4.0).json() == 4.0
+    assert "inactivity timeout" not in stack.procs[0].log_path.read_text()

@@ -269,3 +269,29 @@ def test_workflow_manifest_and_bytes_content_type() -> None:
         {"name": "click", "ty": "SHARED", "input": {"contentType": "application/json"},
          "output": {"contentType": "application/json"}},
     ]
+
+
+async def test_a_quiet_attempt_sends_heartbeats() -> None:
+    """A long ctx.run says nothing for a while; heartbeats keep the processor's inactivity timer off."""
+    slow = keystate.Service("Slow")
+
+    @slow.handler()
+    async def step(ctx: Context) -> str:
+        return await ctx.run("sleep", lambda: time.sleep(0.5) or "done")
+
+    application = keystate.app([slow], heartbeat_interval=timedelta(milliseconds=100))
+    async with TestClient(TestServer(application)) as client:
+        ws = await client.ws_connect("/invoke/Slow/step")
+        c = codec()
+        the_target = {"service": "Slow", "handler": "step", "key": None, "service_type": "SERVICE", "handler_kind": "EXCLUSIVE"}
+        start_message = {"invocation_id": "inv_0000000aaaaaaaaaaaaaaaaaaaaaaaa", "attempt": 1, "target": the_target,
+                         "known_entries": 1, "state": [], "partial_state": True, "random_seed": 1, "retry_count": 0,
+                         "duration_since_first_attempt_ms": 0}
+        await ws.send_bytes(c.encode("keystate.StartMessage", start_message))
+        entry = {"entry": ("keystate.InputEntry", {"argument": b"", "headers": {}})}
+        await ws.send_bytes(c.encode("keystate.EntryMessage", {"index": 0, "entry": entry}))
+        names = []
+        while "keystate.EntryMessage" not in names:
+            names.append(c.decode((await ws.receive(timeout=5)).data)[0])
+        assert names.count("keystate.HeartbeatMessage") >= 3
+        await ws.close()
