@@ -195,7 +195,30 @@ async def needs_marker(ctx: Context, marker: str) -> str:
     return "done"
 
 
-SERVICES = [short_flow, patient, greeter, counter, cart, subscription_service, caller, steps, user_signup, sleeper, mailbox, approvals, trip, flaky]
+combos = Service("Combos")
+
+
+@combos.handler()
+async def in_completion_order(ctx: Context) -> list[int]:
+    """Three calls of different lengths, taken as they complete."""
+    calls = [ctx.service_call(nap, ms) for ms in (1200, 100, 600)]
+    return [await f async for f in keystate.as_completed(*calls)]
+
+
+@combos.handler()
+async def idempotent_twice(ctx: Context, key: str) -> list[int]:
+    """The same idempotency key twice: one increment, the same answer twice."""
+    first = await ctx.object_call(counter_add, key, 1, idempotency_key="once")
+    second = await ctx.object_call(counter_add, key, 1, idempotency_key="once")
+    return [first, second]
+
+
+@combos.handler()
+async def reject_it(ctx: Context, awakeable_id: str) -> None:
+    ctx.reject_awakeable(awakeable_id, "rejected by a handler")
+
+
+SERVICES = [combos, short_flow, patient, greeter, counter, cart, subscription_service, caller, steps, user_signup, sleeper, mailbox, approvals, trip, flaky]
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -190,3 +190,15 @@ def test_exhausted_attempts_pause_until_resumed(running: Stack, tmp_path: Path) 
     marker.touch()
     assert http("PATCH", f"{running.admin_url}/invocations/{iid}/resume").status in (200, 202)
     assert _attach(running, iid).json() == "done"
+
+
+def test_as_completed_and_idempotent_calls_from_handlers(running: Stack) -> None:
+    assert http("POST", f"{running.url}/Combos/in_completion_order").json() == [100, 600, 1200]
+    assert http("POST", f"{running.url}/Combos/idempotent_twice", "idem-h").json() == [0, 0]
+    assert http("POST", f"{running.url}/Counter/idem-h/get").json() == 1
+
+    iid = _send(running, "Approvals/approve", "dan")
+    awakeable = _until(lambda: http("POST", f"{running.url}/Mailbox/dan/peek").json(), stack=running)
+    assert http("POST", f"{running.url}/Combos/reject_it", awakeable).status == 200
+    rejected = _attach(running, iid)
+    assert rejected.status == 500 and "rejected by a handler" in rejected.json()["message"]

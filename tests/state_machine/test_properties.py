@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ CONFIGS = [
     )
 ]
 
-PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY_SETTINGS = settings(max_examples=int(os.environ.get("KEYSTATE_PROPERTY_EXAMPLES", "200")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 slot = st.integers(0, 30)
 appends = st.tuples(
