@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import cancellation, idempotency, journal, lifecycle, promises, timers
+from . import cancellation, completion, idempotency, journal, lifecycle, promises, timers
 from .actions import Action
 from .model import Config, value
 from .tables import Tables
@@ -42,7 +42,7 @@ def _on_timer_fired(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, 
     if row is None:
         return
     if kind == "SLEEP":
-        journal.do_complete_entry(tables, iid, cmd["entry_index"], value(b""), now, cfg, out)
+        completion.do_complete_entry(tables, iid, cmd["entry_index"], value(b""), now, cfg, out)
     elif kind == "DELAYED_INVOKE":
         status = tables.status.get((iid,))
         if status is not None and status["status"] == "SCHEDULED":

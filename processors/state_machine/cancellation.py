@@ -8,16 +8,17 @@ from keystate.schemas.ids import InvocationId
 
 from . import inbox, timers
 from .actions import Action, SendToPartition
+from .completion import do_complete_entry
 from .lifecycle import do_complete, do_start_attempt, live_status
-from .model import Config, failure
+from .model import Config, failure, is_completed
 from .tables import Tables
 
-__all__ = ["CANCELLED", "on_cancel", "on_kill", "pending_entries"]
+__all__ = ["CANCELLED", "KILLED", "WAITING", "on_cancel", "on_kill", "pending_entries"]
 
 CANCELLED = failure(409, "cancelled")
 KILLED = failure(409, "killed")
 
-_WAITING = {
+WAITING = {
     "keystate.CallEntry",
     "keystate.SleepEntry",
     "keystate.AwakeableEntry",
@@ -30,10 +31,9 @@ def pending_entries(tables: Tables, iid: str) -> list[tuple[int, str, dict[str, 
     pending = []
     for key, record in tables.journal.scan((iid,)):
         name, entry = record["entry"]
-        if name not in _WAITING:
+        if name not in WAITING:
             continue
-        done = entry["fired"] if name == "keystate.SleepEntry" else entry.get("result") is not None
-        if not done:
+        if not is_completed(name, entry):
             pending.append((key[1], name, entry))
     return sorted(pending, key=lambda p: p[0])
 
@@ -68,8 +68,6 @@ def _end_waiting(tables: Tables, status: dict[str, Any], result: Any, now: int, 
 
 
 def on_cancel(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
-    from .journal import do_complete_entry
-
     iid = cmd["invocation_id"]
     status = live_status(tables, iid)
     if status is None:

@@ -7,22 +7,15 @@ from typing import Any
 from keystate.schemas.ids import InvalidIdError, InvocationId, ServiceId
 
 from . import promises, timers
-from .actions import Action, NotifyCompletion, SendToPartition
+from .cancellation import CANCELLED, WAITING
+from .completion import do_complete_entry
+from .actions import Action, SendToPartition
 from .lifecycle import do_complete, do_start_attempt, live_status
-from .model import Config, Result, failure, is_keyed
+from .model import Config, failure, is_keyed
 from .tables import Tables
 
-__all__ = ["do_complete_entry", "on_completion", "on_journal_append"]
+__all__ = ["on_completion", "on_journal_append"]
 
-_COMPLETABLE = {
-    "keystate.CallEntry",
-    "keystate.SleepEntry",
-    "keystate.AwakeableEntry",
-    "keystate.GetPromiseEntry",
-    "keystate.PeekPromiseEntry",
-    "keystate.CompletePromiseEntry",
-}
-_CANCELLABLE = {"keystate.CallEntry", "keystate.SleepEntry", "keystate.AwakeableEntry", "keystate.GetPromiseEntry"}
 _PROMISE_ENTRIES = {"keystate.GetPromiseEntry", "keystate.PeekPromiseEntry", "keystate.CompletePromiseEntry"}
 _STATE_WRITES = {"keystate.SetStateEntry", "keystate.ClearStateEntry", "keystate.ClearAllStateEntry"}
 
@@ -57,10 +50,10 @@ def on_journal_append(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config
         do_complete(tables, status, entry["result"], now, cfg, out)
         return
     tables.journal.put((iid, index), cmd["entry"])
-    if status["cancel_pending"] and name in _CANCELLABLE:
+    if status["cancel_pending"] and name in WAITING:
         # The cancel reaches the handler here, once; what it does afterwards (compensation) runs.
         tables.status.put((iid,), {**status, "cancel_pending": False})
-        do_complete_entry(tables, iid, index, failure(409, "cancelled"), now, cfg, out)
+        do_complete_entry(tables, iid, index, CANCELLED, now, cfg, out)
         return
     _apply_entry(tables, status, index, name, entry, now, cfg, out)
 
@@ -161,31 +154,3 @@ def _invoke_command(
 
 def on_completion(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
     do_complete_entry(tables, cmd["invocation_id"], cmd["entry_index"], cmd["result"], now, cfg, out)
-
-
-def do_complete_entry(
-    tables: Tables, iid: str, index: int, result: Result | None, now: int, cfg: Config, out: list[Action]
-) -> None:
-    """Record the result of a waiting entry and wake whoever waits for it; duplicates change nothing."""
-    status = live_status(tables, iid)
-    if status is None:
-        return
-    record = tables.journal.get((iid, index))
-    if record is None:
-        return
-    name, entry = record["entry"]
-    if name not in _COMPLETABLE:
-        return
-    if name == "keystate.SleepEntry":
-        if entry["fired"]:
-            return
-        entry = {**entry, "fired": True, "result": result}
-    else:
-        if entry.get("result") is not None:
-            return
-        entry = {**entry, "result": result}
-    tables.journal.put((iid, index), {"entry": (name, entry)})
-    if status["status"] == "INVOKED":
-        out.append(NotifyCompletion(iid, status["attempt"], index, result))
-    elif status["status"] == "SUSPENDED" and index in status["waiting_on"]:
-        do_start_attempt(tables, status, now, cfg, out)

@@ -8,7 +8,7 @@ from keystate.schemas.ids import InvocationId, positive_hash
 
 from . import idempotency, inbox, timers
 from .actions import Action, Invoke, Publish, StopInvocation
-from .model import VALUE, Config, Result, failure, is_exclusive, is_keyed, is_workflow_run
+from .model import VALUE, Config, Result, failure, is_completed, is_exclusive, is_keyed, is_workflow_run
 from .tables import Tables
 
 __all__ = [
@@ -172,12 +172,7 @@ def on_suspend(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: 
 
 def _entry_completed(tables: Tables, iid: str, index: int) -> bool:
     record = tables.journal.get((iid, index))
-    if record is None:
-        return False
-    name, entry = record["entry"]
-    if name == "keystate.SleepEntry":
-        return bool(entry["fired"])
-    return entry.get("result") is not None
+    return record is not None and is_completed(*record["entry"])
 
 
 def on_attempt_failed(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:

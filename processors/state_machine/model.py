@@ -14,6 +14,7 @@ __all__ = [
     "failure",
     "value",
     "is_keyed",
+    "is_completed",
     "is_exclusive",
     "is_workflow_run",
 ]
@@ -36,6 +37,13 @@ def failure(code: int, message: str) -> Result:
 
 def is_keyed(target: Mapping[str, Any]) -> bool:
     return target["service_type"] in ("VIRTUAL_OBJECT", "WORKFLOW")
+
+
+def is_completed(name: str, entry: Mapping[str, Any]) -> bool:
+    """Whether a journal entry that waits for something (call, sleep, awakeable, promise) has its result."""
+    if name == NS + "SleepEntry":
+        return bool(entry["fired"])
+    return entry.get("result") is not None
 
 
 def is_workflow_run(target: Mapping[str, Any]) -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 from keystate.schemas.ids import InvalidIdError, InvocationId
 
 from .actions import Action, SendToPartition
+from .completion import do_complete_entry
 from .model import Config, failure, value
 from .tables import Tables
 
@@ -43,8 +44,6 @@ def send_awakeable_completion(entry: dict[str, Any], out: list[Action]) -> None:
 
 
 def on_complete_awakeable(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
-    from .journal import do_complete_entry
-
     owner = parse_awakeable_id(cmd["awakeable_id"])
     if owner is None:
         return
@@ -59,8 +58,6 @@ def on_promise_entry(
     tables: Tables, status: dict[str, Any], index: int, name: str, entry: dict[str, Any], now: int, cfg: Config, out: list[Action]
 ) -> None:
     """Get, peek and complete a promise of the workflow this invocation belongs to."""
-    from .journal import do_complete_entry
-
     iid = status["invocation_id"]
     target = status["target"]
     key = (target["service"], target["key"], entry["name"])

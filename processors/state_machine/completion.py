@@ -1,0 +1,40 @@
+"""Completions of entries that wait for something: a call's result, a timer, an awakeable, a promise."""
+
+from __future__ import annotations
+
+from .actions import Action, NotifyCompletion
+from .lifecycle import do_start_attempt, live_status
+from .model import Config, Result, is_completed
+from .tables import Tables
+
+__all__ = ["COMPLETABLE", "do_complete_entry"]
+
+COMPLETABLE = {
+    "keystate.CallEntry",
+    "keystate.SleepEntry",
+    "keystate.AwakeableEntry",
+    "keystate.GetPromiseEntry",
+    "keystate.PeekPromiseEntry",
+    "keystate.CompletePromiseEntry",
+}
+
+
+def do_complete_entry(
+    tables: Tables, iid: str, index: int, result: Result | None, now: int, cfg: Config, out: list[Action]
+) -> None:
+    """Record the result of a waiting entry and wake whoever waits for it; duplicates change nothing."""
+    status = live_status(tables, iid)
+    if status is None:
+        return
+    record = tables.journal.get((iid, index))
+    if record is None:
+        return
+    name, entry = record["entry"]
+    if name not in COMPLETABLE or is_completed(name, entry):
+        return
+    entry = {**entry, "fired": True, "result": result} if name == "keystate.SleepEntry" else {**entry, "result": result}
+    tables.journal.put((iid, index), {"entry": (name, entry)})
+    if status["status"] == "INVOKED":
+        out.append(NotifyCompletion(iid, status["attempt"], index, result))
+    elif status["status"] == "SUSPENDED" and index in status["waiting_on"]:
+        do_start_attempt(tables, status, now, cfg, out)
