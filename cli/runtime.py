@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -24,17 +25,31 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", default=os.environ.get("KEYSTATE_TOPIC_PREFIX", "keystate."), help="topic name prefix")
 
 
+def _default(cls: type, name: str) -> Any:
+    """A settings dataclass's own default, so the CLI never restates it."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.default
+
+
 def _processor_args(parser: argparse.ArgumentParser) -> None:
+    from keystate.processors.invoker import InvokerSettings
+    from keystate.processors.worker import ProcessorSettings
+
     parser.add_argument(
         "--instance-id",
         default=os.environ.get("KEYSTATE_INSTANCE_ID", "0"),
         help="stable id of this processor process; give each process its own (default %(default)s)",
     )
-    parser.add_argument("--batch-max-records", type=int, default=500, help="records per transaction at most")
-    parser.add_argument("--batch-linger-ms", type=float, default=2.0, help="wait this long to fill a batch (default %(default)s)")
-    parser.add_argument("--retention", type=float, default=86400.0, help="seconds a completed invocation stays answerable")
-    parser.add_argument("--inactivity-timeout", type=float, default=60.0, help="seconds without a message from a deployment before an attempt is retried")
-    parser.add_argument("--abort-timeout", type=float, default=600.0, help="seconds an attempt may run at most")
+    parser.add_argument("--batch-max-records", type=int, default=_default(ProcessorSettings, "batch_max_records"),
+                        help="records per transaction at most (default %(default)s)")
+    parser.add_argument("--batch-linger-ms", type=float, default=_default(ProcessorSettings, "batch_linger_ms"),
+                        help="wait this long to fill a batch (default %(default)s)")
+    parser.add_argument("--retention", type=float, default=_default(ProcessorSettings, "completion_retention_ms") / 1000,
+                        help="seconds a completed invocation stays answerable (default %(default)s)")
+    parser.add_argument("--inactivity-timeout", type=float, default=_default(InvokerSettings, "inactivity_timeout_s"),
+                        help="seconds without any message from a deployment before an attempt is retried (default %(default)s)")
+    parser.add_argument("--abort-timeout", type=float, default=_default(InvokerSettings, "abort_timeout_s"),
+                        help="seconds an attempt may run at most (default %(default)s)")
 
 
 def _ingress_args(parser: argparse.ArgumentParser) -> None:

@@ -10,10 +10,9 @@ import pytest
 from keystate.schemas.topics import Topics
 from keystate.server.topics import TopicSettings, ensure_topics
 
-from harness import Stack, free_port
+from harness import SERVICES_SCRIPT, Stack, free_port
 
 PARTITIONS = 4
-SERVICES = str(Path(__file__).with_name("services.py"))
 
 
 @pytest.fixture
@@ -43,7 +42,7 @@ def running(stack: Stack, deployment_env: dict[str, str]) -> Stack:
     stack.processor("a")
     stack.ingress()
     port = free_port()
-    stack.deployment(SERVICES, port, env=deployment_env)
+    stack.deployment(SERVICES_SCRIPT, port, env=deployment_env)
     stack.register(f"http://127.0.0.1:{port}")
     return stack
 

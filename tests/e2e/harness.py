@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+SERVICES_SCRIPT = str(Path(__file__).with_name("services.py"))
+"""The deployment the end-to-end tests run: examples plus test services (`python services.py PORT`)."""
 
 
 def free_port() -> int:

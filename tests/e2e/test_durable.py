@@ -10,8 +10,7 @@ import pytest
 
 from keystate.schemas.ids import InvocationId
 
-from conftest import SERVICES
-from harness import Stack, free_port, http
+from harness import SERVICES_SCRIPT, Stack, free_port, http
 
 pytestmark = pytest.mark.integration
 
@@ -157,7 +156,7 @@ def test_request_response_deployment(stack: Stack, deployment_env: dict[str, str
     stack.processor("a")
     stack.ingress()
     port = free_port()
-    stack.deployment(SERVICES, port, env={**deployment_env, "KEYSTATE_TEST_TRANSPORTS": "request-response"})
+    stack.deployment(SERVICES_SCRIPT, port, env={**deployment_env, "KEYSTATE_TEST_TRANSPORTS": "request-response"})
     registered = stack.register(f"http://127.0.0.1:{port}")
     assert registered["transports"] == ["request-response"]
     assert http("POST", f"{stack.url}/Greeter/greet", "rr").json() == "Hello rr!"

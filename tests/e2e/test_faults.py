@@ -14,8 +14,7 @@ from confluent_kafka import Producer
 from keystate.schemas._codec import codec
 from keystate.schemas.topics import Topics
 
-from conftest import SERVICES
-from harness import HttpResponse, Stack, free_port, http
+from harness import SERVICES_SCRIPT, HttpResponse, Stack, free_port, http
 from results import read_all
 
 pytestmark = pytest.mark.integration
@@ -68,7 +67,7 @@ def test_second_processor_takes_over_the_partitions_of_a_killed_one(stack: Stack
     stack.processor("b")
     stack.ingress()
     port = free_port()
-    stack.deployment(SERVICES, port, env=deployment_env)
+    stack.deployment(SERVICES_SCRIPT, port, env=deployment_env)
     stack.register(f"http://127.0.0.1:{port}")
     # Warm up on several keys so both processors own partitions with state.
     keys = [f"k{i}" for i in range(8)]
@@ -97,7 +96,7 @@ def test_deployment_killed_after_a_run_step_replays_the_step(running: Stack, dep
         time.sleep(0.02)
     time.sleep(0.3)  # the step's entry is journaled and acknowledged while the second step waits
     deployment.kill9()
-    running.deployment(SERVICES, port, name="deployment-2", env=deployment_env)
+    running.deployment(SERVICES_SCRIPT, port, name="deployment-2", env=deployment_env)
     Path(deployment_env["KEYSTATE_TEST_RELEASE"]).touch()
     caller.join(120)
     assert box and box[0].status == 200, running.logs()
@@ -139,7 +138,7 @@ def test_a_step_longer_than_the_inactivity_timeout_completes_thanks_to_heartbeat
     stack.processor("a", "--inactivity-timeout", "2")
     stack.ingress()
     port = free_port()
-    stack.deployment(SERVICES, port, env=deployment_env)
+    stack.deployment(SERVICES_SCRIPT, port, env=deployment_env)
     stack.register(f"http://127.0.0.1:{port}")
     assert http("POST", f"{stack.url}/Steps/long_step", 4.0).json() == 4.0
     assert "inactivity timeout" not in stack.procs[0].log_path.read_text()

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SERVICES
-from harness import Stack, free_port, http
+from harness import SERVICES_SCRIPT, Stack, free_port, http
 from test_durable import _attach, _send, _until
 
 pytestmark = pytest.mark.integration
@@ -41,12 +40,12 @@ def test_new_deployment_takes_new_invocations_while_old_ones_finish_where_they_s
     stack.processor("a")
     stack.ingress()
     old_port, new_port = free_port(), free_port()
-    old = stack.deployment(SERVICES, old_port, name="v1", env=deployment_env)
+    old = stack.deployment(SERVICES_SCRIPT, old_port, name="v1", env=deployment_env)
     v1 = stack.register(f"http://127.0.0.1:{old_port}")["id"]
     pinned = _send(stack, "Approvals/approve", "pin")
     awakeable = _until(lambda: http("POST", f"{stack.url}/Mailbox/pin/peek").json(), stack=stack)
 
-    new = stack.deployment(SERVICES, new_port, name="v2", env=deployment_env)
+    new = stack.deployment(SERVICES_SCRIPT, new_port, name="v2", env=deployment_env)
     v2 = stack.register(f"http://127.0.0.1:{new_port}")["id"]
     assert v1 != v2
     assert http("POST", f"{stack.url}/Greeter/greet", "new").json() == "Hello new!"
