@@ -99,7 +99,9 @@ class Session:
                 return
             except InstanceFenced:
                 raise
-            except (ProcessorError, ServerError, KafkaException, TimeoutError) as exc:
+            except Exception as exc:  # the loop thread never dies of a client error: it rejoins
+                if not isinstance(exc, (ProcessorError, ServerError, KafkaException, TimeoutError)):
+                    log.exception("%s: unexpected error in the partition loop", self._name)
                 self.stats.resets += 1
                 fenced = isinstance(exc, TransactionFailed) and exc.fenced
                 joined = self._joined_at
