@@ -179,7 +179,9 @@ class Session:
                 }
             )
         )
-        consumer.subscribe([self.topics.log, self.topics.requests], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        consumer.subscribe(
+            [self.topics.log, self.topics.requests], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
         return consumer
 
     def _close(self, consumer: Consumer | None, producer: Producer) -> None:
@@ -284,11 +286,11 @@ class Session:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("%s: consumer: %s", self._name, describe(err))
                 continue
-            if msg.topic() == self.topics.requests and msg.partition() not in self._requests_owned:
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            assert topic is not None and partition is not None and offset is not None  # set on every record
+            if topic == self.topics.requests and partition not in self._requests_owned:
                 continue  # revoked since it was fetched: the new owner reads it again
-            records.append(
-                InRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), msg.timestamp()[1])
-            )
+            records.append(InRecord(topic, partition, offset, msg.key(), msg.value(), msg.timestamp()[1]))
         return records
 
     # ---- sweep and back-pressure ----------------------------------------------------------------

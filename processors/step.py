@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from keystate.schemas._codec import Codec
 from keystate.schemas.topics import Topics
-from keystate.server.commands import command_record
+from keystate.server.commands import LogRecord, command_record
 from keystate.server.meta import MetaState
 
 from . import changelog
@@ -88,10 +88,7 @@ class BatchStep:
         """Append a command in the next transaction (a takeover resume, a sweep)."""
         out = command_record(name, record, self.settings.log_partitions, target=target)
         self._seq += 1
-        origin = (PENDING_TOPIC, out.partition, self._seq)
-        self.pending.append(
-            OutRecord(OutKind.COMMAND, self.settings.topics.log, out.partition, out.key, out.value, out.headers, origin, out.invocation_id)
-        )
+        self.pending.append(self._command(out, (PENDING_TOPIC, out.partition, self._seq)))
 
     def adopt(self, proc: PartitionProcessor, now_ms: int) -> tuple[int, list[Effect]]:
         """Take over a restored partition: queue a resume of every INVOKED invocation; its timers to schedule.
@@ -188,10 +185,7 @@ class BatchStep:
             out = command_record(
                 action.name, action.record, self.settings.log_partitions, partition_key=action.partition_key, key=action.key
             )
-            self._emit(
-                OutRecord(OutKind.COMMAND, self.settings.topics.log, out.partition, out.key, out.value, out.headers, record.origin, action.invocation_id),
-                result,
-            )
+            self._emit(self._command(out, record.origin, action.invocation_id), result)
         elif isinstance(action, Publish):
             topic = action.topic or self.settings.topics.results
             iid = action.record.get("invocation_id")
@@ -244,9 +238,12 @@ class BatchStep:
                 result,
             )
             return
-        result.produced.append(
-            OutRecord(OutKind.COMMAND, self.settings.topics.log, out.partition, out.key, out.value, out.headers, record.origin, out.invocation_id)
-        )
+        result.produced.append(self._command(out, record.origin))
+
+    def _command(self, out: LogRecord, origin: Origin, invocation_id: str | None = None) -> OutRecord:
+        """A log command as a record of this batch, caused by `origin`."""
+        iid = invocation_id or out.invocation_id
+        return OutRecord(OutKind.COMMAND, self.settings.topics.log, out.partition, out.key, out.value, out.headers, origin, iid)
 
     def _dead_letter(self, record: InRecord, reason: str, result: StepResult) -> None:
         """Write the record to the DLQ with the reason; the consumed offset moves past it."""
@@ -286,7 +283,8 @@ class BatchStep:
             return  # failing it again would loop; the sweep and the DLQ tell the operator
         status = proc.tables.status.get((iid,))
         if status is None or status["status"] != "INVOKED":
-            log.error("invocation %s: %s rejected (%s); it stays %s", iid, name, reason, None if status is None else status["status"])
+            now = None if status is None else status["status"]
+            log.error("invocation %s: %s rejected (%s); it stays %s", iid, name, reason, now)
             return
         failed = {
             "invocation_id": iid,
@@ -298,9 +296,7 @@ class BatchStep:
         }
         out = command_record("keystate.AttemptFailedCommand", failed, self.settings.log_partitions, target=status["target"])
         log.error("invocation %s: failing it, %s could not be written: %s", iid, name, reason)
-        result.produced.append(
-            OutRecord(OutKind.COMMAND, self.settings.topics.log, out.partition, out.key, out.value, out.headers, origin, iid)
-        )
+        result.produced.append(self._command(out, origin))
 
     # ---- the sweep --------------------------------------------------------------------------------
     def sweep(self, now_ms: int, grace_ms: int, is_live: Callable[[str], bool]) -> int:

@@ -56,7 +56,17 @@ def _settings(kafka: KafkaSettings, instance_id: str = "0", **kwargs: Any) -> Pr
 
 def _request(kafka: KafkaSettings, **fields: Any) -> None:
     producer = Producer({"bootstrap.servers": kafka.bootstrap})
-    request = {"service": "Greeter", "handler": "greet", "key": None, "argument": b"hi", "headers": {}, "idempotency_key": None, "reply_topic": None, "delay_ms": None, **fields}
+    request = {
+        "service": "Greeter",
+        "handler": "greet",
+        "key": None,
+        "argument": b"hi",
+        "headers": {},
+        "idempotency_key": None,
+        "reply_topic": None,
+        "delay_ms": None,
+        **fields,
+    }
     producer.produce(kafka.topics.requests, codec().encode("keystate.InvocationRequest", request), partition=0)
     producer.flush(10)
 
