@@ -18,6 +18,7 @@ from keystate.processors.errors import InstanceFenced
 from keystate.processors.worker import ProcessorSettings, Worker
 from keystate.schemas._codec import codec
 from keystate.schemas.topics import Topics
+from keystate.server.commands import command_record
 from keystate.server.kafka import AsyncProducer, KafkaSettings
 from keystate.server.meta import MetaView, register
 from keystate.server.topics import TopicSettings, ensure_topics
@@ -154,3 +155,31 @@ async def test_two_processes_with_one_instance_id_end_with_a_clear_error(kafka: 
     errors = [r for r in results if isinstance(r, InstanceFenced)]
     assert errors, results
     assert "--instance-id same" in str(errors[0]) and "its own" in str(errors[0])
+
+
+async def test_a_reply_kafka_refuses_is_skipped_and_the_partition_carries_on(kafka: KafkaSettings) -> None:
+    # As if the reply topic was deleted after the request was accepted: the real producer refuses it.
+    query = {
+        "invocation_id": None,
+        "idempotency": None,
+        "workflow": {"service": "Greeter", "handler": "greet", "key": "k", "service_type": "WORKFLOW", "handler_kind": "WORKFLOW"},
+        "request_id": "q-1",
+        "reply_topic": "deleted-reply-topic",
+        "attach": False,
+    }
+    record = command_record("keystate.QueryOutputCommand", query, PARTITIONS, partition_key=0, key=b"q-1")
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    producer.produce(kafka.topics.log, record.value, key=record.key, partition=record.partition, headers=record.headers)
+    producer.flush(10)
+    _request(kafka)
+    stop = asyncio.Event()
+    worker = Worker(_settings(kafka))
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        commands = await asyncio.to_thread(_read, kafka, kafka.topics.log, PARTITIONS, 1, 90.0, "keystate.InvokeCommand")
+        assert await _until(lambda: worker.records >= 2, 30)
+    finally:
+        stop.set()
+        await task
+    assert len(commands) == 1
+    assert worker.stats.resets == 0
