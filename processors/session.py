@@ -169,7 +169,7 @@ class Session:
                     "group.id": s.group_id,
                     "auto.offset.reset": "earliest",
                     "client.id": f"keystate-processor-{s.instance_id}",
-                    "max.poll.interval.ms": 600_000,
+                    "max.poll.interval.ms": s.max_poll_interval_ms,
                     "session.timeout.ms": s.session_timeout_ms,
                     "heartbeat.interval.ms": max(500, s.session_timeout_ms // 5),
                     # Static membership: a restarted process with the same id gets its partitions

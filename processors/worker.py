@@ -82,6 +82,8 @@ class ProcessorSettings:
     backpressure_min_resume_s: float = 1.0
     # How long the list of existing topics (to validate reply topics) is trusted.
     topic_cache_ttl_s: float = 60.0
+    # Also the group's rebalance timeout: how long a rebalance waits for a member that does not rejoin.
+    max_poll_interval_ms: int = 300_000
 
 
 class Worker:
@@ -141,10 +143,11 @@ class Worker:
         self.session = Session(self.settings, step, config, self._hooks(), self.watchdog, self._stop)
         self._thread = threading.Thread(target=self._thread_main, name="keystate-partition-loop", daemon=True)
         self._thread.start()
+        # Its own thread: it must see a stuck loop even when the event loop is stalled too.
+        threading.Thread(target=self._watch, name="keystate-watchdog", daemon=True).start()
         stop = stop or asyncio.Event()
         try:
             while not stop.is_set() and self._thread.is_alive():
-                self._check_watchdog()
                 try:
                     await asyncio.wait_for(stop.wait(), 0.2)
                 except asyncio.TimeoutError:
@@ -168,6 +171,10 @@ class Worker:
             backlogged_partitions=backlogged if backlogged is not None else frozenset,
             is_live=is_live,
         )
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            self._check_watchdog()
 
     def _check_watchdog(self) -> None:
         verdict = self.watchdog.check()
