@@ -93,6 +93,7 @@ class Session:
     # ---- the rejoin loop ------------------------------------------------------------------------
     def run(self) -> None:
         fenced_soon_after_join = 0
+        failures_in_row = 0
         while not self.stop.is_set():
             try:
                 self._session()
@@ -115,8 +116,11 @@ class Session:
                         f"--instance-id {self.settings.instance_id}. Give every processor process its own "
                         "--instance-id (e.g. 0, 1, 2, ... or $KEYSTATE_INSTANCE_ID) and restart this one"
                     ) from exc
+                # Back off while rejoining keeps failing (the broker is down); a session that ran a while starts over.
+                lasted = joined is not None and time.monotonic() - joined > 60.0
+                failures_in_row = 1 if lasted else failures_in_row + 1
                 log.error("%s: %s; rejoining with new clients and restoring", self._name, exc)
-                self.stop.wait(min(5.0, 0.2 * 2 ** min(self.stats.resets, 5)) if not fenced else 0.5)
+                self.stop.wait(0.5 if fenced else min(5.0, 0.2 * 2 ** min(failures_in_row, 5)))
 
     def _session(self) -> None:
         self._joined_at = None

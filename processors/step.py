@@ -82,6 +82,7 @@ class BatchStep:
         self.partitions: dict[int, PartitionProcessor] = {}
         self.pending: list[OutRecord] = []
         self._seq = 0
+        self._now = 0
 
     # ---- commands the shell appends on its own --------------------------------------------------
     def append(self, name: str, record: dict[str, object], target: dict[str, object] | None = None) -> None:
@@ -118,6 +119,7 @@ class BatchStep:
     # ---- the step ---------------------------------------------------------------------------------
     def run(self, records: list[InRecord], now_ms: int, quarantine: Quarantine) -> StepResult:
         """Apply `records` (and queue the pending commands); the result is void if `rejected` is set."""
+        self._now = now_ms
         result = StepResult(pending_used=len(self.pending))
         for out in self.pending:
             assert out.origin is not None
@@ -154,7 +156,7 @@ class BatchStep:
             log.error("dropping %s for invocation %s at %s: %s", command[0], iid, _where(record), verdict.reason)
             return
         if isinstance(verdict, Reject):
-            self._dead_letter(record, verdict.reason, result)
+            self._dead_letter(record, verdict.reason, result, iid)
             self._fail_invocation(proc, command[0], iid, verdict.reason, record.origin, result)
             return
         skip = verdict.topics if isinstance(verdict, SkipPublish) else frozenset()
@@ -245,9 +247,9 @@ class BatchStep:
         iid = invocation_id or out.invocation_id
         return OutRecord(OutKind.COMMAND, self.settings.topics.log, out.partition, out.key, out.value, out.headers, origin, iid)
 
-    def _dead_letter(self, record: InRecord, reason: str, result: StepResult) -> None:
+    def _dead_letter(self, record: InRecord, reason: str, result: StepResult, invocation_id: object = None) -> None:
         """Write the record to the DLQ with the reason; the consumed offset moves past it."""
-        log.warning("dead-lettering %s: %s", _where(record), reason)
+        log.warning("dead-lettering %s (invocation %s): %s", _where(record), invocation_id, reason)
         value = record.value
         room = self.settings.max_record_bytes - _LETTER_OVERHEAD - len(record.key or b"") - len(reason.encode())
         if value is not None and len(value) > room:
@@ -260,7 +262,7 @@ class BatchStep:
             "offset": record.offset,
             "key": record.key,
             "value": value,
-            "failed_at_ms": record.timestamp_ms,
+            "failed_at_ms": self._now,
         }
         result.produced.append(
             OutRecord(
