@@ -133,7 +133,8 @@ class Worker:
             service_retry_policy=self._retry_policy_for,
             service_retention_ms=self._retention_for,
         )
-        self._admin = AdminClient(self.settings.kafka.producer_config())
+        kafka = self.settings.kafka
+        self._admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "client.id": kafka.client_id, **kafka.extra})
         topic_cache = TopicCache(self._list_topics, ttl_s=self.settings.topic_cache_ttl_s)
         step = BatchStep(
             StepSettings(self.topics, self.log_partitions, self.settings.max_record_bytes),
