@@ -38,6 +38,7 @@ from .errors import (
     UnsupportedContentType,
     error_middleware,
 )
+from .http_limits import HTTP_LIMITS_KEY, limits_middleware
 from .restate_paths import RUNTIME_KEY, restate_paths
 from .runtime import IngressRuntime
 
@@ -65,8 +66,11 @@ _HOP_BY_HOP = frozenset(
 
 def ingress_app(runtime: IngressRuntime) -> web.Application:
     """The ingress application; `runtime` must be started before it serves requests."""
-    app = web.Application(client_max_size=runtime.settings.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=runtime.settings.max_body_bytes, middlewares=[error_middleware, limits_middleware]
+    )
     app[RUNTIME_KEY] = runtime
+    app[HTTP_LIMITS_KEY] = runtime.settings.http_limits
     app[MAX_BODY_KEY] = runtime.settings.max_body_bytes
     app.router.add_route("*", "/restate/{path:.*}", restate_paths)
     app.router.add_route("*", "/{path:.*}", _invoke)
@@ -165,23 +169,28 @@ def _forwarded_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
-_ISO_DURATION = re.compile(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?", re.IGNORECASE)
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)", re.IGNORECASE | re.ASCII)
+_ISO_DURATION = re.compile(
+    r"P(?:([0-9]+)D)?(?:T(?:([0-9]+)H)?(?:([0-9]+)M)?(?:([0-9]+(?:\.[0-9]+)?)S)?)?", re.IGNORECASE | re.ASCII
+)
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+MAX_DELAY_MS = 3650 * 86_400_000
+"""The longest `?delay=`: 10 years (longer ones are mistakes, and overflow the log's timestamps)."""
 
 
 def parse_delay(text: str) -> int:
-    """Milliseconds of a delay like `10s`, `1m30s`, `500ms`, `2h`, or ISO 8601 `PT10S`."""
+    """Milliseconds of a delay like `10s`, `1m30s`, `500ms`, `2h`, or ISO 8601 `PT10S`, at most `MAX_DELAY_MS`."""
     value = text.strip()
     iso = _ISO_DURATION.fullmatch(value)
     if iso and value.upper() not in ("P", "PT") and any(iso.groups()):
         days, hours, minutes, seconds = iso.groups()
-        return int(
+        total = (
             int(days or 0) * 86_400_000
             + int(hours or 0) * 3_600_000
             + int(minutes or 0) * 60_000
             + float(seconds or 0) * 1000
         )
+        return _within_range(text, total)
     total = 0.0
     position = 0
     for match in _DURATION_PART.finditer(value):
@@ -191,8 +200,18 @@ def parse_delay(text: str) -> int:
         position = match.end()
     else:
         if position and not value[position:].strip():
-            return int(total)
-    raise BadRequest(f"cannot read delay {text!r}; use a duration like 10s, 1m30s, 500ms, 2h or PT10S")
+            return _within_range(text, total)
+    raise BadRequest(f"cannot read delay {text[:100]!r}; use a duration like 10s, 1m30s, 500ms, 2h or PT10S")
+
+
+def _within_range(text: str, total_ms: float) -> int:
+    # Compared as a float first: int() of an infinite float (a 400-digit delay) would raise.
+    if not total_ms <= MAX_DELAY_MS:
+        raise BadRequest(
+            f"delay {text[:100]!r} is too long: the longest delay is {MAX_DELAY_MS // 86_400_000} days "
+            f"({MAX_DELAY_MS} ms); use a shorter delay"
+        )
+    return int(total_ms)
 
 
 async def _invoke(request: web.Request) -> web.Response:

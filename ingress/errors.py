@@ -10,6 +10,8 @@ IngressError                  500  root; every subclass carries its HTTP status
  ├── MethodNotAllowed         405  e.g. GET on an invocation path
  ├── Conflict                 409  e.g. a workflow run that already started, a deployment still in use
  ├── PayloadTooLarge          413  body over the configured limit
+ ├── UriTooLong               414  request line (path and query) over max_url_bytes
+ ├── HeadersTooLarge          431  request headers over max_header_bytes
  ├── InvocationFailed         4xx/5xx  the handler failed: its Failure {code, message}
  ├── NotReady                 470  output asked for while the invocation still runs (Restate's code)
  ├── Overloaded               503  too many calls waiting for their result
@@ -43,7 +45,9 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "Overloaded",
+    "HeadersTooLarge",
     "PayloadTooLarge",
+    "UriTooLong",
     "ResultTimeout",
     "Unavailable",
     "UnsupportedContentType",
@@ -112,6 +116,14 @@ class PayloadTooLarge(IngressError):
     status = 413
 
 
+class UriTooLong(IngressError):
+    status = 414
+
+
+class HeadersTooLarge(IngressError):
+    status = 431
+
+
 class NotReady(IngressError):
     """The output of an invocation that has not completed yet; Restate answers 470."""
 
@@ -159,7 +171,7 @@ def error_response(exc: BaseException, *, max_body_bytes: int | None = None) -> 
 
 
 # Statuses without a standard reason phrase.
-_REASONS = {470: "Not Ready"}
+_REASONS = {431: "Request Header Fields Too Large", 470: "Not Ready"}
 
 
 def _as_ingress_error(exc: BaseException, max_body_bytes: int | None) -> IngressError:

@@ -14,6 +14,7 @@ from keystate.server.kafka import AsyncProducer, KafkaSettings
 from keystate.server.meta import MetaView
 
 from .errors import Unavailable
+from .http_limits import HttpLimits, parser_options
 from .readmodel import InvocationReadModel
 from .results import ResultWaiter
 
@@ -31,12 +32,19 @@ class IngressSettings:
     bootstrap: str
     topics: Topics = field(default_factory=Topics)
     max_body_bytes: int = 10 * MiB
+    # Path plus query, and all request headers together; over them: JSON 414 / 431.
+    max_url_bytes: int = 64 * 1024
+    max_header_bytes: int = 64 * 1024
     call_timeout: float = 300.0
     max_pending_calls: int = 10_000
     produce_timeout: float = 30.0
     discovery_timeout: float = 10.0
     register_timeout: float = 30.0
     start_timeout: float = 30.0
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(self.max_url_bytes, self.max_header_bytes)
 
     @property
     def kafka(self) -> KafkaSettings:
@@ -104,7 +112,7 @@ async def run_ingress(
     runners: list[web.AppRunner] = []
     try:
         for app, app_port in ((ingress_app(runtime), port), (admin_app(runtime), admin_port)):
-            runner = web.AppRunner(app, access_log=None)
+            runner = web.AppRunner(app, access_log=None, **parser_options(settings.http_limits))
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, host, app_port).start()
