@@ -327,7 +327,8 @@ class InvocationCore:
             if not machine.closed:
                 machine.sys_fail(500, "the handler was cancelled", retryable=True)
         except Exception as exc:
-            log.info("handler %s failed in invocation %s: %r", handler.qualified, self.invocation_id, exc)
+            # A bug or an outage in user code: visible by default, with where it happened.
+            log.warning("handler %s failed in invocation %s: %r", handler.qualified, self.invocation_id, exc, exc_info=True)
             machine.sys_fail(500, repr(exc), retryable=True, stacktrace=traceback.format_exc())
         finally:
             self.changed()
