@@ -173,6 +173,7 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)", re.IGNORECA
 _ISO_DURATION = re.compile(
     r"P(?:([0-9]+)D)?(?:T(?:([0-9]+)H)?(?:([0-9]+)M)?(?:([0-9]+(?:\.[0-9]+)?)S)?)?", re.IGNORECASE | re.ASCII
 )
+_MAX_DELAY_CHARS = 64
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 MAX_DELAY_MS = 3650 * 86_400_000
 """The longest `?delay=`: 10 years (longer ones are mistakes, and overflow the log's timestamps)."""
@@ -181,16 +182,14 @@ MAX_DELAY_MS = 3650 * 86_400_000
 def parse_delay(text: str) -> int:
     """Milliseconds of a delay like `10s`, `1m30s`, `500ms`, `2h`, or ISO 8601 `PT10S`, at most `MAX_DELAY_MS`."""
     value = text.strip()
+    if len(value) > _MAX_DELAY_CHARS:
+        raise BadRequest(f"delay {text[:100]!r}... is too long to be a duration; use one like 10s, 1m30s, 500ms, 2h or PT10S")
     iso = _ISO_DURATION.fullmatch(value)
     if iso and value.upper() not in ("P", "PT") and any(iso.groups()):
         days, hours, minutes, seconds = iso.groups()
-        total = (
-            int(days or 0) * 86_400_000
-            + int(hours or 0) * 3_600_000
-            + int(minutes or 0) * 60_000
-            + float(seconds or 0) * 1000
-        )
-        return _within_range(text, total)
+        whole = int(days or 0) * 86_400_000 + int(hours or 0) * 3_600_000 + int(minutes or 0) * 60_000
+        # Whole units as ints: a float of a huge int would raise OverflowError.
+        return _within_range(text, min(whole, MAX_DELAY_MS + 1) + float(seconds or 0) * 1000)
     total = 0.0
     position = 0
     for match in _DURATION_PART.finditer(value):
