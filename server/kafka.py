@@ -225,9 +225,10 @@ class TopicFollower:
                 msg = consumer.poll(0.1)
                 if msg is None:
                     continue
-                if msg.error() is not None:
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("reading %s: %s", self._topic, msg.error())
+                err = msg.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("reading %s: %s", self._topic, err)
                     continue
                 loop.call_soon_threadsafe(self._on_record, msg)
         finally:

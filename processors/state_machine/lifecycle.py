@@ -33,7 +33,7 @@ def partition_key_of(invocation_id: str) -> int:
 
 def live_status(tables: Tables, invocation_id: str, attempt: int | None = None) -> dict[str, Any] | None:
     """The status of a running invocation (at `attempt`, if given); None for stale or finished ones."""
-    status = tables.status.get((invocation_id,))
+    status: dict[str, Any] | None = tables.status.get((invocation_id,))
     if status is None or status["status"] == "COMPLETED":
         return None
     if attempt is not None and status["attempt"] != attempt:
