@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from keystate.schemas.limits import max_payload_bytes
 from keystate.schemas.topics import Topics
 from keystate.server.kafka import AsyncProducer, KafkaSettings
 from keystate.server.meta import MetaView
@@ -21,7 +22,6 @@ __all__ = ["IngressRuntime", "IngressSettings", "run_ingress"]
 
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +30,8 @@ class IngressSettings:
 
     bootstrap: str
     topics: Topics = field(default_factory=Topics)
-    max_body_bytes: int = 10 * MiB
+    # One request body with its headers at most (keystate.schemas.limits; $KEYSTATE_MAX_PAYLOAD_BYTES).
+    max_payload_bytes: int = field(default_factory=max_payload_bytes)
     call_timeout: float = 300.0
     max_pending_calls: int = 10_000
     produce_timeout: float = 30.0
@@ -39,8 +40,15 @@ class IngressSettings:
     start_timeout: float = 30.0
 
     @property
+    def max_body_bytes(self) -> int:
+        """The largest request body: the payload limit."""
+        return self.max_payload_bytes
+
+    @property
     def kafka(self) -> KafkaSettings:
-        return KafkaSettings(self.bootstrap, self.topics, client_id="keystate-ingress")
+        return KafkaSettings(
+            self.bootstrap, self.topics, client_id="keystate-ingress", max_payload_bytes=self.max_payload_bytes
+        )
 
 
 class IngressRuntime:
