@@ -13,7 +13,6 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from keystate.schemas.limits import DEFAULT_MAX_PAYLOAD_BYTES, headers_size, max_payload_bytes, payload_too_large, truncate_text
 from keystate.schemas.ids import (
     HandlerKind,
     InvocationId,
@@ -22,6 +21,13 @@ from keystate.schemas.ids import (
     ServiceType,
     idempotency_partition_key,
     positive_hash,
+)
+from keystate.schemas.limits import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    headers_size,
+    max_payload_bytes,
+    payload_too_large,
+    truncate_text,
 )
 
 from .errors import AttemptEnded, ProtocolError, TerminalError

@@ -7,12 +7,10 @@ import time
 
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
-
+from harness import Stack, http
 from keystate.schemas.limits import DEFAULT_MAX_PAYLOAD_BYTES, ENV_VAR, kafka_sizes
 from keystate.schemas.topics import Topics
 from keystate.server.topics import TopicSettings, ensure_topics
-
-from harness import Stack, http
 
 pytestmark = pytest.mark.integration
 

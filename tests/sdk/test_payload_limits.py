@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 import keystate
+import pytest
 from keystate import Context, ObjectContext, TerminalError, WorkflowSharedContext
 from keystate.schemas._codec import codec
 from keystate.schemas.limits import DEFAULT_MAX_PAYLOAD_BYTES, ENV_VAR, MAX_TEXT_BYTES
-
-from sdk_helpers import NS, Driver, ack, entries_of, entry, input_entry, kinds, start, target, value
+from sdk_helpers import (
+    NS,
+    Driver,
+    ack,
+    entries_of,
+    entry,
+    input_entry,
+    kinds,
+    start,
+    target,
+    value,
+)
 
 LIMIT = 4096
 BIG = "x" * LIMIT  # JSON adds two quotes: LIMIT + 2 bytes
@@ -117,7 +126,7 @@ async def _run(fn: Any, tgt: dict[str, Any], argument: bytes, limit: int | None 
 
 
 def _output(driver: Driver) -> Any:
-    [(_, name, record)] = [e for e in entries_of(driver.output) if e[1] == "OutputEntry"]
+    [(_, _name, record)] = [e for e in entries_of(driver.output) if e[1] == "OutputEntry"]
     return record["result"]
 
 
@@ -173,7 +182,7 @@ async def test_a_run_result_over_the_limit_is_journaled_as_a_terminal_failure() 
 
 async def test_a_run_result_within_the_limit_is_journaled_as_a_value() -> None:
     driver = await _run(big_run, target("Payloads", "big_run"), str(LIMIT - 2).encode())
-    [(index, name, record)] = entries_of(driver.output)
+    [(_index, _name, record)] = entries_of(driver.output)
     assert record["result"] == value(_json("r" * (LIMIT - 2)))
 
 
@@ -247,7 +256,7 @@ async def test_a_journaled_entry_replays_even_if_the_limit_is_lower_now() -> Non
 async def test_long_failure_messages_and_stack_traces_are_cut() -> None:
     driver = await _run(long_failure, target("Payloads", "long_failure"), str(10 * MAX_TEXT_BYTES).encode())
     await driver.finish()
-    name, result = _output(driver)
+    _name, result = _output(driver)
     assert result["code"] == 422
     assert len(result["message"].encode()) <= MAX_TEXT_BYTES and "truncated" in result["message"]
 
