@@ -48,6 +48,19 @@ def test_values_up_to_the_limit_complete(running: Stack) -> None:
     _others_still_answer(running)
 
 
+def test_values_at_the_limit_complete(running: Stack) -> None:
+    # A run result of exactly the limit (the JSON quotes make it LIMIT bytes) ...
+    step = http("POST", f"{running.url}/Payloads/big_step", LIMIT - 2)
+    assert step.status == 200, (step.body[:300], running.logs())
+    assert step.json() == LIMIT - 2
+    # ... and a body that with its headers is just under it, echoed back as the output.
+    text = "e" * (LIMIT - 1024)
+    echoed = http("POST", f"{running.url}/Payloads/echo_text", text)
+    assert echoed.status == 200, (echoed.body[:300], running.logs())
+    assert echoed.json() == text
+    _others_still_answer(running)
+
+
 def test_a_body_over_the_limit_is_413_naming_the_limit_and_the_setting(running: Stack) -> None:
     body = json.dumps("x" * LIMIT).encode()
 
