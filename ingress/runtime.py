@@ -13,6 +13,7 @@ from keystate.schemas.limits import max_payload_bytes
 from keystate.schemas.topics import Topics
 from keystate.server.kafka import AsyncProducer, KafkaSettings
 from keystate.server.meta import MetaView
+from keystate.server.topics import check_record_limits
 
 from .errors import Unavailable
 from .readmodel import InvocationReadModel
@@ -72,6 +73,14 @@ class IngressRuntime:
         self.producer = AsyncProducer(self.settings.kafka)
         try:
             self.log_partitions = await asyncio.to_thread(self.producer.partitions, self.settings.topics.log)
+            # A body the topics cannot take would be accepted here and refused by the broker.
+            await asyncio.to_thread(
+                check_record_limits,
+                self.settings.bootstrap,
+                self.settings.topics,
+                self.settings.max_payload_bytes,
+                timeout=self.settings.start_timeout,
+            )
             # Both followers must be reading before the first request can be accepted.
             await asyncio.gather(
                 self.meta.start(self.settings.start_timeout), self.results.start(self.settings.start_timeout)

@@ -14,7 +14,7 @@ from keystate.schemas.topics import Topics
 
 from .errors import KafkaUnavailable, TopicConfigError
 
-__all__ = ["MAX_MESSAGE_BYTES", "TopicSettings", "TopicSpec", "ensure_topics", "topic_specs"]
+__all__ = ["MAX_MESSAGE_BYTES", "TopicSettings", "TopicSpec", "check_record_limits", "ensure_topics", "topic_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +143,28 @@ def ensure_topics(
     return created
 
 
-def _raise_record_limits(admin: AdminClient, specs: list[TopicSpec], bootstrap: str, timeout: float) -> None:
-    """Raise `max.message.bytes` of existing topics that are below what the payload limit needs.
+def check_record_limits(bootstrap: str, topics: Topics, max_payload_bytes: int, *, timeout: float = 30.0) -> None:
+    """Raise `TopicConfigError` if a keystate topic takes records too small for `max_payload_bytes`.
 
-    Only ever raised, never lowered: records already written stay readable, and a larger topic
-    limit set by an operator is kept.
+    Processes call this at start: a record refused by the broker inside a transaction would fail it.
     """
-    if not specs:
-        return
-    wanted = {s.name: int(s.config[MAX_MESSAGE_BYTES]) for s in specs if MAX_MESSAGE_BYTES in s.config}
+    need = kafka_sizes(max_payload_bytes).topic_max_message_bytes
+    names = [topics.log, topics.requests, topics.requests_dlq, topics.results, topics.meta, *topics.changelogs]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    low = _below(admin, dict.fromkeys(names, need), bootstrap, timeout)
+    if low:
+        listing = "; ".join(f"{name} takes {current}" for name, (current, _) in sorted(low.items()))
+        raise TopicConfigError(
+            f"the payload limit of {max_payload_bytes} bytes needs topics that take records of {need} bytes "
+            f"({MAX_MESSAGE_BYTES}), but {listing}. Run `keystate topics create` with the same {ENV_VAR}, "
+            "or lower the payload limit (--max-payload-bytes)"
+        )
+
+
+def _below(
+    admin: AdminClient, wanted: dict[str, int], bootstrap: str, timeout: float
+) -> dict[str, tuple[int, int]]:
+    """(current, needed) `max.message.bytes` of the topics in `wanted` that take less than needed."""
     resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in wanted]
     try:
         described = {
@@ -166,6 +179,19 @@ def _raise_record_limits(admin: AdminClient, specs: list[TopicSpec], bootstrap: 
         current = int(entry.value) if entry is not None and entry.value is not None else 0
         if current < need:
             low[name] = (current, need)
+    return low
+
+
+def _raise_record_limits(admin: AdminClient, specs: list[TopicSpec], bootstrap: str, timeout: float) -> None:
+    """Raise `max.message.bytes` of existing topics that are below what the payload limit needs.
+
+    Only ever raised, never lowered: records already written stay readable, and a larger topic
+    limit set by an operator is kept.
+    """
+    wanted = {s.name: int(s.config[MAX_MESSAGE_BYTES]) for s in specs if MAX_MESSAGE_BYTES in s.config}
+    if not wanted:
+        return
+    low = _below(admin, wanted, bootstrap, timeout)
     if not low:
         return
     alters = [

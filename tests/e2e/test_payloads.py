@@ -7,10 +7,14 @@ import time
 
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
-from harness import Stack, http
+
+from keystate.ingress.runtime import IngressRuntime, IngressSettings
 from keystate.schemas.limits import DEFAULT_MAX_PAYLOAD_BYTES, ENV_VAR, kafka_sizes
 from keystate.schemas.topics import Topics
+from keystate.server.errors import TopicConfigError
 from keystate.server.topics import TopicSettings, ensure_topics
+
+from harness import Stack, http
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +110,25 @@ def test_topics_are_created_for_the_limit_and_existing_ones_are_raised(kafka_boo
     # A lower limit later never shrinks what the topics take.
     ensure_topics(kafka_bootstrap, topics, TopicSettings(partitions=1, max_payload_bytes=small))
     assert _max_message_bytes(kafka_bootstrap, topics) == {kafka_sizes(large).topic_max_message_bytes}
+
+
+async def test_a_process_with_a_limit_the_topics_cannot_take_refuses_to_start(
+    kafka_bootstrap: str, unique_topic_prefix: str
+) -> None:
+    topics = Topics(unique_topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, TopicSettings(partitions=1, max_payload_bytes=1 * MiB))
+    runtime = IngressRuntime(IngressSettings(kafka_bootstrap, topics, max_payload_bytes=8 * MiB))
+
+    with pytest.raises(TopicConfigError) as refused:
+        await runtime.start()
+
+    message = str(refused.value)
+    assert f"{topics.log} takes {kafka_sizes(1 * MiB).topic_max_message_bytes}" in message
+    assert "keystate topics create" in message and ENV_VAR in message
+    # With the limit the topics were made for, it starts.
+    runtime = IngressRuntime(IngressSettings(kafka_bootstrap, topics, max_payload_bytes=1 * MiB))
+    await runtime.start()
+    await runtime.stop()
 
 
 def _max_message_bytes(bootstrap: str, topics: Topics) -> set[int]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import keystate
 import pytest
+
+import keystate
 from keystate import Context, ObjectContext, TerminalError, WorkflowSharedContext
 from keystate.schemas._codec import codec
 from keystate.schemas.limits import DEFAULT_MAX_PAYLOAD_BYTES, ENV_VAR, MAX_TEXT_BYTES
+
 from sdk_helpers import (
     NS,
     Driver,

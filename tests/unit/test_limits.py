@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from confluent_kafka import Consumer, Producer
+
 from keystate.cli import main as cli_main
 from keystate.ingress.app import ingress_app
 from keystate.ingress.runtime import IngressRuntime, IngressSettings
