@@ -40,6 +40,9 @@ class IngressSettings:
     register_timeout: float = 30.0
     start_timeout: float = 30.0
 
+    def __post_init__(self) -> None:
+        max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range
+
     @property
     def max_body_bytes(self) -> int:
         """The largest request body: the payload limit."""

@@ -36,6 +36,9 @@ class KafkaSettings:
     extra: Mapping[str, Any] = field(default_factory=dict)
     max_payload_bytes: int = field(default_factory=max_payload_bytes)
 
+    def __post_init__(self) -> None:
+        max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range
+
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
         sizes = kafka_sizes(self.max_payload_bytes)
         return {

@@ -35,6 +35,7 @@ class TopicSettings:
     max_payload_bytes: int = field(default_factory=max_payload_bytes)
 
     def __post_init__(self) -> None:
+        max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range
         if self.partitions < 1:
             raise TopicConfigError(f"partitions must be at least 1, got {self.partitions}")
         if self.replication_factor < 1:

@@ -59,6 +59,16 @@ def test_settings_take_the_limit_from_the_environment(monkeypatch: pytest.Monkey
     assert ingress.max_payload_bytes == ingress.max_body_bytes == ingress.kafka.max_payload_bytes == 2 * MiB
 
 
+@pytest.mark.parametrize("build", [
+    lambda n: KafkaSettings("b:9092", max_payload_bytes=n),
+    lambda n: TopicSettings(max_payload_bytes=n),
+    lambda n: IngressSettings("b:9092", max_payload_bytes=n),
+])
+def test_settings_refuse_a_limit_out_of_range(build) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PayloadLimitError, match="must be between"):
+        build(MAX_PAYLOAD_BYTES_CEILING + 1)
+
+
 def test_the_cli_refuses_a_bad_limit_before_connecting(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR):
         assert cli_main(["ingress", "--bootstrap", "127.0.0.1:1", "--max-payload-bytes", "12"]) == 2
