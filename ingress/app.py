@@ -14,6 +14,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from keystate.schemas.ids import HandlerKind, InvocationId, InvocationTarget, ServiceType, idempotency_partition_key
+from keystate.schemas.limits import headers_size, payload_too_large
 
 from .commands import (
     IDEMPOTENCY_EXPIRES_HEADER,
@@ -165,6 +166,29 @@ def _forwarded_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
+async def _read_payload(request: web.Request, limit: int) -> tuple[bytes, dict[str, str]]:
+    """The body and the headers handed to the handler; 413 if together they are over the payload limit.
+
+    Headers count because they travel with the body in every record of the invocation.
+    """
+    headers = _forwarded_headers(request)
+    what = f"the request to {request.path} (body and headers)"
+    extra = headers_size(headers)
+    if request.content_length is not None:
+        message = payload_too_large(what, request.content_length + extra, limit)
+        if message is not None:
+            raise PayloadTooLarge(message)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        # A chunked body: aiohttp stops reading at the limit, so the whole size is unknown.
+        raise PayloadTooLarge(payload_too_large(f"{what} (at least)", limit + 1, limit) or "") from exc
+    message = payload_too_large(what, len(body) + extra, limit)
+    if message is not None:
+        raise PayloadTooLarge(message)
+    return body, headers
+
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
 _ISO_DURATION = re.compile(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?", re.IGNORECASE)
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -200,13 +224,7 @@ async def _invoke(request: web.Request) -> web.Response:
     route = _route(runtime, request.rel_url.raw_parts)
     if request.method != "POST":
         raise MethodNotAllowed(f"{request.method} is not allowed on {route.target}; invoke it with POST")
-    limit = runtime.settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(
-            f"the request body has {request.content_length} bytes, over the limit of {limit}; send a smaller "
-            "body or raise the ingress body limit (max_body_bytes)"
-        )
-    body = await request.read()
+    body, headers = await _read_payload(request, runtime.settings.max_payload_bytes)
     target = route.target
     _check_content_type(request, route.handler, body, target)
 
@@ -232,7 +250,7 @@ async def _invoke(request: web.Request) -> web.Response:
         "invocation_id": id_text,
         "target": target_record(target),
         "argument": body,
-        "headers": _forwarded_headers(request),
+        "headers": headers,
         "idempotency_key": idempotency_key,
         "caller": None,
         "reply_topic": None,

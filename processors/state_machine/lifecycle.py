@@ -244,9 +244,11 @@ def do_complete(
     for caller in [status["caller"], *status["attached_callers"]]:
         if caller is not None:
             out.append(idempotency.completion_to(caller, result))
+    # The result replaces the request headers: a status row holds at most one payload.
     completed = {
         **status,
         "status": "COMPLETED",
+        "headers": {},
         "result": result,
         "completion_status": completion,
         "waiting_on": [],
