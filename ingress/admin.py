@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from aiohttp import web
@@ -81,7 +81,7 @@ def service_json(service: dict[str, Any], deployment_id: str) -> dict[str, Any]:
 
 
 def deployment_json(record: dict[str, Any]) -> dict[str, Any]:
-    created = datetime.fromtimestamp(record["created_at_ms"] / 1000, tz=timezone.utc)
+    created = datetime.fromtimestamp(record["created_at_ms"] / 1000, tz=UTC)
     return {
         "id": record["deployment_id"],
         "uri": record["uri"],
@@ -211,7 +211,7 @@ def _read_model(runtime: IngressRuntime, hint: str = "") -> InvocationReadModel:
 def _iso(ms: int | None) -> str | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def invocation_json(summary: InvocationSummary) -> dict[str, Any]:

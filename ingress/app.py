@@ -14,6 +14,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from keystate.schemas.ids import HandlerKind, InvocationId, InvocationTarget, ServiceType, idempotency_partition_key
+from keystate.schemas.limits import headers_size, payload_too_large
 
 from .commands import (
     IDEMPOTENCY_EXPIRES_HEADER,
@@ -169,6 +170,29 @@ def _forwarded_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
+async def _read_payload(request: web.Request, limit: int) -> tuple[bytes, dict[str, str]]:
+    """The body and the headers handed to the handler; 413 if together they are over the payload limit.
+
+    Headers count because they travel with the body in every record of the invocation.
+    """
+    headers = _forwarded_headers(request)
+    what = f"the request to {request.path} (body and headers)"
+    extra = headers_size(headers)
+    if request.content_length is not None:
+        message = payload_too_large(what, request.content_length + extra, limit)
+        if message is not None:
+            raise PayloadTooLarge(message)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        # A chunked body: aiohttp stops reading at the limit, so the whole size is unknown.
+        raise PayloadTooLarge(payload_too_large(f"{what} (at least)", limit + 1, limit) or "") from exc
+    message = payload_too_large(what, len(body) + extra, limit)
+    if message is not None:
+        raise PayloadTooLarge(message)
+    return body, headers
+
+
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)", re.IGNORECASE | re.ASCII)
 _ISO_DURATION = re.compile(
     r"P(?:([0-9]+)D)?(?:T(?:([0-9]+)H)?(?:([0-9]+)M)?(?:([0-9]+(?:\.[0-9]+)?)S)?)?", re.IGNORECASE | re.ASCII
@@ -218,13 +242,7 @@ async def _invoke(request: web.Request) -> web.Response:
     route = _route(runtime, request.rel_url.raw_parts)
     if request.method != "POST":
         raise MethodNotAllowed(f"{request.method} is not allowed on {route.target}; invoke it with POST")
-    limit = runtime.settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(
-            f"the request body has {request.content_length} bytes, over the limit of {limit}; send a smaller "
-            "body or raise the ingress body limit (max_body_bytes)"
-        )
-    body = await request.read()
+    body, headers = await _read_payload(request, runtime.settings.max_payload_bytes)
     target = route.target
     _check_content_type(request, route.handler, body, target)
 
@@ -250,7 +268,7 @@ async def _invoke(request: web.Request) -> web.Response:
         "invocation_id": id_text,
         "target": target_record(target),
         "argument": body,
-        "headers": _forwarded_headers(request),
+        "headers": headers,
         "idempotency_key": idempotency_key,
         "caller": None,
         "reply_topic": None,

@@ -29,6 +29,7 @@ import json
 import logging
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from keystate.schemas.errors import ContractError
 from keystate.schemas.ids import InvalidIdError
@@ -202,7 +203,7 @@ def _as_ingress_error(exc: BaseException, max_body_bytes: int | None) -> Ingress
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error of every route goes through `error_response`."""
     try:
         return await handler(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -27,7 +28,12 @@ class HttpLimits:
 HTTP_LIMITS_KEY = web.AppKey("http_limits", HttpLimits)
 
 
-def parser_options(limits: HttpLimits) -> dict[str, int]:
+class ParserOptions(TypedDict):
+    max_line_size: int
+    max_field_size: int
+
+
+def parser_options(limits: HttpLimits) -> ParserOptions:
     """Keyword arguments for `web.AppRunner`: a parser that lets requests over the limits through.
 
     The parser allows twice the limits, so a request between the limit and twice it reaches the

@@ -147,7 +147,7 @@ def _generic(value: Any, hint: Any, origin: Any, args: tuple[Any, ...], where: s
             return tuple(_conform(v, item, f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise _fail(value, hint, where)
-        return tuple(_conform(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_conform(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if origin in (dict, collections.abc.Mapping, collections.abc.MutableMapping):
         if not isinstance(value, dict):
             raise _fail(value, hint, where)

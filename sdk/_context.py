@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from keystate.schemas.ids import HandlerKind, InvocationTarget, ServiceType
 
@@ -143,7 +143,7 @@ class _Ready(Generic[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         return self._value
-        yield  # noqa: unreachable - makes this a generator
+        yield  # unreachable: makes this a generator
 
 
 def _none(_: bytes) -> None:
@@ -602,7 +602,7 @@ class Context:
         self, serde: Serde[T] | None = None, type_hint: type[T] | None = None
     ) -> tuple[str, DurableFuture[T]]:
         """An id to hand to the outside world, and the future it completes."""
-        decode = serde_for(type_hint, serde).deserialize
+        decode = cast("Callable[[bytes], T]", serde_for(type_hint, serde).deserialize)
         with self._core.op():
             index, awakeable_id = self._machine.sys_awakeable()
             return awakeable_id, DurableFuture(self._core, index, decode)

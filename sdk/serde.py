@@ -120,7 +120,8 @@ class PydanticJsonSerde(Generic[T]):
     def serialize(self, obj: T | None) -> bytes:
         if obj is None:
             return b""
-        return typing.cast(Any, obj).model_dump_json().encode("utf-8")
+        text: str = typing.cast(Any, obj).model_dump_json()
+        return text.encode("utf-8")
 
     def deserialize(self, buf: bytes) -> T | None:
         if not buf:

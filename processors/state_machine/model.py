@@ -48,7 +48,7 @@ def is_completed(name: str, entry: Mapping[str, Any]) -> bool:
 
 
 def is_workflow_run(target: Mapping[str, Any]) -> bool:
-    return target["service_type"] == "WORKFLOW" and target["handler_kind"] == "WORKFLOW"
+    return bool(target["service_type"] == "WORKFLOW" and target["handler_kind"] == "WORKFLOW")
 
 
 def is_exclusive(target: Mapping[str, Any]) -> bool:

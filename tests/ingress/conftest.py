@@ -45,7 +45,7 @@ def topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Topics:
 
 @pytest.fixture
 def ingress_settings(kafka_bootstrap: str, topics: Topics) -> IngressSettings:
-    return IngressSettings(kafka_bootstrap, topics, max_body_bytes=64 * 1024, call_timeout=20.0)
+    return IngressSettings(kafka_bootstrap, topics, max_payload_bytes=64 * 1024, call_timeout=20.0)
 
 
 @pytest.fixture
