@@ -40,7 +40,7 @@ def _fail(value: Any, hint: Any, where: str) -> InputTypeError:
     if len(shown) > _MAX_SHOWN:
         shown = shown[:_MAX_SHOWN] + "..."
     at = f" at {where}" if where else ""
-    received = "no value (an empty body)" if value is None and not where else f"{type(value).__name__} {shown}"
+    received = "no value (null or an empty body)" if value is None and not where else f"{type(value).__name__} {shown}"
     return InputTypeError(f"expected {describe(hint)}{at}, but received {received}")
 
 

@@ -83,7 +83,7 @@ def _failure(out: list[tuple[str, dict]]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("argument", "received"),
-    [(b'"x"', "str 'x'"), (b"true", "bool True"), (b"1.5", "float 1.5"), (b"", "no value (an empty body)"), (b"[1]", "list [1]")],
+    [(b'"x"', "str 'x'"), (b"true", "bool True"), (b"1.5", "float 1.5"), (b"", "no value (null or an empty body)"), (b"null", "no value (null or an empty body)"), (b"[1]", "list [1]")],
 )
 async def test_input_of_the_wrong_type_is_a_terminal_400_before_the_handler_runs(argument: bytes, received: str) -> None:
     failure = _failure(await _run(add, "TypedCounter", "add", argument, key="k"))
