@@ -157,8 +157,6 @@ class Session:
                     "client.id": f"keystate-processor-{s.instance_id}",
                     "partitioner": "murmur2_random",
                     "retry.backoff.ms": 5,
-                    # A record over the step's limit never reaches the producer; leave room for batch overhead.
-                    "message.max.bytes": max(1_000_000, s.max_record_bytes + 64 * 1024),
                     # A reply topic deleted after validation fails fast instead of at the transaction timeout.
                     "topic.metadata.propagation.max.ms": 5000,
                 }
@@ -179,7 +177,6 @@ class Session:
                     # Static membership: a restarted process with the same id gets its partitions
                     # back at once instead of after a rebalance through the session timeout.
                     "group.instance.id": f"keystate-processor-{s.instance_id}",
-                    "fetch.message.max.bytes": max(1_048_576, s.max_record_bytes + 64 * 1024),
                 }
             )
         )

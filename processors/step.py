@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from keystate.schemas._codec import Codec
+from keystate.schemas.limits import SETTING_HINT
 from keystate.schemas.topics import Topics
 from keystate.server.commands import LogRecord, command_record
 from keystate.server.meta import MetaState
@@ -38,8 +39,8 @@ _LETTER_OVERHEAD = 4096
 class StepSettings:
     topics: Topics
     log_partitions: int
-    # Largest record the step hands to the producer (key + value + headers); keep it at or below
-    # the producer's message.max.bytes and the topics' max.message.bytes.
+    # Largest record the step hands to the producer (key + value + headers): the payload limit's
+    # record size (keystate.schemas.limits.kafka_sizes), which producers and topics are sized for.
     max_record_bytes: int
 
 
@@ -210,7 +211,7 @@ class BatchStep:
             raise _Rerun(
                 out.origin,
                 f"{_type(out)} for {out.topic} is {size} bytes, over the record size limit of "
-                f"{self.settings.max_record_bytes} bytes (max_record_bytes); keep values smaller",
+                f"{self.settings.max_record_bytes} bytes; keep values smaller, or {SETTING_HINT}",
             )
         result.produced.append(out)
 
@@ -236,7 +237,7 @@ class BatchStep:
             self._dead_letter(
                 record,
                 f"the request makes an InvokeCommand of {len(out.value)} bytes, over the record size limit of "
-                f"{self.settings.max_record_bytes} bytes (max_record_bytes); send a smaller argument",
+                f"{self.settings.max_record_bytes} bytes; send a smaller argument, or {SETTING_HINT}",
                 result,
             )
             return
