@@ -38,6 +38,9 @@ def _start(stack: Stack, env: dict[str, str], processors: tuple[str, ...] = ("a"
     return started
 
 
+_NOISE = ("watermarks of", "Connection refused", "aiohttp.access")  # repeats that hide the cause
+
+
 def _logs(stack: Stack, lines: int = 40) -> str:
     """The processors' and the ingress's last lines (the deployment's access log says little)."""
     parts = []
@@ -48,7 +51,7 @@ def _logs(stack: Stack, lines: int = 40) -> str:
             text = proc.log_path.read_text(errors="replace").splitlines()
         except OSError:
             text = ["(no log)"]
-        kept = [line for line in text if "watermarks of" not in line][-lines:]
+        kept = [line for line in text if not any(noise in line for noise in _NOISE)][-lines:]
         parts.append(f"== {proc.name} ==\n" + "\n".join(kept))
     return "\n\n".join(parts)
 
