@@ -78,9 +78,11 @@ def add_parsers(sub: Any, bootstrap: Callable[[argparse.Namespace], str]) -> Non
 
 
 def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: bool) -> int:
+    from keystate.processors.errors import ProcessorError
+
     try:
         asyncio.run(_main(args, bootstrap, processor=processor, ingress=ingress))
-    except ServerError as exc:
+    except (ServerError, ProcessorError) as exc:
         log.error("%s", exc)
         return 1
     return 0
