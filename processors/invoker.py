@@ -138,7 +138,7 @@ class Invoker:
             await asyncio.wait_for(self._stream(attempt), self._settings.abort_timeout_s)
         except asyncio.CancelledError:
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self._failed(action, 500, f"attempt exceeded the abort timeout of {self._settings.abort_timeout_s:g} s", True)
         except AttemptError as exc:
             await self._failed(action, 500, str(exc), True)
@@ -196,7 +196,7 @@ class Invoker:
         while True:
             try:
                 msg = await ws.receive(timeout=self._settings.inactivity_timeout_s)
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 raise AttemptError(
                     f"no message from the deployment for {self._settings.inactivity_timeout_s:g} s (inactivity timeout)"
                 ) from exc

@@ -66,8 +66,9 @@ class KafkaTransaction:
 
     def produce(self, records: Sequence[OutRecord]) -> list[DeliveryFailure]:
         failures: list[DeliveryFailure] = []
+        refused: list[tuple[int, KafkaError]] = []
         for i, record in enumerate(records):
-            kwargs: dict[str, Any] = {"key": record.key, "headers": record.headers, "on_delivery": partial(_delivered, failures, i)}
+            kwargs: dict[str, Any] = {"key": record.key, "headers": record.headers, "on_delivery": partial(_delivered, refused, i)}
             if record.partition is not None:
                 kwargs["partition"] = record.partition
             if not self._produce_one(record, kwargs, failures, i):
@@ -77,24 +78,35 @@ class KafkaTransaction:
                 remaining = self._producer.flush(self._timeout)
             except KafkaException as exc:
                 raise transaction_failed("flush", exc) from exc
+            except SystemError as exc:
+                # confluent-kafka calls the delivery callbacks with a fatal error pending: the
+                # callback "fails" with SystemError whose cause is the real KafkaException.
+                if isinstance(exc.__cause__, KafkaException):
+                    raise transaction_failed("flush", exc.__cause__) from exc
+                raise TransactionFailed(f"flush failed: {exc}", fatal=True) from exc
+        failures.extend(DeliveryFailure(i, describe(e), e.code() in RECORD_FAULTS) for i, e in refused)
         if remaining and not failures:
             failures.append(DeliveryFailure(0, f"{remaining} records not delivered within {self._timeout:g} s", False))
         return sorted(failures, key=lambda f: f.index)
 
     def _produce_one(self, record: OutRecord, kwargs: dict[str, Any], failures: list[DeliveryFailure], i: int) -> bool:
         while True:
+            refused: KafkaException | None = None
             try:
                 self._producer.produce(record.topic, record.value, **kwargs)
                 return True
             except BufferError:
                 with self._watchdog.calling("produce (queue full)", self._timeout):
                     self._producer.poll(0.05)
+                continue
             except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if not isinstance(error, KafkaError):
-                    raise transaction_failed("produce", exc) from exc
-                failures.append(DeliveryFailure(i, describe(error), error.code() in RECORD_FAULTS))
-                return False
+                refused = exc
+            # Examined outside the handler: confluent-kafka's error methods misbehave inside it.
+            error = refused.args[0] if refused.args else None
+            if not isinstance(error, KafkaError) or error.fatal() or error.code() in FENCING:
+                raise transaction_failed("produce", refused)
+            failures.append(DeliveryFailure(i, describe(error), error.code() in RECORD_FAULTS))
+            return False
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         try:
@@ -124,6 +136,7 @@ class KafkaTransaction:
             pass  # the session replaces this producer anyway
 
 
-def _delivered(failures: list[DeliveryFailure], index: int, error: KafkaError | None, msg: Message) -> None:
+def _delivered(refused: list[tuple[int, KafkaError]], index: int, error: KafkaError | None, msg: Message) -> None:
+    # Only keep it: while flush() has a fatal error pending, calling the error's methods raises SystemError.
     if error is not None:
-        failures.append(DeliveryFailure(index, describe(error), error.code() in RECORD_FAULTS))
+        refused.append((index, error))

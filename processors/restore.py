@@ -53,7 +53,10 @@ def _restore_from(proc: PartitionProcessor, consumer: Consumer, settings: KafkaS
                 if err.code() != KafkaError._PARTITION_EOF:
                     raise KafkaException(err)
                 continue
-            proc.restore_record(by_topic[msg.topic()], msg.key(), msg.value())
+            key, source = msg.key(), msg.topic()
+            if key is None or source is None:
+                continue  # keystate writes every changelog record with a key; a keyless one restores nothing
+            proc.restore_record(by_topic[source], key, msg.value())
             count += 1
         # Control records (transaction markers) take offsets too: compare positions, not the last record.
         for tp in consumer.position([TopicPartition(t, partition) for t in pending]):

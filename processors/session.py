@@ -93,13 +93,16 @@ class Session:
     # ---- the rejoin loop ------------------------------------------------------------------------
     def run(self) -> None:
         fenced_soon_after_join = 0
+        failures_in_row = 0
         while not self.stop.is_set():
             try:
                 self._session()
                 return
             except InstanceFenced:
                 raise
-            except (ProcessorError, ServerError, KafkaException, TimeoutError) as exc:
+            except Exception as exc:  # the loop thread never dies of a client error: it rejoins
+                if not isinstance(exc, (ProcessorError, ServerError, KafkaException, TimeoutError)):
+                    log.exception("%s: unexpected error in the partition loop", self._name)
                 self.stats.resets += 1
                 fenced = isinstance(exc, TransactionFailed) and exc.fenced
                 joined = self._joined_at
@@ -113,8 +116,11 @@ class Session:
                         f"--instance-id {self.settings.instance_id}. Give every processor process its own "
                         "--instance-id (e.g. 0, 1, 2, ... or $KEYSTATE_INSTANCE_ID) and restart this one"
                     ) from exc
+                # Back off while rejoining keeps failing (the broker is down); a session that ran a while starts over.
+                lasted = joined is not None and time.monotonic() - joined > 60.0
+                failures_in_row = 1 if lasted else failures_in_row + 1
                 log.error("%s: %s; rejoining with new clients and restoring", self._name, exc)
-                self.stop.wait(min(5.0, 0.2 * 2 ** min(self.stats.resets, 5)) if not fenced else 0.5)
+                self.stop.wait(0.5 if fenced else min(5.0, 0.2 * 2 ** min(failures_in_row, 5)))
 
     def _session(self) -> None:
         self._joined_at = None
@@ -151,8 +157,6 @@ class Session:
                     "client.id": f"keystate-processor-{s.instance_id}",
                     "partitioner": "murmur2_random",
                     "retry.backoff.ms": 5,
-                    # A record over the step's limit never reaches the producer; leave room for batch overhead.
-                    "message.max.bytes": max(1_000_000, s.max_record_bytes + 64 * 1024),
                     # A reply topic deleted after validation fails fast instead of at the transaction timeout.
                     "topic.metadata.propagation.max.ms": 5000,
                 }
@@ -167,17 +171,18 @@ class Session:
                     "group.id": s.group_id,
                     "auto.offset.reset": "earliest",
                     "client.id": f"keystate-processor-{s.instance_id}",
-                    "max.poll.interval.ms": 600_000,
+                    "max.poll.interval.ms": s.max_poll_interval_ms,
                     "session.timeout.ms": s.session_timeout_ms,
                     "heartbeat.interval.ms": max(500, s.session_timeout_ms // 5),
                     # Static membership: a restarted process with the same id gets its partitions
                     # back at once instead of after a rebalance through the session timeout.
                     "group.instance.id": f"keystate-processor-{s.instance_id}",
-                    "fetch.message.max.bytes": max(1_048_576, s.max_record_bytes + 64 * 1024),
                 }
             )
         )
-        consumer.subscribe([self.topics.log, self.topics.requests], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        consumer.subscribe(
+            [self.topics.log, self.topics.requests], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
         return consumer
 
     def _close(self, consumer: Consumer | None, producer: Producer) -> None:
@@ -282,11 +287,11 @@ class Session:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("%s: consumer: %s", self._name, describe(err))
                 continue
-            if msg.topic() == self.topics.requests and msg.partition() not in self._requests_owned:
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            assert topic is not None and partition is not None and offset is not None  # set on every record
+            if topic == self.topics.requests and partition not in self._requests_owned:
                 continue  # revoked since it was fetched: the new owner reads it again
-            records.append(
-                InRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), msg.timestamp()[1])
-            )
+            records.append(InRecord(topic, partition, offset, msg.key(), msg.value(), msg.timestamp()[1]))
         return records
 
     # ---- sweep and back-pressure ----------------------------------------------------------------

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from keystate.schemas._codec import Codec
+from keystate.schemas.limits import SETTING_HINT
 from keystate.schemas.topics import Topics
-from keystate.server.commands import command_record
+from keystate.server.commands import LogRecord, command_record
 from keystate.server.meta import MetaState
 
 from . import changelog
@@ -38,8 +39,8 @@ _LETTER_OVERHEAD = 4096
 class StepSettings:
     topics: Topics
     log_partitions: int
-    # Largest record the step hands to the producer (key + value + headers); keep it at or below
-    # the producer's message.max.bytes and the topics' max.message.bytes.
+    # Largest record the step hands to the producer (key + value + headers): the payload limit's
+    # record size (keystate.schemas.limits.kafka_sizes), which producers and topics are sized for.
     max_record_bytes: int
 
 
@@ -82,16 +83,14 @@ class BatchStep:
         self.partitions: dict[int, PartitionProcessor] = {}
         self.pending: list[OutRecord] = []
         self._seq = 0
+        self._now = 0
 
     # ---- commands the shell appends on its own --------------------------------------------------
     def append(self, name: str, record: dict[str, object], target: dict[str, object] | None = None) -> None:
         """Append a command in the next transaction (a takeover resume, a sweep)."""
         out = command_record(name, record, self.settings.log_partitions, target=target)
         self._seq += 1
-        origin = (PENDING_TOPIC, out.partition, self._seq)
-        self.pending.append(
-            OutRecord(OutKind.COMMAND, self.settings.topics.log, out.partition, out.key, out.value, out.headers, origin, out.invocation_id)
-        )
+        self.pending.append(self._command(out, (PENDING_TOPIC, out.partition, self._seq)))
 
     def adopt(self, proc: PartitionProcessor, now_ms: int) -> tuple[int, list[Effect]]:
         """Take over a restored partition: queue a resume of every INVOKED invocation; its timers to schedule.
@@ -121,6 +120,7 @@ class BatchStep:
     # ---- the step ---------------------------------------------------------------------------------
     def run(self, records: list[InRecord], now_ms: int, quarantine: Quarantine) -> StepResult:
         """Apply `records` (and queue the pending commands); the result is void if `rejected` is set."""
+        self._now = now_ms
         result = StepResult(pending_used=len(self.pending))
         for out in self.pending:
             assert out.origin is not None
@@ -157,7 +157,7 @@ class BatchStep:
             log.error("dropping %s for invocation %s at %s: %s", command[0], iid, _where(record), verdict.reason)
             return
         if isinstance(verdict, Reject):
-            self._dead_letter(record, verdict.reason, result)
+            self._dead_letter(record, verdict.reason, result, iid)
             self._fail_invocation(proc, command[0], iid, verdict.reason, record.origin, result)
             return
         skip = verdict.topics if isinstance(verdict, SkipPublish) else frozenset()
@@ -188,10 +188,7 @@ class BatchStep:
             out = command_record(
                 action.name, action.record, self.settings.log_partitions, partition_key=action.partition_key, key=action.key
             )
-            self._emit(
-                OutRecord(OutKind.COMMAND, self.settings.topics.log, out.partition, out.key, out.value, out.headers, record.origin, action.invocation_id),
-                result,
-            )
+            self._emit(self._command(out, record.origin, action.invocation_id), result)
         elif isinstance(action, Publish):
             topic = action.topic or self.settings.topics.results
             iid = action.record.get("invocation_id")
@@ -214,7 +211,7 @@ class BatchStep:
             raise _Rerun(
                 out.origin,
                 f"{_type(out)} for {out.topic} is {size} bytes, over the record size limit of "
-                f"{self.settings.max_record_bytes} bytes (max_record_bytes); keep values smaller",
+                f"{self.settings.max_record_bytes} bytes; keep values smaller, or {SETTING_HINT}",
             )
         result.produced.append(out)
 
@@ -240,17 +237,20 @@ class BatchStep:
             self._dead_letter(
                 record,
                 f"the request makes an InvokeCommand of {len(out.value)} bytes, over the record size limit of "
-                f"{self.settings.max_record_bytes} bytes (max_record_bytes); send a smaller argument",
+                f"{self.settings.max_record_bytes} bytes; send a smaller argument, or {SETTING_HINT}",
                 result,
             )
             return
-        result.produced.append(
-            OutRecord(OutKind.COMMAND, self.settings.topics.log, out.partition, out.key, out.value, out.headers, record.origin, out.invocation_id)
-        )
+        result.produced.append(self._command(out, record.origin))
 
-    def _dead_letter(self, record: InRecord, reason: str, result: StepResult) -> None:
+    def _command(self, out: LogRecord, origin: Origin, invocation_id: str | None = None) -> OutRecord:
+        """A log command as a record of this batch, caused by `origin`."""
+        iid = invocation_id or out.invocation_id
+        return OutRecord(OutKind.COMMAND, self.settings.topics.log, out.partition, out.key, out.value, out.headers, origin, iid)
+
+    def _dead_letter(self, record: InRecord, reason: str, result: StepResult, invocation_id: object = None) -> None:
         """Write the record to the DLQ with the reason; the consumed offset moves past it."""
-        log.warning("dead-lettering %s: %s", _where(record), reason)
+        log.warning("dead-lettering %s (invocation %s): %s", _where(record), invocation_id, reason)
         value = record.value
         room = self.settings.max_record_bytes - _LETTER_OVERHEAD - len(record.key or b"") - len(reason.encode())
         if value is not None and len(value) > room:
@@ -263,7 +263,7 @@ class BatchStep:
             "offset": record.offset,
             "key": record.key,
             "value": value,
-            "failed_at_ms": record.timestamp_ms,
+            "failed_at_ms": self._now,
         }
         result.produced.append(
             OutRecord(
@@ -286,7 +286,8 @@ class BatchStep:
             return  # failing it again would loop; the sweep and the DLQ tell the operator
         status = proc.tables.status.get((iid,))
         if status is None or status["status"] != "INVOKED":
-            log.error("invocation %s: %s rejected (%s); it stays %s", iid, name, reason, None if status is None else status["status"])
+            now = None if status is None else status["status"]
+            log.error("invocation %s: %s rejected (%s); it stays %s", iid, name, reason, now)
             return
         failed = {
             "invocation_id": iid,
@@ -298,9 +299,7 @@ class BatchStep:
         }
         out = command_record("keystate.AttemptFailedCommand", failed, self.settings.log_partitions, target=status["target"])
         log.error("invocation %s: failing it, %s could not be written: %s", iid, name, reason)
-        result.produced.append(
-            OutRecord(OutKind.COMMAND, self.settings.topics.log, out.partition, out.key, out.value, out.headers, origin, iid)
-        )
+        result.produced.append(self._command(out, origin))
 
     # ---- the sweep --------------------------------------------------------------------------------
     def sweep(self, now_ms: int, grace_ms: int, is_live: Callable[[str], bool]) -> int:

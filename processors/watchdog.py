@@ -67,6 +67,7 @@ class Watchdog:
             if now - started > bound + self.stuck_grace_s:
                 return Stuck(operation, now - started, bound)
         since = self._pending_since
-        if since is not None and now - since > self.stall_reset_s:
+        # Inside a call, only its own bound counts (a long restore is not a stall).
+        if call is None and since is not None and now - since > self.stall_reset_s:
             return Stalled(now - since)
         return None

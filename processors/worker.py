@@ -21,6 +21,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from keystate.schemas._codec import codec
+from keystate.schemas.limits import kafka_sizes
 from keystate.server.kafka import AsyncProducer, KafkaSettings, kafka_error
 from keystate.server.meta import MetaView
 
@@ -61,10 +62,10 @@ class ProcessorSettings:
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     completion_retention_ms: int = 24 * 3600 * 1000
     invoker: InvokerSettings = field(default_factory=InvokerSettings)
-    # Largest record the processor writes (key + value + headers). A row or command over it fails
-    # its invocation (or dead-letters its request) instead of failing the transaction. Keep it at or
-    # below the topics' max.message.bytes; the producer's message.max.bytes follows it.
-    max_record_bytes: int = 1_000_000
+    # Largest record the processor writes (key + value + headers); None: derived from the payload
+    # limit (`kafka.max_payload_bytes` + envelope headroom, see keystate.schemas.limits). A row or
+    # command over it fails its invocation (or dead-letters its request) instead of the transaction.
+    max_record_bytes: int | None = None
     # Bound of each transactional call (init, send_offsets, commit, abort) and of a flush.
     op_timeout_s: float = 30.0
     restore_timeout_s: float = 300.0
@@ -82,6 +83,16 @@ class ProcessorSettings:
     backpressure_min_resume_s: float = 1.0
     # How long the list of existing topics (to validate reply topics) is trusted.
     topic_cache_ttl_s: float = 60.0
+    # Also the group's rebalance timeout: how long a rebalance waits for a member that does not rejoin.
+    max_poll_interval_ms: int = 300_000
+
+
+    @property
+    def record_limit(self) -> int:
+        """The record size limit in force."""
+        if self.max_record_bytes is not None:
+            return self.max_record_bytes
+        return kafka_sizes(self.kafka.max_payload_bytes).record_bytes
 
 
 class Worker:
@@ -130,24 +141,27 @@ class Worker:
             deployment_for=self._deployment_for,
             service_retry_policy=self._retry_policy_for,
             service_retention_ms=self._retention_for,
+            handler_target=self._handler_target,
         )
-        self._admin = AdminClient(self.settings.kafka.producer_config())
+        kafka = self.settings.kafka
+        self._admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "client.id": kafka.client_id, **kafka.extra})
         topic_cache = TopicCache(self._list_topics, ttl_s=self.settings.topic_cache_ttl_s)
         step = BatchStep(
-            StepSettings(self.topics, self.log_partitions, self.settings.max_record_bytes),
+            StepSettings(self.topics, self.log_partitions, self.settings.record_limit),
             StepLookups(meta=lambda: self.meta.state, topic_exists=topic_cache.exists),
             self._codec,
         )
         self.session = Session(self.settings, step, config, self._hooks(), self.watchdog, self._stop)
         self._thread = threading.Thread(target=self._thread_main, name="keystate-partition-loop", daemon=True)
         self._thread.start()
+        # Its own thread: it must see a stuck loop even when the event loop is stalled too.
+        threading.Thread(target=self._watch, name="keystate-watchdog", daemon=True).start()
         stop = stop or asyncio.Event()
         try:
             while not stop.is_set() and self._thread.is_alive():
-                self._check_watchdog()
                 try:
                     await asyncio.wait_for(stop.wait(), 0.2)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             self._stop.set()
@@ -168,6 +182,10 @@ class Worker:
             backlogged_partitions=backlogged if backlogged is not None else frozenset,
             is_live=is_live,
         )
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            self._check_watchdog()
 
     def _check_watchdog(self) -> None:
         verdict = self.watchdog.check()
@@ -223,6 +241,16 @@ class Worker:
             if h["name"] == handler and h.get("retry_policy"):
                 return RetryPolicy.from_record(h["retry_policy"])
         return RetryPolicy.from_record(entry.metadata.get("retry_policy"))
+
+    def _handler_target(self, service: str, handler: str) -> tuple[str, str] | None:
+        """(service type, handler kind) of a registered handler, for calls that only name it."""
+        entry = self.meta.state.service(service)
+        if entry is None:
+            return None
+        for h in entry.metadata["handlers"]:
+            if h["name"] == handler:
+                return str(entry.metadata["service_type"]), str(h["kind"])
+        return None
 
     def _retention_for(self, service: str) -> int | None:
         entry = self.meta.state.service(service)

@@ -65,7 +65,7 @@ def test_journal_row_over_the_record_size_fails_the_invocation_with_a_clear_mess
     effects = d.pipe_log()
 
     [letter] = d.dead_letters()
-    assert letter["offset"] == big.offset and "max_record_bytes" in letter["reason"]
+    assert letter["offset"] == big.offset and "KEYSTATE_MAX_PAYLOAD_BYTES" in letter["reason"]
     status = d.tables(_partition(iid)).status.get((iid,))
     assert status["status"] == "COMPLETED"
     assert "could not be written" in status["result"][1]["message"]

@@ -84,7 +84,7 @@ def test_request_whose_invoke_command_exceeds_the_record_size_is_dead_lettered_w
     d.pipe([big, d.request(**_greet())])
 
     [letter] = d.dead_letters()
-    assert "over the record size limit of 65536 bytes (max_record_bytes)" in letter["reason"]
+    assert "over the record size limit of 65536 bytes" in letter["reason"]
     assert letter["value"] is None and "not kept" in letter["reason"]
     assert len(d.log_commands()) == 1
 

@@ -15,8 +15,10 @@ IO_MODULES = ("asyncio", "confluent_kafka", "aiohttp", "time", "socket", "thread
 def _io_imports(source: str) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(source)):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-        found |= {n for n in names if n.split(".")[0] in IO_MODULES}
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] in IO_MODULES}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in IO_MODULES:
+            found.add(node.module or "")
     return found
 
 
