@@ -7,6 +7,7 @@ must be applied exactly once (`check_counts`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from keystate.cli.kafka import LocalCluster, LocalKafka
+from keystate.processors.worker import ProcessorSettings
 from keystate.schemas.topics import Topics
 from keystate.server.topics import TopicSettings, ensure_topics
 
@@ -26,7 +28,7 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 4
 KEYS = [f"k{i}" for i in range(16)]
 CLIENTS = 8
-GROUP_ID = "keystate-processors"  # ProcessorSettings.group_id
+GROUP_ID = next(f.default for f in dataclasses.fields(ProcessorSettings) if f.name == "group_id")
 
 
 def _start(stack: Stack, env: dict[str, str], processors: tuple[str, ...] = ("a", "b")) -> list[Proc]:
