@@ -8,9 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,3 +164,177 @@ class Stack:
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
+
+
+# ---- fault injection: pause a process, a load of idempotent adds, the exactly-once check ----------
+
+
+def pause(proc: Proc) -> None:
+    """SIGSTOP: the process freezes as in a long GC or VM pause (its sockets stay open)."""
+    os.kill(proc.pid, signal.SIGSTOP)
+
+
+def resume(proc: Proc) -> None:
+    """SIGCONT a paused process (harmless if it runs)."""
+    if proc.alive():
+        os.kill(proc.pid, signal.SIGCONT)
+
+
+@dataclass
+class Add:
+    """One logical `POST /Counter/<key>/add` of 1: every try carries the same idempotency key."""
+
+    key: str
+    idempotency_key: str
+    started: float
+    tries: int = 0
+    acked_at: float | None = None
+    old_value: int | None = None
+
+
+class AddLoad:
+    """`clients` threads each adding 1 to keys in turn, retrying an add with the SAME idempotency key
+    on any error or timeout until it is acknowledged (200), as a careful client would.
+
+    An add counts as an attempt from its first try; it is acknowledged when a try answers 200, and
+    the answer (the counter's old value) is kept so `check_counts` can prove each add applied once.
+    """
+
+    def __init__(self, base_url: str, keys: list[str], clients: int = 8, request_timeout: float = 10.0,
+                 retry_pause: float = 0.2) -> None:
+        self.base_url = base_url
+        self.keys = keys
+        self.clients = clients
+        self.request_timeout = request_timeout
+        self.retry_pause = retry_pause
+        self.adds: list[Add] = []
+        self.failed_tries = 0
+        self.first_error: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._give_up_at = float("inf")
+        self._threads = [threading.Thread(target=self._client, args=(i,), name=f"add-client-{i}", daemon=True)
+                         for i in range(clients)]
+
+    def start(self) -> AddLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self, drain_timeout: float = 120.0) -> None:
+        """No new adds; wait up to drain_timeout for the ones in flight to be acknowledged."""
+        self._give_up_at = time.monotonic() + drain_timeout
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(max(0.0, self._give_up_at - time.monotonic()) + self.request_timeout + 5)
+
+    @property
+    def acked(self) -> list[Add]:
+        with self._lock:
+            return [a for a in self.adds if a.acked_at is not None]
+
+    @property
+    def unacked(self) -> list[Add]:
+        with self._lock:
+            return [a for a in self.adds if a.acked_at is None]
+
+    def ack_count(self) -> int:
+        return len(self.acked)
+
+    def wait_acks(self, more: int, timeout: float) -> bool:
+        """Wait until `more` further adds are acknowledged; False on timeout."""
+        target = self.ack_count() + more
+        deadline = time.monotonic() + timeout
+        while self.ack_count() < target:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _client(self, index: int) -> None:
+        turn = index
+        while not self._stop.is_set():
+            add = Add(self.keys[turn % len(self.keys)], f"{index}-{uuid.uuid4().hex}", time.monotonic())
+            turn += self.clients
+            with self._lock:
+                self.adds.append(add)
+            self._until_acked(add)
+
+    def _until_acked(self, add: Add) -> None:
+        url = f"{self.base_url}/Counter/{add.key}/add"
+        while time.monotonic() < self._give_up_at:
+            add.tries += 1
+            try:
+                resp = http("POST", url, 1, headers={"idempotency-key": add.idempotency_key}, timeout=self.request_timeout)
+                if resp.status == 200:
+                    add.old_value = int(resp.json())
+                    add.acked_at = time.monotonic()
+                    return
+                error = f"{resp.status} {resp.body[:200]!r}"
+            except (OSError, urllib.error.URLError, ValueError) as exc:  # refused, reset, timed out
+                error = repr(exc)
+            with self._lock:
+                self.failed_tries += 1
+                self.first_error = self.first_error or error
+            time.sleep(self.retry_pause)
+
+
+@dataclass
+class CountCheck:
+    """What the counters say about a finished AddLoad, per key and in total."""
+
+    attempts: int
+    acked: int
+    lost: int  # acknowledged adds missing from the final counts
+    doubled: int  # counts above the number of adds ever attempted
+    repeated_answers: int  # acknowledged adds that saw the same old value as another: applied twice
+    unreadable: list[str]  # keys whose count could not be read
+    per_key: dict[str, tuple[int, int, int]]  # key -> (attempts, acked, final count)
+
+    @property
+    def exact(self) -> bool:
+        return self.lost == 0 and self.doubled == 0 and self.repeated_answers == 0 and not self.unreadable
+
+
+def read_count(base_url: str, key: str, timeout: float = 60.0) -> int | None:
+    """GET the counter, retrying while the system recovers; None if it never answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            resp = http("POST", f"{base_url}/Counter/{key}/get", timeout=10.0)
+            if resp.status == 200:
+                return int(resp.json())
+        except (OSError, urllib.error.URLError, ValueError):
+            pass
+        time.sleep(0.5)
+    return None
+
+
+def check_counts(base_url: str, load: AddLoad) -> CountCheck:
+    """Compare each key's final count with the adds attempted and acknowledged on it.
+
+    lost: final count below the acknowledged adds; doubled: final count above the attempted ones;
+    repeated answers: two acknowledged adds that saw the same old value (one was applied twice, or
+    an answer was not the add's own).
+    """
+    attempts: dict[str, int] = {}
+    acked: dict[str, list[int]] = {}
+    for add in load.adds:
+        attempts[add.key] = attempts.get(add.key, 0) + 1
+        if add.acked_at is not None:
+            assert add.old_value is not None
+            acked.setdefault(add.key, []).append(add.old_value)
+    lost = doubled = repeated = 0
+    unreadable: list[str] = []
+    per_key: dict[str, tuple[int, int, int]] = {}
+    for key, tried in attempts.items():
+        olds = acked.get(key, [])
+        count = read_count(base_url, key)
+        if count is None:
+            unreadable.append(key)
+            continue
+        per_key[key] = (tried, len(olds), count)
+        lost += max(0, len(olds) - count)
+        doubled += max(0, count - tried)
+        repeated += len(olds) - len(set(olds))
+    return CountCheck(sum(attempts.values()), sum(len(v) for v in acked.values()), lost, doubled, repeated, unreadable, per_key)
