@@ -1,0 +1,86 @@
+"""AsyncProducer never blocks the event loop, keeps order when its local queue overflows, loses no failure."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from keystate.schemas.topics import Topics
+from keystate.server.errors import KafkaUnavailable
+from keystate.server.kafka import AsyncProducer, KafkaSettings
+from keystate.server.topics import TopicSettings, ensure_topics
+
+pytestmark = pytest.mark.integration
+
+RECORDS = 3000
+
+
+class BlockingCallSpy:
+    """The real confluent-kafka Producer, noting every call of a method that can block and its thread."""
+
+    def __init__(self, inner: Producer) -> None:
+        self._inner = inner
+        self.blocking_calls: list[tuple[str, threading.Thread]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def flush(self, *args: Any) -> int:
+        self.blocking_calls.append(("flush", threading.current_thread()))
+        return int(self._inner.flush(*args))
+
+    def poll(self, *args: Any) -> int:
+        self.blocking_calls.append(("poll", threading.current_thread()))
+        return int(self._inner.poll(*args))
+
+
+def _small_queue_producer(bootstrap: str, topics: Topics) -> tuple[AsyncProducer, BlockingCallSpy]:
+    # A local queue of 10 records overflows at once under a burst of thousands.
+    producer = AsyncProducer(KafkaSettings(bootstrap, topics), **{"queue.buffering.max.messages": 10})
+    spy = BlockingCallSpy(producer._producer)
+    producer._producer = spy  # type: ignore[assignment]
+    return producer, spy
+
+
+async def test_a_burst_over_the_local_queue_never_blocks_the_loop_and_keeps_order(
+    kafka_bootstrap: str, unique_topic_prefix: str
+) -> None:
+    topics = Topics(unique_topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, TopicSettings(partitions=2))
+    producer, spy = _small_queue_producer(kafka_bootstrap, topics)
+    loop_thread = threading.current_thread()
+    try:
+        # No await between produces: whatever produce does, it does on the loop thread.
+        futures = [producer.produce(topics.log, str(n).encode(), partition=n % 2) for n in range(RECORDS)]
+        on_loop = [name for name, thread in spy.blocking_calls if thread is loop_thread]
+        assert on_loop == [], f"blocking producer calls on the event loop: {on_loop[:5]}"
+        messages = await asyncio.wait_for(asyncio.gather(*futures), 60)
+    finally:
+        await asyncio.to_thread(producer.close)
+    for partition in (0, 1):
+        values = [int(m.value()) for m in messages if m.partition() == partition]
+        offsets = [m.offset() for m in messages if m.partition() == partition]
+        assert values == list(range(partition, RECORDS, 2))
+        assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets), "records were reordered"
+
+
+async def test_a_record_refused_from_the_overflow_fails_its_own_future_only(
+    kafka_bootstrap: str, unique_topic_prefix: str
+) -> None:
+    topics = Topics(unique_topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, TopicSettings(partitions=1))
+    producer, _ = _small_queue_producer(kafka_bootstrap, topics)
+    try:
+        before = [producer.produce(topics.log, b"x", partition=0) for _ in range(50)]
+        too_big = producer.produce(topics.log, b"x" * 2_000_000, partition=0)  # over message.max.bytes
+        after = [producer.produce(topics.log, b"y", partition=0) for _ in range(50)]
+        with pytest.raises(KafkaUnavailable, match="produce to .* failed"):
+            await asyncio.wait_for(too_big, 60)
+        delivered = await asyncio.wait_for(asyncio.gather(*before, *after), 60)
+    finally:
+        await asyncio.to_thread(producer.close)
+    assert [m.value() for m in delivered] == [b"x"] * 50 + [b"y"] * 50
