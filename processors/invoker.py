@@ -237,7 +237,7 @@ class Invoker:
         except AttemptError as exc:
             return failure(action, 500, str(exc))
         except Oversized as exc:
-            return failure(action, 413, str(exc), retryable=False, entry_index=exc.index)
+            return failure(action, 500, str(exc), retryable=False, entry_index=exc.index)
         except (aiohttp.ClientError, ConnectionError, OSError) as exc:
             return failure(action, 503, f"cannot reach the deployment at {url}: {exc}")
         except KafkaUnavailable as exc:

@@ -220,6 +220,22 @@ async def reject_it(ctx: Context, awakeable_id: str) -> None:
 
 SERVICES = [combos, short_flow, patient, greeter, counter, cart, subscription_service, caller, steps, user_signup, sleeper, mailbox, approvals, trip, flaky]
 
+# ---- invoker: back-pressure (issue 7) ----
+import asyncio  # noqa: E402
+
+holder = Service("Holder")
+
+
+@holder.handler()
+async def hold(ctx: Context, seconds: float) -> float:
+    """Keeps its attempt open for `seconds` without journaling anything (so it never suspends)."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+SERVICES.append(holder)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     transports = os.environ.get("KEYSTATE_TEST_TRANSPORTS", "websocket,request-response").split(",")
