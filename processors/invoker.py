@@ -71,7 +71,7 @@ class InvokerSettings:
     @property
     def resume_below_queued_attempts(self) -> int:
         """The low watermark of the queue: consumption resumes below it."""
-        return self.max_queued_attempts // 2
+        return max(1, self.max_queued_attempts // 2)
 
 
 class Invoker:
