@@ -167,7 +167,7 @@ class Invoker:
             self.stop(iid)
 
     def _partition_of(self, invocation_id: str) -> int:
-        return InvocationId.parse(invocation_id).partition(self._partitions)
+        return int(InvocationId.parse(invocation_id).partition(self._partitions))
 
     def _current(self, attempt: Attempt) -> bool:
         return self._live.get(attempt.action.invocation_id) is attempt

@@ -117,10 +117,10 @@ class AttemptStream:
         return await self._request_response(attempt, url)
 
     def completion(self, index: int, result: Any) -> bytes:
-        return self._codec.encode("keystate.CompletionMessage", {"index": index, "result": result})
+        return bytes(self._codec.encode("keystate.CompletionMessage", {"index": index, "result": result}))
 
     def ack(self, index: int) -> bytes:
-        return self._codec.encode("keystate.AckMessage", {"index": index})
+        return bytes(self._codec.encode("keystate.AckMessage", {"index": index}))
 
     def _opening(self, action: Invoke) -> list[bytes]:
         """Start message and the journal so far, encoded."""

@@ -21,6 +21,8 @@ __all__ = ["AsyncProducer", "KafkaSettings", "TopicFollower", "kafka_error", "wa
 
 log = logging.getLogger(__name__)
 
+_DRAIN_BATCH = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
@@ -114,8 +116,11 @@ class AsyncProducer:
                 self._drain()
 
     def _drain(self) -> None:
+        # At most _DRAIN_BATCH records per hold of the lock, so produce() on the loop never waits long.
         with self._lock:
-            while self._overflow:
+            for _ in range(_DRAIN_BATCH):
+                if not self._overflow:
+                    return
                 queued = self._overflow[0]
                 try:
                     self._producer.produce(queued.topic, queued.value, **queued.kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from typing import Any
 
@@ -84,3 +85,21 @@ async def test_a_record_refused_from_the_overflow_fails_its_own_future_only(
     finally:
         await asyncio.to_thread(producer.close)
     assert [m.value() for m in delivered] == [b"x"] * 50 + [b"y"] * 50
+
+
+async def test_when_the_overflow_is_full_too_produce_says_so_instead_of_waiting() -> None:
+    # No broker at all: nothing is ever delivered, so the queues only fill.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{s.getsockname()[1]}"
+    producer = AsyncProducer(KafkaSettings(nowhere), max_overflow=5, **{"queue.buffering.max.messages": 3})
+    try:
+        futures = [producer.produce("t", b"x", partition=0) for _ in range(8)]  # 3 queued + 5 waiting
+        assert producer.waiting() == 5
+        with pytest.raises(KafkaUnavailable, match="5 records already wait for room"):
+            producer.produce("t", b"x", partition=0)
+    finally:
+        await asyncio.to_thread(producer.close, 0.5)
+    for future in futures[3:]:
+        with pytest.raises(KafkaUnavailable, match="producer closed"):
+            await asyncio.wait_for(future, 5)
