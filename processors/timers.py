@@ -36,7 +36,7 @@ class TimerService:
     """
 
     def __init__(
-        self, producer: AsyncProducer, log_topic: str, partitions: int | None = None, *, fire_batch: int = 500
+        self, producer: AsyncProducer, log_topic: str, partitions: int | None = None, *, fire_batch: int = 200
     ) -> None:
         self._producer = producer
         self._topic = log_topic
