@@ -10,8 +10,10 @@ import pytest
 from keystate.processors.timers import TimerService
 from keystate.schemas.ids import InvocationId
 from keystate.schemas.topics import Topics
+from keystate.server.errors import KafkaUnavailable
 from keystate.server.kafka import AsyncProducer, KafkaSettings
 from keystate.server.topics import TopicSettings, ensure_topics
+from tests.e2e.results import read_all
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +74,38 @@ async def test_rescheduling_replaces_and_cancelling_a_partition_drops_its_timers
     service.cancel_partition(0)
     assert service.pending() == 0
     await asyncio.to_thread(producer.close)
+
+
+async def test_a_firing_whose_produce_fails_fires_again_unless_its_partition_was_dropped(
+    kafka_bootstrap: str, unique_topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topics = Topics(unique_topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, TopicSettings(partitions=1))
+    producer = AsyncProducer(KafkaSettings(kafka_bootstrap, topics))
+    real = AsyncProducer.produce
+    refused: list[bytes] = []
+
+    def fail_first_two(self: AsyncProducer, topic: str, value: bytes, **kwargs: object) -> asyncio.Future[object]:
+        # The real producer, except that the first two firings' deliveries fail.
+        if len(refused) < 2:
+            refused.append(value)
+            future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            future.set_exception(KafkaUnavailable("injected delivery failure"))
+            return future
+        return real(self, topic, value, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AsyncProducer, "produce", fail_first_two)
+    service = TimerService(producer, topics.log, partitions=1)
+    now = int(time.time() * 1000)
+    revoked, retried = str(InvocationId.new()), str(InvocationId.new())
+    service.schedule(0, ("revoked",), _row(revoked, now))
+    await asyncio.sleep(0.2)  # fired once, refused: back in the schedule for a retry
+    assert service.pending() == 1
+    service.cancel_partition(0)  # revoked: its retry is dropped with it
+    service.schedule(0, ("retried",), _row(retried, now))
+    await asyncio.sleep(0.2)  # refused too; its partition's epoch is current, so it waits for a retry
+    assert service.pending() == 1
+    await asyncio.wait_for(_drained(service), 10)
+    await asyncio.to_thread(producer.close)
+    fired = read_all(kafka_bootstrap, topics.log, until=lambda rs: len(rs) >= 1, timeout=10)
+    assert [r["invocation_id"] for r in fired] == [retried]
