@@ -1,10 +1,11 @@
-# The two set-up commands of the README: `make dev` (run keystate on a local broker) and `make test`.
+# The two set-up commands of the README: `make dev` (run keystate on a local broker) and `make test`
+# (lint and type checks first, then the tests).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.keystate-installed
 
-.PHONY: dev test install stop
+.PHONY: dev test lint install stop
 
 install: $(STAMP)
 
@@ -20,5 +21,9 @@ dev: install
 stop: install
 	$(BIN)/keystate dev stop
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/python .ci/typecheck.py
+
+test: lint
 	$(BIN)/pytest

@@ -110,7 +110,7 @@ async def load(
                 async with session.post(url, data=body, headers=headers) as resp:
                     payload = await resp.read()
                     ok = resp.status == 200
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 ok, payload = False, repr(exc).encode()
             elapsed = time.perf_counter() - t0
             if ok:
@@ -184,7 +184,7 @@ async def run_scenarios(
                     if resp.status == 200:
                         break
                     last = f"{resp.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 last = repr(exc)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Greeter/greet never answered 200 (last: {last})")

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from .kafka import REPO, LocalKafka, LocalKafkaError
 
@@ -58,7 +59,7 @@ def _wait(url: str, name: str, timeout: float = 60.0) -> None:
     raise SystemExit(f"keystate dev: {url} did not answer within {timeout:g} s; see {RUN / (name + '.log')}")
 
 
-def _register(uri: str) -> dict[str, object]:
+def _register(uri: str) -> dict[str, Any]:
     body = json.dumps({"uri": uri}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{ADMIN}/deployments", data=body, method="POST", headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as resp:
@@ -87,7 +88,7 @@ def start() -> int:
     _wait(f"http://127.0.0.1:{ADMIN}/health", "runtime")
     _wait(f"http://127.0.0.1:{EXAMPLES}/discover", "examples")
     deployment = _register(f"http://127.0.0.1:{EXAMPLES}")
-    services = ", ".join(s["name"] for s in deployment["services"])  # type: ignore[index, union-attr]
+    services = ", ".join(s["name"] for s in deployment["services"])
     url = f"http://127.0.0.1:{INGRESS}"
     print(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
     print(f"ingress {url}, admin http://127.0.0.1:{ADMIN}, deployment {deployment['id']} serving {services}")

@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "BrokerExited",
@@ -500,7 +501,7 @@ def answers(bootstrap: str, brokers: int = 1, timeout: float = 3.0) -> bool:
         from confluent_kafka.admin import AdminClient
     except ImportError as exc:
         raise LocalKafkaError("checking the broker needs confluent-kafka: pip install 'keystate[server]'") from exc
-    config = {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "logger": _probe_log}
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "logger": _probe_log}
     admin = AdminClient(config)
     try:
         metadata = admin.list_topics(timeout=timeout)

@@ -11,6 +11,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from keystate.schemas.limits import ENV_VAR, PayloadLimitError, max_payload_bytes
 from keystate.schemas.topics import Topics
 from keystate.server.errors import ServerError
 from keystate.server.kafka import KafkaSettings
@@ -23,6 +24,11 @@ log = logging.getLogger("keystate.cli")
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:19092)")
     parser.add_argument("--prefix", default=os.environ.get("KEYSTATE_TOPIC_PREFIX", "keystate."), help="topic name prefix")
+    parser.add_argument(
+        "--max-payload-bytes",
+        help=f"largest request body, state value, ctx.run result, output or call argument in bytes; "
+        f"give every processor and ingress the same (default ${ENV_VAR} or 8 MiB)",
+    )
 
 
 def _default(cls: type, name: str) -> Any:
@@ -56,7 +62,6 @@ def _ingress_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="ingress port (default %(default)s)")
     parser.add_argument("--admin-port", type=int, default=9070, help="admin API port (default %(default)s)")
-    parser.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024, help="largest accepted request body")
 
 
 def add_parsers(sub: Any, bootstrap: Callable[[argparse.Namespace], str]) -> None:
@@ -79,6 +84,11 @@ def add_parsers(sub: Any, bootstrap: Callable[[argparse.Namespace], str]) -> Non
 
 def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: bool) -> int:
     try:
+        args.max_payload_bytes = max_payload_bytes(args.max_payload_bytes)
+    except PayloadLimitError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
         asyncio.run(_main(args, bootstrap, processor=processor, ingress=ingress))
     except ServerError as exc:
         log.error("%s", exc)
@@ -98,7 +108,9 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, in
         from keystate.processors.worker import ProcessorSettings, Worker
 
         settings = ProcessorSettings(
-            kafka=KafkaSettings(bootstrap, topics, client_id=f"keystate-processor-{args.instance_id}"),
+            kafka=KafkaSettings(
+                bootstrap, topics, client_id=f"keystate-processor-{args.instance_id}", max_payload_bytes=args.max_payload_bytes
+            ),
             instance_id=args.instance_id,
             batch_max_records=args.batch_max_records,
             batch_linger_ms=args.batch_linger_ms,
@@ -109,7 +121,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, in
     if ingress:
         from keystate.ingress.runtime import IngressSettings, run_ingress
 
-        ingress_settings = IngressSettings(bootstrap=bootstrap, topics=topics, max_body_bytes=args.max_body_bytes)
+        ingress_settings = IngressSettings(bootstrap=bootstrap, topics=topics, max_payload_bytes=args.max_payload_bytes)
         tasks.append(
             asyncio.create_task(run_ingress(ingress_settings, args.host, args.port, args.admin_port), name="ingress")
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from aiohttp import web
@@ -16,7 +16,9 @@ from keystate.server.meta import register, unregister
 
 from .commands import produce_command
 from .errors import BadRequest, Conflict, NotFound, Unavailable, error_middleware
+from .http_limits import HTTP_LIMITS_KEY, limits_middleware
 from .readmodel import InvocationReadModel, InvocationSummary
+from .restate_paths import invocation_status
 from .results import target_text
 from .runtime import IngressRuntime
 
@@ -38,8 +40,9 @@ _ACTIONS = {
 
 def admin_app(runtime: IngressRuntime) -> web.Application:
     """The admin application; `runtime` must be started before it serves requests."""
-    app = web.Application(client_max_size=_MAX_REQUEST_BYTES, middlewares=[error_middleware])
+    app = web.Application(client_max_size=_MAX_REQUEST_BYTES, middlewares=[error_middleware, limits_middleware])
     app[RUNTIME_KEY] = runtime
+    app[HTTP_LIMITS_KEY] = runtime.settings.http_limits
     app.router.add_post("/deployments", _register)
     app.router.add_get("/deployments", _list_deployments)
     app.router.add_get("/deployments/{id}", _get_deployment)
@@ -78,7 +81,7 @@ def service_json(service: dict[str, Any], deployment_id: str) -> dict[str, Any]:
 
 
 def deployment_json(record: dict[str, Any]) -> dict[str, Any]:
-    created = datetime.fromtimestamp(record["created_at_ms"] / 1000, tz=timezone.utc)
+    created = datetime.fromtimestamp(record["created_at_ms"] / 1000, tz=UTC)
     return {
         "id": record["deployment_id"],
         "uri": record["uri"],
@@ -208,7 +211,7 @@ def _read_model(runtime: IngressRuntime, hint: str = "") -> InvocationReadModel:
 def _iso(ms: int | None) -> str | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def invocation_json(summary: InvocationSummary) -> dict[str, Any]:
@@ -290,19 +293,28 @@ async def _act(request: web.Request, action: str) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     invocation_id = _invocation_id(request)
     model = runtime.invocations
-    # Only refuse on what the read model knows for sure: a completed invocation stays completed.
     known = model.get(invocation_id) if model.ready else None
     if known is not None:
-        if action == "purge" and not known.completed:
-            raise Conflict(
-                f"invocation {invocation_id} has not completed (it is {known.status}); only completed invocations "
-                f"can be purged: cancel or kill it first (PATCH /invocations/{invocation_id}/cancel)"
+        completed, how = known.completed, known.completion_status or known.status
+    else:
+        # The read model may lag behind a new invocation: the partition processor knows for sure.
+        reply = await invocation_status(runtime, InvocationId.parse(invocation_id))
+        if reply["status"] == "UNKNOWN":
+            raise NotFound(
+                f"unknown invocation {invocation_id}: it never existed, or it completed and was purged; "
+                "list invocations with GET /invocations"
             )
-        if action != "purge" and known.completed:
-            raise Conflict(
-                f"invocation {invocation_id} has already completed ({known.completion_status}), so it cannot be "
-                f"{_PAST[action]}; forget it with PATCH /invocations/{invocation_id}/purge"
-            )
+        completed, how = reply["status"] != "RUNNING", reply["status"]
+    if action == "purge" and not completed:
+        raise Conflict(
+            f"invocation {invocation_id} has not completed (it is {how}); only completed invocations "
+            f"can be purged: cancel or kill it first (PATCH /invocations/{invocation_id}/cancel)"
+        )
+    if action != "purge" and completed:
+        raise Conflict(
+            f"invocation {invocation_id} has already completed ({how}), so it cannot be "
+            f"{_PAST[action]}; forget it with PATCH /invocations/{invocation_id}/purge"
+        )
     record: dict[str, Any] = {"invocation_id": invocation_id}
     if action in ("cancel", "kill"):
         record["reason"] = f"{action} requested through the admin API"

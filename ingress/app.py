@@ -14,6 +14,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from keystate.schemas.ids import HandlerKind, InvocationId, InvocationTarget, ServiceType, idempotency_partition_key
+from keystate.schemas.limits import headers_size, payload_too_large
 
 from .commands import (
     IDEMPOTENCY_EXPIRES_HEADER,
@@ -38,6 +39,7 @@ from .errors import (
     UnsupportedContentType,
     error_middleware,
 )
+from .http_limits import HTTP_LIMITS_KEY, limits_middleware
 from .restate_paths import RUNTIME_KEY, restate_paths
 from .runtime import IngressRuntime
 
@@ -65,8 +67,11 @@ _HOP_BY_HOP = frozenset(
 
 def ingress_app(runtime: IngressRuntime) -> web.Application:
     """The ingress application; `runtime` must be started before it serves requests."""
-    app = web.Application(client_max_size=runtime.settings.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=runtime.settings.max_body_bytes, middlewares=[error_middleware, limits_middleware]
+    )
     app[RUNTIME_KEY] = runtime
+    app[HTTP_LIMITS_KEY] = runtime.settings.http_limits
     app[MAX_BODY_KEY] = runtime.settings.max_body_bytes
     app.router.add_route("*", "/restate/{path:.*}", restate_paths)
     app.router.add_route("*", "/{path:.*}", _invoke)
@@ -165,23 +170,50 @@ def _forwarded_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
-_ISO_DURATION = re.compile(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?", re.IGNORECASE)
+async def _read_payload(request: web.Request, limit: int) -> tuple[bytes, dict[str, str]]:
+    """The body and the headers handed to the handler; 413 if together they are over the payload limit.
+
+    Headers count because they travel with the body in every record of the invocation.
+    """
+    headers = _forwarded_headers(request)
+    what = f"the request to {request.path} (body and headers)"
+    extra = headers_size(headers)
+    if request.content_length is not None:
+        message = payload_too_large(what, request.content_length + extra, limit)
+        if message is not None:
+            raise PayloadTooLarge(message)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        # A chunked body: aiohttp stops reading at the limit, so the whole size is unknown.
+        raise PayloadTooLarge(payload_too_large(f"{what} (at least)", limit + 1, limit) or "") from exc
+    message = payload_too_large(what, len(body) + extra, limit)
+    if message is not None:
+        raise PayloadTooLarge(message)
+    return body, headers
+
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)", re.IGNORECASE | re.ASCII)
+_ISO_DURATION = re.compile(
+    r"P(?:([0-9]+)D)?(?:T(?:([0-9]+)H)?(?:([0-9]+)M)?(?:([0-9]+(?:\.[0-9]+)?)S)?)?", re.IGNORECASE | re.ASCII
+)
+_MAX_DELAY_CHARS = 64
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+MAX_DELAY_MS = 3650 * 86_400_000
+"""The longest `?delay=`: 10 years (longer ones are mistakes, and overflow the log's timestamps)."""
 
 
 def parse_delay(text: str) -> int:
-    """Milliseconds of a delay like `10s`, `1m30s`, `500ms`, `2h`, or ISO 8601 `PT10S`."""
+    """Milliseconds of a delay like `10s`, `1m30s`, `500ms`, `2h`, or ISO 8601 `PT10S`, at most `MAX_DELAY_MS`."""
     value = text.strip()
+    if len(value) > _MAX_DELAY_CHARS:
+        raise BadRequest(f"delay {text[:100]!r}... is too long to be a duration; use one like 10s, 1m30s, 500ms, 2h or PT10S")
     iso = _ISO_DURATION.fullmatch(value)
     if iso and value.upper() not in ("P", "PT") and any(iso.groups()):
         days, hours, minutes, seconds = iso.groups()
-        return int(
-            int(days or 0) * 86_400_000
-            + int(hours or 0) * 3_600_000
-            + int(minutes or 0) * 60_000
-            + float(seconds or 0) * 1000
-        )
+        whole = int(days or 0) * 86_400_000 + int(hours or 0) * 3_600_000 + int(minutes or 0) * 60_000
+        # Whole units as ints: a float of a huge int would raise OverflowError.
+        return _within_range(text, min(whole, MAX_DELAY_MS + 1) + float(seconds or 0) * 1000)
     total = 0.0
     position = 0
     for match in _DURATION_PART.finditer(value):
@@ -191,8 +223,18 @@ def parse_delay(text: str) -> int:
         position = match.end()
     else:
         if position and not value[position:].strip():
-            return int(total)
-    raise BadRequest(f"cannot read delay {text!r}; use a duration like 10s, 1m30s, 500ms, 2h or PT10S")
+            return _within_range(text, total)
+    raise BadRequest(f"cannot read delay {text[:100]!r}; use a duration like 10s, 1m30s, 500ms, 2h or PT10S")
+
+
+def _within_range(text: str, total_ms: float) -> int:
+    # Compared as a float first: int() of an infinite float (a 400-digit delay) would raise.
+    if not total_ms <= MAX_DELAY_MS:
+        raise BadRequest(
+            f"delay {text[:100]!r} is too long: the longest delay is {MAX_DELAY_MS // 86_400_000} days "
+            f"({MAX_DELAY_MS} ms); use a shorter delay"
+        )
+    return int(total_ms)
 
 
 async def _invoke(request: web.Request) -> web.Response:
@@ -200,13 +242,7 @@ async def _invoke(request: web.Request) -> web.Response:
     route = _route(runtime, request.rel_url.raw_parts)
     if request.method != "POST":
         raise MethodNotAllowed(f"{request.method} is not allowed on {route.target}; invoke it with POST")
-    limit = runtime.settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(
-            f"the request body has {request.content_length} bytes, over the limit of {limit}; send a smaller "
-            "body or raise the ingress body limit (max_body_bytes)"
-        )
-    body = await request.read()
+    body, headers = await _read_payload(request, runtime.settings.max_payload_bytes)
     target = route.target
     _check_content_type(request, route.handler, body, target)
 
@@ -232,7 +268,7 @@ async def _invoke(request: web.Request) -> web.Response:
         "invocation_id": id_text,
         "target": target_record(target),
         "argument": body,
-        "headers": _forwarded_headers(request),
+        "headers": headers,
         "idempotency_key": idempotency_key,
         "caller": None,
         "reply_topic": None,

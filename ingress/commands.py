@@ -65,7 +65,7 @@ async def produce_command(
             runtime.settings.topics.log, value, key=key.encode("utf-8"), partition=partition, headers=headers
         )
         await asyncio.wait_for(delivery, timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise Unavailable(
             f"Kafka did not acknowledge {what} within {timeout:g} s, so it may or may not have been "
             f"accepted; {retry_hint} to be safe",
@@ -81,7 +81,7 @@ async def await_within(
     """The value of `future`, or `ResultTimeout` with `message` after the call timeout."""
     try:
         return await asyncio.wait_for(asyncio.shield(future), runtime.settings.call_timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise ResultTimeout(message, invocation_id=invocation_id) from None
 
 

@@ -10,6 +10,8 @@ IngressError                  500  root; every subclass carries its HTTP status
  ├── MethodNotAllowed         405  e.g. GET on an invocation path
  ├── Conflict                 409  e.g. a workflow run that already started, a deployment still in use
  ├── PayloadTooLarge          413  body over the configured limit
+ ├── UriTooLong               414  request line (path and query) over max_url_bytes
+ ├── HeadersTooLarge          431  request headers over max_header_bytes
  ├── InvocationFailed         4xx/5xx  the handler failed: its Failure {code, message}
  ├── NotReady                 470  output asked for while the invocation still runs (Restate's code)
  ├── Overloaded               503  too many calls waiting for their result
@@ -27,6 +29,7 @@ import json
 import logging
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from keystate.schemas.errors import ContractError
 from keystate.schemas.ids import InvalidIdError
@@ -43,7 +46,9 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "Overloaded",
+    "HeadersTooLarge",
     "PayloadTooLarge",
+    "UriTooLong",
     "ResultTimeout",
     "Unavailable",
     "UnsupportedContentType",
@@ -112,6 +117,14 @@ class PayloadTooLarge(IngressError):
     status = 413
 
 
+class UriTooLong(IngressError):
+    status = 414
+
+
+class HeadersTooLarge(IngressError):
+    status = 431
+
+
 class NotReady(IngressError):
     """The output of an invocation that has not completed yet; Restate answers 470."""
 
@@ -159,7 +172,7 @@ def error_response(exc: BaseException, *, max_body_bytes: int | None = None) -> 
 
 
 # Statuses without a standard reason phrase.
-_REASONS = {470: "Not Ready"}
+_REASONS = {431: "Request Header Fields Too Large", 470: "Not Ready"}
 
 
 def _as_ingress_error(exc: BaseException, max_body_bytes: int | None) -> IngressError:
@@ -190,7 +203,7 @@ def _as_ingress_error(exc: BaseException, max_body_bytes: int | None) -> Ingress
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error of every route goes through `error_response`."""
     try:
         return await handler(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -21,14 +22,16 @@ from keystate.schemas.ids import (
 
 from .commands import await_within, produce_command, reply_outcome, result_response, target_record
 from .errors import BadRequest, IngressError, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge
+from .results import PendingReply
 from .runtime import IngressRuntime
 
-__all__ = ["RUNTIME_KEY", "parse_awakeable_id", "restate_paths"]
+__all__ = ["RUNTIME_KEY", "invocation_status", "parse_awakeable_id", "restate_paths"]
 
 RUNTIME_KEY = web.AppKey("runtime", IngressRuntime)
 QUERY_OUTPUT_COMMAND = "keystate.QueryOutputCommand"
 COMPLETE_AWAKEABLE_COMMAND = "keystate.CompleteAwakeableCommand"
 _AWAKEABLE_PREFIX = "awk_"
+_ENTRY_INDEX = re.compile(r"[0-9]{1,10}", re.ASCII)
 _ACTIONS = ("attach", "output")
 _USAGE = (
     "the /restate paths are GET /restate/invocation/{id}/attach|output, "
@@ -80,11 +83,15 @@ def _query_for(runtime: IngressRuntime, kind: str, args: list[str]) -> _Query:
             invocation_id = InvocationId.parse(args[0])
         except InvalidIdError as exc:
             raise BadRequest(f"{exc}; attach with GET /restate/invocation/{{invocation id}}/attach") from None
-        text = str(invocation_id)
-        return _Query({"invocation_id": text}, invocation_id.partition_key, text, text, None, None, f"invocation {text}")
+        return _id_query(invocation_id)
     if len(args) in (3, 4):
         return _idempotency_query(runtime, args)
     raise NotFound(f"no such invocation path; {_USAGE}")
+
+
+def _id_query(invocation_id: InvocationId) -> _Query:
+    text = str(invocation_id)
+    return _Query({"invocation_id": text}, invocation_id.partition_key, text, text, None, None, f"invocation {text}")
 
 
 def _service(runtime: IngressRuntime, name: str) -> dict[str, Any]:
@@ -128,7 +135,9 @@ def _workflow_query(runtime: IngressRuntime, name: str, workflow_id: str) -> _Qu
     service = _service(runtime, name)
     if service["service_type"] != ServiceType.WORKFLOW.value:
         raise BadRequest(f"{name} is not a workflow; attach to its invocations by id with GET /restate/invocation/{{id}}/attach")
-    run = next(h for h in service["handlers"] if h["kind"] == HandlerKind.WORKFLOW.value)
+    run = next((h for h in service["handlers"] if h["kind"] == HandlerKind.WORKFLOW.value), None)
+    if run is None:
+        raise NotFound(f"workflow {name} has no run handler registered; re-register its deployment")
     target = InvocationTarget(name, run["name"], workflow_id, ServiceType.WORKFLOW, HandlerKind.WORKFLOW)
     service_id = ServiceId(name, workflow_id)
     return _Query(
@@ -142,37 +151,51 @@ def _workflow_query(runtime: IngressRuntime, name: str, workflow_id: str) -> _Qu
     )
 
 
-async def _query_output(runtime: IngressRuntime, query: _Query, *, attach: bool) -> web.Response:
-    request_id = str(uuid.uuid4())
+async def _ask(runtime: IngressRuntime, query: _Query, pending: PendingReply, *, attach: bool) -> dict[str, Any]:
+    """Append the QueryOutputCommand of `query` and wait for the processor's reply."""
     record = {
         "invocation_id": None,
         "idempotency": None,
         "workflow": None,
         **query.selector,
-        "request_id": request_id,
+        "request_id": pending.request_id,
         "reply_topic": runtime.settings.topics.results,
         "attach": attach,
     }
-    # By id the result waiter is registered now; otherwise as soon as the reply names the id.
-    pending = runtime.results.expect_reply(request_id, follow=attach, invocation_id=query.invocation_id)
+    await produce_command(
+        runtime,
+        QUERY_OUTPUT_COMMAND,
+        record,
+        key=query.key,
+        partition_key=query.partition_key,
+        invocation_id=query.invocation_id,
+        target=None if query.target is None else str(query.target),
+        what="the query",
+    )
+    return await await_within(
+        runtime,
+        pending.reply,
+        f"no partition processor answered the query for {query.description} within "
+        f"{runtime.settings.call_timeout:g} s; are the processors running?",
+        invocation_id=query.invocation_id,
+    )
+
+
+async def invocation_status(runtime: IngressRuntime, invocation_id: InvocationId) -> dict[str, Any]:
+    """The processor's QueryOutputReply for `invocation_id`: status UNKNOWN, RUNNING or how it completed."""
+    query = _id_query(invocation_id)
+    pending = runtime.results.expect_reply(str(uuid.uuid4()), follow=False, invocation_id=query.invocation_id)
     try:
-        await produce_command(
-            runtime,
-            QUERY_OUTPUT_COMMAND,
-            record,
-            key=query.key,
-            partition_key=query.partition_key,
-            invocation_id=query.invocation_id,
-            target=None if query.target is None else str(query.target),
-            what="the query",
-        )
-        reply = await await_within(
-            runtime,
-            pending.reply,
-            f"no partition processor answered the query for {query.description} within "
-            f"{runtime.settings.call_timeout:g} s; are the processors running?",
-            invocation_id=query.invocation_id,
-        )
+        return await _ask(runtime, query, pending, attach=False)
+    finally:
+        runtime.results.forget_reply(pending)
+
+
+async def _query_output(runtime: IngressRuntime, query: _Query, *, attach: bool) -> web.Response:
+    # By id the result waiter is registered now; otherwise as soon as the reply names the id.
+    pending = runtime.results.expect_reply(str(uuid.uuid4()), follow=attach, invocation_id=query.invocation_id)
+    try:
+        reply = await _ask(runtime, query, pending, attach=attach)
         found = reply.get("invocation_id") or query.invocation_id
         status = reply["status"]
         if status == "UNKNOWN":
@@ -214,9 +237,10 @@ def parse_awakeable_id(text: str) -> tuple[InvocationId, int]:
         except InvalidIdError as exc:
             problem = str(exc)
         else:
-            if index_text.isdigit():
+            # str.isdigit() accepts '²' and other digits int() cannot read: ASCII only.
+            if _ENTRY_INDEX.fullmatch(index_text) and int(index_text) < 2**31:
                 return invocation_id, int(index_text)
-            problem = f"{index_text!r} is not an entry index"
+            problem = f"{index_text[:20]!r} is not an entry index (a whole number below 2^31)"
     raise BadRequest(
         f"not an awakeable id: {text[:100]!r} ({problem}); use the id the handler got from ctx.awakeable(), "
         "of the form awk_<invocation id>_<index>"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Message
 
@@ -148,7 +148,8 @@ class ResultWaiter:
         value = msg.value()
         if value is None:
             return
-        kind = next((_TYPES.get(v) for k, v in msg.headers() or () if k == "type"), None)
+        headers = cast("list[tuple[str, bytes]]", msg.headers() or [])  # a consumed record's: (name, value) pairs
+        kind = next((_TYPES.get(v) for k, v in headers if k == "type"), None)
         try:
             if kind is None:
                 kind, record = codec().decode(value)

@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from keystate.schemas.limits import max_payload_bytes
 from keystate.schemas.topics import Topics
 from keystate.server.kafka import AsyncProducer, KafkaSettings
 from keystate.server.meta import MetaView
+from keystate.server.topics import check_record_limits
 
 from .errors import Unavailable
+from .http_limits import HttpLimits, parser_options
 from .readmodel import InvocationReadModel
 from .results import ResultWaiter
 
@@ -21,7 +24,6 @@ __all__ = ["IngressRuntime", "IngressSettings", "run_ingress"]
 
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +32,11 @@ class IngressSettings:
 
     bootstrap: str
     topics: Topics = field(default_factory=Topics)
-    max_body_bytes: int = 10 * MiB
+    # One request body with its headers at most (keystate.schemas.limits; $KEYSTATE_MAX_PAYLOAD_BYTES).
+    max_payload_bytes: int = field(default_factory=max_payload_bytes)
+    # Path plus query, and all request headers together; over them: JSON 414 / 431.
+    max_url_bytes: int = 64 * 1024
+    max_header_bytes: int = 64 * 1024
     call_timeout: float = 300.0
     max_pending_calls: int = 10_000
     produce_timeout: float = 30.0
@@ -38,9 +44,23 @@ class IngressSettings:
     register_timeout: float = 30.0
     start_timeout: float = 30.0
 
+    def __post_init__(self) -> None:
+        max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body: the payload limit."""
+        return self.max_payload_bytes
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(self.max_url_bytes, self.max_header_bytes)
+
     @property
     def kafka(self) -> KafkaSettings:
-        return KafkaSettings(self.bootstrap, self.topics, client_id="keystate-ingress")
+        return KafkaSettings(
+            self.bootstrap, self.topics, client_id="keystate-ingress", max_payload_bytes=self.max_payload_bytes
+        )
 
 
 class IngressRuntime:
@@ -64,6 +84,14 @@ class IngressRuntime:
         self.producer = AsyncProducer(self.settings.kafka)
         try:
             self.log_partitions = await asyncio.to_thread(self.producer.partitions, self.settings.topics.log)
+            # A body the topics cannot take would be accepted here and refused by the broker.
+            await asyncio.to_thread(
+                check_record_limits,
+                self.settings.bootstrap,
+                self.settings.topics,
+                self.settings.max_payload_bytes,
+                timeout=self.settings.start_timeout,
+            )
             # Both followers must be reading before the first request can be accepted.
             await asyncio.gather(
                 self.meta.start(self.settings.start_timeout), self.results.start(self.settings.start_timeout)
@@ -104,7 +132,7 @@ async def run_ingress(
     runners: list[web.AppRunner] = []
     try:
         for app, app_port in ((ingress_app(runtime), port), (admin_app(runtime), admin_port)):
-            runner = web.AppRunner(app, access_log=None)
+            runner = web.AppRunner(app, access_log=None, **parser_options(settings.http_limits))
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, host, app_port).start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -73,9 +73,9 @@ class PartitionProcessor:
                     if err.code() != KafkaError._PARTITION_EOF:
                         raise KafkaException(err)
                     continue
-                table = by_topic[msg.topic()]
-                self.tables.restore(
-                    table, changelog.decode_key(msg.key()), changelog.decode_value(table, msg.value())
+                table = by_topic[cast(str, msg.topic())]
+                self.tables.restore(  # keystate writes every changelog record with a key
+                    table, changelog.decode_key(cast(bytes, msg.key())), changelog.decode_value(table, msg.value())
                 )
                 count += 1
             # Control records (transaction markers) take offsets too: compare positions, not the last record.

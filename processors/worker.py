@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -117,7 +117,7 @@ class Worker:
             while not stop.is_set() and self._thread.is_alive():
                 try:
                     await asyncio.wait_for(stop.wait(), 0.2)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             self._stop.set()
@@ -318,15 +318,17 @@ class Worker:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer: %s", err)
                 continue
-            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
-            if msg.topic() == self.topics.requests:
+            # A record consumed without an error has its topic, partition and offset.
+            topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
+            offsets[(topic, partition)] = offset + 1
+            if topic == self.topics.requests:
                 self._route(msg, producer)
                 continue
-            proc = self._partitions.get(msg.partition())
+            proc = self._partitions.get(partition)
             if proc is None:
                 raise InvariantViolation(f"record at {msg.topic()}[{msg.partition()}]@{msg.offset()} for an unassigned partition")
             try:
-                command = self._codec.decode(msg.value())
+                command = self._codec.decode(cast(bytes, msg.value()))  # a null value fails as not bytes
             except ContractError as exc:
                 # Only keystate writes the log; skipping one bad record beats wedging the partition.
                 log.error("skipping undecodable record at %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
@@ -353,14 +355,14 @@ class Worker:
                         [("type", action.name.encode())],
                     )
                 else:
-                    effects.append((msg.partition(), action))
+                    effects.append((partition, action))
         for p, proc in self._partitions.items():
-            for table, key, value in proc.drain():
+            for table, row_key, value in proc.drain():
                 producer_produce(
                     producer,
                     self.topics.changelog(table),
                     changelog.encode_value(table, value),
-                    changelog.encode_key(key),
+                    changelog.encode_key(row_key),
                     p,
                     None,
                 )

@@ -29,7 +29,7 @@ import io
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.validation import validate
@@ -180,7 +180,7 @@ def _read_body(name: str, schema: dict[str, Any], data: bytes) -> dict[str, Any]
         raise DecodeError(
             f"{len(data) - body.tell()} trailing bytes after a {name} record"
         )
-    return record
+    return cast(dict[str, Any], record)  # every keystate schema is a record
 
 
 def _explain(name: str, schema: dict[str, Any], record: Any, exc: Exception) -> str:
@@ -266,7 +266,7 @@ def _parse_all(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for name in order:
         before = set(named)
         try:
-            parsed[name] = parse_schema(copy.deepcopy(raw[name]), named)
+            parsed[name] = cast(dict[str, Any], parse_schema(copy.deepcopy(raw[name]), named))
         except Exception as exc:
             raise ContractError(f"invalid schema {name}: {exc}") from exc
         if set(named) - before != {name}:

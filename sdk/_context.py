@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from keystate.schemas.ids import HandlerKind, InvocationTarget, ServiceType
 
@@ -143,7 +143,7 @@ class _Ready(Generic[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         return self._value
-        yield  # noqa: unreachable - makes this a generator
+        yield  # unreachable: makes this a generator
 
 
 def _none(_: bytes) -> None:
@@ -327,7 +327,8 @@ class InvocationCore:
             if not machine.closed:
                 machine.sys_fail(500, "the handler was cancelled", retryable=True)
         except Exception as exc:
-            log.info("handler %s failed in invocation %s: %r", handler.qualified, self.invocation_id, exc)
+            # A bug or an outage in user code: visible by default, with where it happened.
+            log.warning("handler %s failed in invocation %s: %r", handler.qualified, self.invocation_id, exc, exc_info=True)
             machine.sys_fail(500, repr(exc), retryable=True, stacktrace=traceback.format_exc())
         finally:
             self.changed()
@@ -601,7 +602,7 @@ class Context:
         self, serde: Serde[T] | None = None, type_hint: type[T] | None = None
     ) -> tuple[str, DurableFuture[T]]:
         """An id to hand to the outside world, and the future it completes."""
-        decode = serde_for(type_hint, serde).deserialize
+        decode = cast("Callable[[bytes], T]", serde_for(type_hint, serde).deserialize)
         with self._core.op():
             index, awakeable_id = self._machine.sys_awakeable()
             return awakeable_id, DurableFuture(self._core, index, decode)

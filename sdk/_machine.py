@@ -22,8 +22,15 @@ from keystate.schemas.ids import (
     idempotency_partition_key,
     positive_hash,
 )
+from keystate.schemas.limits import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    headers_size,
+    max_payload_bytes,
+    payload_too_large,
+    truncate_text,
+)
 
-from .errors import AttemptEnded, ProtocolError
+from .errors import AttemptEnded, ProtocolError, TerminalError
 
 __all__ = [
     "Failure",
@@ -187,6 +194,8 @@ class StartInfo:
     retry_count: int
     duration_since_first_attempt_ms: int
     partial_state: bool
+    # The runtime's payload limit from the StartMessage (or this process's default).
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     argument: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -273,6 +282,7 @@ class Machine:
             retry_count=int(record["retry_count"]),
             duration_since_first_attempt_ms=int(record["duration_since_first_attempt_ms"]),
             partial_state=bool(record["partial_state"]),
+            max_payload_bytes=_limit_of(record.get("max_payload_bytes")),
         )
         self._state = {e["key"]: bytes(e["value"]) for e in record["state"]}
         self._known = known
@@ -417,7 +427,25 @@ class Machine:
         self.sys_fail(PROTOCOL_VIOLATION, message, retryable=True, related_entry_index=self._next)
         raise AttemptEnded(message)
 
+    def _check_payload(self, what: str, size: int) -> None:
+        """TerminalError if a new entry's payload is over the limit; journaled entries passed already."""
+        info = self._info()
+        if self.replaying:
+            return
+        message = payload_too_large(what, size, info.max_payload_bytes)
+        if message is not None:
+            raise TerminalError(message)
+
+    def _bounded(self, what: str, result: Result) -> Result:
+        """A result that fits a record: a value over the limit becomes a terminal failure saying so."""
+        if isinstance(result, Failure):
+            return Failure(result.code, truncate_text(result.message))
+        info = self._info()
+        message = payload_too_large(what, len(result.value), info.max_payload_bytes)
+        return result if message is None else Failure(500, message)
+
     def sys_set_state(self, key: str, value: bytes) -> None:
+        self._check_payload(f"the value of state key {key!r}", len(key.encode()) + len(value))
         self._command(SET_STATE, {"key": key, "value": value})
         # Replayed writes are applied too: the start state already holds them, so this is a no-op
         # in effect, and it keeps later reads right whichever state the processor sent.
@@ -443,6 +471,7 @@ class Machine:
         self._check_open()
         if index not in self._slots or self._slots[index] is not None:
             raise ValueError(f"entry {index} is not a run in flight")
+        result = self._bounded(f"the result of ctx.run {name!r}", result)
         self._slots[index] = (RUN, {"name": name, "result": result_to_avro(result)})
         self._run_results[index] = result
         self._flush()
@@ -457,6 +486,7 @@ class Machine:
         """Index of a call entry and the callee's invocation id."""
         info = self._info()
         _check_idempotency_key(idempotency_key)
+        self._check_argument(f"the argument of the call to {target}", argument, headers, idempotency_key)
         callee = str(child_invocation_id(info.invocation_id, self._next, target, idempotency_key))
         entry = {
             "target": target_to_avro(target),
@@ -480,6 +510,7 @@ class Machine:
         """Index of a send entry and the callee's invocation id."""
         info = self._info()
         _check_idempotency_key(idempotency_key)
+        self._check_argument(f"the argument of the send to {target}", argument, headers, idempotency_key)
         callee = str(child_invocation_id(info.invocation_id, self._next, target, idempotency_key))
         entry = {
             "target": target_to_avro(target),
@@ -491,6 +522,13 @@ class Machine:
         }
         index, journaled = self._command(SEND, entry)
         return index, str(journaled["invocation_id"]) if journaled is not None else callee
+
+    def _check_argument(
+        self, what: str, argument: bytes, headers: dict[str, str] | None, idempotency_key: str | None
+    ) -> None:
+        # The callee's InvokeCommand carries all three: together they are one payload.
+        size = len(argument) + headers_size(headers) + len((idempotency_key or "").encode())
+        self._check_payload(f"{what} (with its headers)" if headers else what, size)
 
     def sys_sleep(self, wake_up_at_ms: int) -> int:
         index, _ = self._command(SLEEP, {"wake_up_at_ms": wake_up_at_ms, "fired": False})
@@ -504,6 +542,7 @@ class Machine:
         return index, str(journaled["awakeable_id"]) if journaled is not None else awakeable_id
 
     def sys_complete_awakeable(self, awakeable_id: str, result: Result) -> None:
+        result = self._checked_result(f"the value resolving awakeable {awakeable_id}", result)
         self._command(COMPLETE_AWAKEABLE, {"awakeable_id": awakeable_id, "result": result_to_avro(result)})
 
     def sys_get_promise(self, name: str) -> int:
@@ -513,14 +552,24 @@ class Machine:
         return self._command(PEEK_PROMISE, {"name": name, "result": None})[0]
 
     def sys_complete_promise(self, name: str, completion: Result) -> int:
+        completion = self._checked_result(f"the value resolving promise {name!r}", completion)
         entry = {"name": name, "completion": result_to_avro(completion), "result": None}
         return self._command(COMPLETE_PROMISE, entry)[0]
+
+    def _checked_result(self, what: str, result: Result) -> Result:
+        """A value to journal, refused (TerminalError) over the limit; a failure's message is cut instead."""
+        if isinstance(result, Failure):
+            return Failure(result.code, truncate_text(result.message))
+        self._check_payload(what, len(result.value))
+        return result
 
     def sys_cancel_invocation(self, invocation_id: str) -> None:
         self._command(CANCEL_INVOCATION, {"invocation_id": invocation_id})
 
     def sys_write_output(self, result: Result) -> None:
         """The handler's result; End follows once every earlier entry has been sent."""
+        info = self._info()
+        result = self._bounded(f"the output of {info.target}", result)
         self._command(OUTPUT, {"result": result_to_avro(result)})
         self._end_pending = True
         self._flush()
@@ -553,13 +602,18 @@ class Machine:
                 ERROR,
                 {
                     "code": code,
-                    "message": message,
+                    "message": truncate_text(message),
                     "retryable": retryable,
                     "related_entry_index": related_entry_index,
                     "retry_after_ms": retry_after_ms,
-                    "stacktrace": stacktrace,
+                    "stacktrace": None if stacktrace is None else truncate_text(stacktrace),
                 },
             )
         )
         self._slots.clear()
         self._closed = True
+
+
+def _limit_of(value: Any) -> int:
+    """The limit the processor sent; an older processor sends none: this process's default."""
+    return int(value) if value is not None else max_payload_bytes()

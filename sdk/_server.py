@@ -305,7 +305,7 @@ class _Attempt:
         while True:
             try:
                 await asyncio.wait_for(self.wake.wait(), self.heartbeat)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self.ws.send_bytes(beat)  # quiet, not dead: e.g. a long ctx.run
                 continue
             self.wake.clear()

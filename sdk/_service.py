@@ -159,7 +159,8 @@ class _ServiceBase:
             kind=kind,
             fn=fn,
             takes_input=len(params) == 2,
-            input_serde=serde_for(arg_hint, input_serde),
+            # Input that cannot become the declared type is a terminal 400, not a retried TypeError.
+            input_serde=serde_for(arg_hint, input_serde, check_type=True),
             output_serde=serde_for(hints.get("return"), output_serde),
             retry_policy=retry_policy,
         )

@@ -7,6 +7,8 @@ import json
 import typing
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
+from ._conform import conform
+
 __all__ = [
     "BytesSerde",
     "DataclassJsonSerde",
@@ -39,12 +41,15 @@ class JsonSerde(Generic[T]):
 
     Pydantic models and dataclasses nested in containers are written as JSON objects; with a
     type hint such as `list[Item]` they are read back as those types (via pydantic, if installed).
+    With `check_type`, a value that cannot be converted to `type_hint` raises `TypeError` saying
+    what was expected and received (handler inputs are checked so, before the handler runs).
     """
 
     content_type = JSON
 
-    def __init__(self, type_hint: Any = None) -> None:
+    def __init__(self, type_hint: Any = None, *, check_type: bool = False) -> None:
         self.type_hint = type_hint
+        self.check_type = check_type
         self._adapter: Any = None
 
     def serialize(self, obj: T | None) -> bytes:
@@ -54,9 +59,13 @@ class JsonSerde(Generic[T]):
 
     def deserialize(self, buf: bytes) -> T | None:
         if not buf:
+            if self.check_type and self.type_hint is not None:
+                conform(None, self.type_hint)
             return None
         data = json.loads(buf)
-        if _needs_validation(self.type_hint):
+        if self.check_type and self.type_hint is not None and not _needs_validation(self.type_hint):
+            data = conform(data, self.type_hint)
+        elif _needs_validation(self.type_hint):
             if self._adapter is None:
                 from pydantic import TypeAdapter
 
@@ -111,7 +120,8 @@ class PydanticJsonSerde(Generic[T]):
     def serialize(self, obj: T | None) -> bytes:
         if obj is None:
             return b""
-        return typing.cast(Any, obj).model_dump_json().encode("utf-8")
+        text: str = typing.cast(Any, obj).model_dump_json()
+        return text.encode("utf-8")
 
     def deserialize(self, buf: bytes) -> T | None:
         if not buf:
@@ -120,12 +130,13 @@ class PydanticJsonSerde(Generic[T]):
 
 
 class DataclassJsonSerde(Generic[T]):
-    """A dataclass as a JSON object (`dataclasses.asdict` / `cls(**fields)`)."""
+    """A dataclass as a JSON object (`dataclasses.asdict` / `cls(**fields)`); `check_type` checks field types."""
 
     content_type = JSON
 
-    def __init__(self, cls: type[T]) -> None:
+    def __init__(self, cls: type[T], *, check_type: bool = False) -> None:
         self.cls = cls
+        self.check_type = check_type
 
     def serialize(self, obj: T | None) -> bytes:
         if obj is None:
@@ -135,15 +146,18 @@ class DataclassJsonSerde(Generic[T]):
     def deserialize(self, buf: bytes) -> T | None:
         if not buf:
             return None
+        if self.check_type:
+            return typing.cast(T, conform(json.loads(buf), self.cls))
         return self.cls(**json.loads(buf))
 
 
 class DefaultSerde(Generic[T]):
     """Picks the serde from a type hint: bytes raw, pydantic models, dataclasses, else JSON."""
 
-    def __init__(self, type_hint: Any = None) -> None:
+    def __init__(self, type_hint: Any = None, *, check_type: bool = False) -> None:
         self.type_hint = type_hint
-        self._inner: Serde[Any] = _pick(type_hint)
+        self.check_type = check_type
+        self._inner: Serde[Any] = _pick(type_hint, check_type)
         self.content_type = self._inner.content_type
 
     def with_maybe_type(self, type_hint: Any) -> DefaultSerde[Any]:
@@ -154,15 +168,17 @@ class DefaultSerde(Generic[T]):
         return self._inner.serialize(obj)
 
     def deserialize(self, buf: bytes) -> T | None:
+        if not buf and self.check_type and self.type_hint is not None and not isinstance(self._inner, BytesSerde):
+            conform(None, self.type_hint)  # an empty body is None: fine only where None is allowed
         return typing.cast("T | None", self._inner.deserialize(buf))
 
 
-def serde_for(type_hint: Any, serde: Serde[Any] | None = None) -> Serde[Any]:
-    """`serde` if given, else the default for `type_hint`."""
-    return serde if serde is not None else DefaultSerde(type_hint)
+def serde_for(type_hint: Any, serde: Serde[Any] | None = None, *, check_type: bool = False) -> Serde[Any]:
+    """`serde` if given, else the default for `type_hint` (checking values against it with `check_type`)."""
+    return serde if serde is not None else DefaultSerde(type_hint, check_type=check_type)
 
 
-def _pick(type_hint: Any) -> Serde[Any]:
+def _pick(type_hint: Any, check_type: bool = False) -> Serde[Any]:
     hint = _unwrap_optional(type_hint)
     if hint is bytes or hint is bytearray:
         return BytesSerde()
@@ -170,8 +186,8 @@ def _pick(type_hint: Any) -> Serde[Any]:
         if _is_pydantic_model(hint):
             return PydanticJsonSerde(hint)
         if dataclasses.is_dataclass(hint):
-            return DataclassJsonSerde(hint)
-    return JsonSerde(type_hint)
+            return DataclassJsonSerde(hint, check_type=check_type)
+    return JsonSerde(type_hint, check_type=check_type)
 
 
 def _unwrap_optional(hint: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -84,7 +83,7 @@ async def discover(uri: str, session: aiohttp.ClientSession, timeout: float = 10
         ) as response:
             body = await response.content.read(_MAX_MANIFEST_BYTES + 1)
             status = response.status
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise MetaError(
             f"the deployment at {base} did not answer GET /discover within {timeout:g} s; "
             "is it running and serving keystate handlers?"
@@ -189,7 +188,7 @@ def _retry_policy(spec: object, where: str) -> dict[str, Any] | None:
             '{"initialInterval": 100, "factor": 2.0, "maxInterval": 10000, "maxAttempts": 10, "onMaxAttempts": "PAUSE"}'
         )
     where = f"{where}: retryPolicy"
-    policy = dict(RETRY_POLICY_DEFAULTS)
+    policy: dict[str, Any] = dict(RETRY_POLICY_DEFAULTS)
     for field, name in (("initialInterval", "initial_interval_ms"), ("maxInterval", "max_interval_ms")):
         value = _optional_ms(spec, field, where)
         if value is not None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from keystate.schemas.limits import kafka_sizes, max_payload_bytes
 from keystate.schemas.topics import Topics
 
 from .errors import KafkaUnavailable
@@ -26,14 +27,23 @@ _DRAIN_BATCH = 1000
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
-    """Where Kafka is and how keystate's clients talk to it."""
+    """Where Kafka is and how keystate's clients talk to it.
+
+    `max_payload_bytes` (default `$KEYSTATE_MAX_PAYLOAD_BYTES` or 8 MiB, see `keystate.schemas.limits`)
+    sizes the producers and consumers so that every record keystate writes fits.
+    """
 
     bootstrap: str
     topics: Topics = field(default_factory=Topics)
     client_id: str = "keystate"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    max_payload_bytes: int = field(default_factory=max_payload_bytes)
+
+    def __post_init__(self) -> None:
+        max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range
 
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
+        sizes = kafka_sizes(self.max_payload_bytes)
         return {
             "bootstrap.servers": self.bootstrap,
             "client.id": self.client_id,
@@ -41,17 +51,23 @@ class KafkaSettings:
             "acks": "all",
             "linger.ms": 1,
             "compression.type": "lz4",
+            "message.max.bytes": sizes.producer_message_max_bytes,
+            "batch.size": sizes.producer_batch_size,
             **self.extra,
             **overrides,
         }
 
     def consumer_config(self, **overrides: Any) -> dict[str, Any]:
+        sizes = kafka_sizes(self.max_payload_bytes)
         return {
             "bootstrap.servers": self.bootstrap,
             "client.id": self.client_id,
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 10,
+            "fetch.max.bytes": sizes.consumer_fetch_max_bytes,
+            "max.partition.fetch.bytes": sizes.consumer_max_partition_fetch_bytes,
+            "receive.message.max.bytes": sizes.consumer_receive_message_max_bytes,
             **self.extra,
             **overrides,
         }
@@ -294,9 +310,10 @@ class TopicFollower:
                 msg = consumer.poll(0.1)
                 if msg is None:
                     continue
-                if msg.error() is not None:
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("reading %s: %s", self._topic, msg.error())
+                err = msg.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("reading %s: %s", self._topic, err)
                     continue
                 loop.call_soon_threadsafe(self._on_record, msg)
         finally:

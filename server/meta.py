@@ -103,7 +103,7 @@ class MetaView:
         """Read keystate.meta up to its current end; afterwards follow it."""
         try:
             await self._follower.start(timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             self._follower.stop()
             raise KafkaUnavailable(
                 f"could not read {self.settings.topics.meta} within {timeout:g} s; is Kafka at "
@@ -167,7 +167,7 @@ class MetaView:
             self._waiters.setdefault(deployment_id, []).append(future)
             try:
                 await asyncio.wait_for(future, remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
         return self.state.deployments.get(deployment_id)
 
@@ -202,7 +202,7 @@ async def register(
     )
     try:
         await asyncio.wait_for(delivery, timeout)
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise KafkaUnavailable(
             f"Kafka did not acknowledge deployment {deployment_id} within {timeout:g} s; is it running?"
         ) from exc

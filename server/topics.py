@@ -1,4 +1,4 @@
-"""Topic bootstrap: create keystate's topics with the right configs, idempotently."""
+"""Topic bootstrap: create keystate's topics with the right configs, idempotently; raise their record size limit."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
+from keystate.schemas.limits import ENV_VAR, kafka_sizes, max_payload_bytes
 from keystate.schemas.topics import Topics
 
 from .errors import KafkaUnavailable, TopicConfigError
 
-__all__ = ["TopicSettings", "TopicSpec", "ensure_topics", "topic_specs"]
+__all__ = ["MAX_MESSAGE_BYTES", "TopicSettings", "TopicSpec", "check_record_limits", "ensure_topics", "topic_specs"]
 
 log = logging.getLogger(__name__)
 
 _DAY_MS = 24 * 3600 * 1000
+MAX_MESSAGE_BYTES = "max.message.bytes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +31,11 @@ class TopicSettings:
     log_retention_ms: int = 7 * _DAY_MS
     results_retention_ms: int = 1 * _DAY_MS
     dlq_retention_ms: int = 14 * _DAY_MS
+    # Every topic takes records of one payload plus envelope (see keystate.schemas.limits).
+    max_payload_bytes: int = field(default_factory=max_payload_bytes)
 
     def __post_init__(self) -> None:
+        max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range
         if self.partitions < 1:
             raise TopicConfigError(f"partitions must be at least 1, got {self.partitions}")
         if self.replication_factor < 1:
@@ -50,7 +55,7 @@ class TopicSpec:
 
 def topic_specs(topics: Topics, settings: TopicSettings) -> list[TopicSpec]:
     """Every topic keystate needs, with its config."""
-    durable: dict[str, str] = {}
+    durable: dict[str, str] = {MAX_MESSAGE_BYTES: str(kafka_sizes(settings.max_payload_bytes).topic_max_message_bytes)}
     if settings.replication_factor >= 3:
         durable["min.insync.replicas"] = "2"
     compact = {**durable, "cleanup.policy": "compact"}
@@ -112,6 +117,7 @@ def ensure_topics(
             "to the existing one (--partitions) or use a new topic prefix."
         )
 
+    _raise_record_limits(admin, [s for s in specs if s.name in existing], bootstrap, timeout)
     missing = [s for s in specs if s.name not in existing]
     if not missing:
         return []
@@ -136,3 +142,79 @@ def ensure_topics(
             raise KafkaUnavailable(f"cannot create topic {name} on {bootstrap}: {exc}") from exc
     log.info("created topics %s", ", ".join(sorted(created)))
     return created
+
+
+def check_record_limits(bootstrap: str, topics: Topics, max_payload_bytes: int, *, timeout: float = 30.0) -> None:
+    """Raise `TopicConfigError` if a keystate topic takes records too small for `max_payload_bytes`.
+
+    Processes call this at start: a record refused by the broker inside a transaction would fail it.
+    """
+    need = kafka_sizes(max_payload_bytes).topic_max_message_bytes
+    names = [topics.log, topics.requests, topics.requests_dlq, topics.results, topics.meta, *topics.changelogs]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    low = _below(admin, dict.fromkeys(names, need), bootstrap, timeout)
+    if low:
+        listing = "; ".join(f"{name} takes {current}" for name, (current, _) in sorted(low.items()))
+        raise TopicConfigError(
+            f"the payload limit of {max_payload_bytes} bytes needs topics that take records of {need} bytes "
+            f"({MAX_MESSAGE_BYTES}), but {listing}. Run `keystate topics create` with the same {ENV_VAR}, "
+            "or lower the payload limit (--max-payload-bytes)"
+        )
+
+
+def _below(
+    admin: AdminClient, wanted: dict[str, int], bootstrap: str, timeout: float
+) -> dict[str, tuple[int, int]]:
+    """(current, needed) `max.message.bytes` of the topics in `wanted` that take less than needed."""
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in wanted]
+    try:
+        described = {
+            resource.name: future.result(timeout)
+            for resource, future in admin.describe_configs(resources, request_timeout=timeout).items()
+        }
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot read the configs of keystate's topics on {bootstrap}: {exc}") from exc
+    low = {}
+    for name, need in wanted.items():
+        entry = described.get(name, {}).get(MAX_MESSAGE_BYTES)
+        current = int(entry.value) if entry is not None and entry.value is not None else 0
+        if current < need:
+            low[name] = (current, need)
+    return low
+
+
+def _raise_record_limits(admin: AdminClient, specs: list[TopicSpec], bootstrap: str, timeout: float) -> None:
+    """Raise `max.message.bytes` of existing topics that are below what the payload limit needs.
+
+    Only ever raised, never lowered: records already written stay readable, and a larger topic
+    limit set by an operator is kept.
+    """
+    wanted = {s.name: int(s.config[MAX_MESSAGE_BYTES]) for s in specs if MAX_MESSAGE_BYTES in s.config}
+    if not wanted:
+        return
+    low = _below(admin, wanted, bootstrap, timeout)
+    if not low:
+        return
+    alters = [
+        ConfigResource(
+            ConfigResource.Type.TOPIC,
+            name,
+            incremental_configs=[ConfigEntry(MAX_MESSAGE_BYTES, str(need), incremental_operation=AlterConfigOpType.SET)],
+        )
+        for name, (_, need) in low.items()
+    ]
+    problems = []
+    for resource, future in admin.incremental_alter_configs(alters, request_timeout=timeout).items():
+        current, need = low[resource.name]
+        try:
+            future.result(timeout)
+            log.info("raised %s of topic %s from %d to %d bytes", MAX_MESSAGE_BYTES, resource.name, current, need)
+        except KafkaException as exc:
+            problems.append(f"{resource.name} has {MAX_MESSAGE_BYTES}={current}, needs {need} ({exc.args[0]})")
+    if problems:
+        raise TopicConfigError(
+            "topics take records smaller than keystate's payload limit needs and could not be changed: "
+            + "; ".join(problems)
+            + f". Raise it with `kafka-configs --alter --entity-type topics --entity-name <topic> --add-config "
+            f"{MAX_MESSAGE_BYTES}=<bytes>`, or lower the payload limit ({ENV_VAR} / --max-payload-bytes)"
+        )

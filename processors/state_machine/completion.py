@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .actions import Action, NotifyCompletion
 from .lifecycle import do_start_attempt, live_status
 from .model import Config, Result, is_completed
@@ -32,9 +34,23 @@ def do_complete_entry(
     name, entry = record["entry"]
     if name not in COMPLETABLE or is_completed(name, entry):
         return
-    entry = {**entry, "fired": True, "result": result} if name == "keystate.SleepEntry" else {**entry, "result": result}
+    entry = _completed(name, entry, result)
     tables.journal.put((iid, index), {"entry": (name, entry)})
     if status["status"] == "INVOKED":
         out.append(NotifyCompletion(iid, status["attempt"], index, result))
     elif status["status"] == "SUSPENDED" and index in status["waiting_on"]:
         do_start_attempt(tables, status, now, cfg, out)
+
+
+def _completed(name: str, entry: dict[str, Any], result: Result | None) -> dict[str, Any]:
+    """The entry with its result; a call's row drops its argument and headers for the result.
+
+    A journal row holds at most one payload (see keystate.schemas.limits): argument and result side
+    by side could add up past the record limit. Nothing reads a completed call's argument: the SDK
+    matches a replayed call by its target, and the callee got its argument with its own InvokeCommand.
+    """
+    if name == "keystate.SleepEntry":
+        return {**entry, "fired": True, "result": result}
+    if name == "keystate.CallEntry":
+        return {**entry, "argument": b"", "headers": {}, "result": result}
+    return {**entry, "result": result}

@@ -81,17 +81,8 @@ def _apply_entry(
     elif name == "keystate.ClearAllStateEntry":
         for key, _ in list(tables.state.scan((target["service"], target["key"]))):
             tables.state.delete(key)
-    elif name in ("keystate.CallEntry", "keystate.SendEntry") and not _routes_to_target(entry):
-        # A keyed callee must land on its key's partition, or one-writer-per-key breaks.
-        message = (
-            f"protocol violation: callee id {entry['invocation_id']} does not route to "
-            f"{entry['target']['service']}/{entry['target']['key']}"
-        )
-        do_complete(tables, status, ("keystate.Failure", {"code": 500, "message": message}), now, cfg, out)
-    elif name == "keystate.CallEntry":
-        out.append(_invoke_command(entry, iid, now, caller={"invocation_id": iid, "entry_index": index}))
-    elif name == "keystate.SendEntry":
-        out.append(_invoke_command(entry, iid, now, caller=None, execute_at=entry.get("invoke_at_ms")))
+    elif name in ("keystate.CallEntry", "keystate.SendEntry"):
+        _call_or_send(tables, status, index, name, entry, now, cfg, out)
     elif name == "keystate.SleepEntry":
         if not entry["fired"]:
             timers.do_register(tables, iid, "SLEEP", index, None, entry["wake_up_at_ms"], out)
@@ -118,6 +109,41 @@ def _apply_entry(
         )
 
 
+def _call_or_send(
+    tables: Tables,
+    status: dict[str, Any],
+    index: int,
+    name: str,
+    entry: dict[str, Any],
+    now: int,
+    cfg: Config,
+    out: list[Action],
+) -> None:
+    iid = status["invocation_id"]
+    target = cfg.resolve_target(entry["target"])
+    if isinstance(target, str):
+        verb = "call" if name == "keystate.CallEntry" else "send"
+        message = f"cannot {verb} {entry['target']['service']}/{entry['target']['handler']}: {target}"
+        if name == "keystate.CallEntry":
+            do_complete_entry(tables, iid, index, failure(404, message), now, cfg, out)
+        else:
+            # A send has no result to carry the failure: the sender fails, or the mistake goes unseen.
+            do_complete(tables, status, failure(404, message), now, cfg, out)
+        return
+    if not _routes_to_target(entry):
+        # A keyed callee must land on its key's partition, or one-writer-per-key breaks.
+        message = (
+            f"protocol violation: callee id {entry['invocation_id']} does not route to "
+            f"{entry['target']['service']}/{entry['target']['key']}"
+        )
+        do_complete(tables, status, failure(500, message), now, cfg, out)
+    elif name == "keystate.CallEntry":
+        caller = {"invocation_id": iid, "entry_index": index}
+        out.append(_invoke_command(entry, target, iid, now, caller=caller))
+    else:
+        out.append(_invoke_command(entry, target, iid, now, caller=None, execute_at=entry.get("invoke_at_ms")))
+
+
 def _routes_to_target(entry: dict[str, Any]) -> bool:
     target = entry["target"]
     try:
@@ -130,10 +156,16 @@ def _routes_to_target(entry: dict[str, Any]) -> bool:
 
 
 def _invoke_command(
-    entry: dict[str, Any], caller_id: str, now: int, *, caller: dict[str, Any] | None, execute_at: int | None = None
+    entry: dict[str, Any],
+    target: dict[str, Any],
+    caller_id: str,
+    now: int,
+    *,
+    caller: dict[str, Any] | None,
+    execute_at: int | None = None,
 ) -> SendToPartition:
+    """The InvokeCommand of a call or send, for `target` as registered (the journal keeps the caller's guess)."""
     callee = entry["invocation_id"]
-    target = entry["target"]
     key = f"{target['service']}/{target['key']}" if target.get("key") is not None else callee
     record = {
         "invocation_id": callee,

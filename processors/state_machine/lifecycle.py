@@ -33,7 +33,7 @@ def partition_key_of(invocation_id: str) -> int:
 
 def live_status(tables: Tables, invocation_id: str, attempt: int | None = None) -> dict[str, Any] | None:
     """The status of a running invocation (at `attempt`, if given); None for stale or finished ones."""
-    status = tables.status.get((invocation_id,))
+    status: dict[str, Any] | None = tables.status.get((invocation_id,))
     if status is None or status["status"] == "COMPLETED":
         return None
     if attempt is not None and status["attempt"] != attempt:
@@ -244,9 +244,11 @@ def do_complete(
     for caller in [status["caller"], *status["attached_callers"]]:
         if caller is not None:
             out.append(idempotency.completion_to(caller, result))
+    # The result replaces the request headers: a status row holds at most one payload.
     completed = {
         **status,
         "status": "COMPLETED",
+        "headers": {},
         "result": result,
         "completion_status": completion,
         "waiting_on": [],

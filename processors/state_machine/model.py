@@ -8,6 +8,7 @@ from typing import Any
 
 __all__ = [
     "Config",
+    "HandlerLookup",
     "RetryPolicy",
     "VALUE",
     "FAILURE",
@@ -47,7 +48,7 @@ def is_completed(name: str, entry: Mapping[str, Any]) -> bool:
 
 
 def is_workflow_run(target: Mapping[str, Any]) -> bool:
-    return target["service_type"] == "WORKFLOW" and target["handler_kind"] == "WORKFLOW"
+    return bool(target["service_type"] == "WORKFLOW" and target["handler_kind"] == "WORKFLOW")
 
 
 def is_exclusive(target: Mapping[str, Any]) -> bool:
@@ -97,6 +98,10 @@ def _no_retention(service: str) -> int | None:
     return None
 
 
+HandlerLookup = Callable[[str, str], "tuple[str, str] | None"]
+"""(service, handler) -> (service type, handler kind) as registered, e.g. ("WORKFLOW", "SHARED"); None if unknown."""
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Settings the state machine reads; lookups must be pure functions of their arguments."""
@@ -109,6 +114,32 @@ class Config:
     service_retry_policy: Callable[[str, str], RetryPolicy | None] = _no_policy
     # Per-service retention (workflow retention, idempotency retention) overriding the default.
     service_retention_ms: Callable[[str], int | None] = _no_retention
+    # The registered truth about callees; None (no registry, e.g. in tests) trusts the caller's target.
+    handler_target: HandlerLookup | None = None
+
+    def resolve_target(self, target: Mapping[str, Any]) -> dict[str, Any] | str:
+        """`target` with its registered service type and handler kind, or a message saying why it cannot be called.
+
+        Callers may only guess (ctx.generic_call knows names, not types); the type decides whether
+        a workflow run is deduplicated and whether a handler waits in its key's inbox.
+        """
+        if self.handler_target is None:
+            return dict(target)
+        service, handler, key = target["service"], target["handler"], target.get("key")
+        found = self.handler_target(service, handler)
+        if found is None:
+            return (
+                f"{service}/{handler} is not a registered handler (no service {service!r}, or it has no handler "
+                f"{handler!r}); check the names, or register the deployment that serves it"
+            )
+        service_type, handler_kind = found
+        keyed = service_type in ("VIRTUAL_OBJECT", "WORKFLOW")
+        if keyed and key is None:
+            kind = "virtual object" if service_type == "VIRTUAL_OBJECT" else "workflow"
+            return f"{service} is a {kind}: call {service}/{handler} with a key"
+        if not keyed and key is not None:
+            return f"{service} is a service and takes no key, but {key[:100]!r} was given; call {service}/{handler} without one"
+        return {**target, "service_type": service_type, "handler_kind": handler_kind}
 
     def retention_for(self, target: Mapping[str, Any]) -> int:
         configured = self.service_retention_ms(target["service"])

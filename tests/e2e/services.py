@@ -220,6 +220,60 @@ async def reject_it(ctx: Context, awakeable_id: str) -> None:
 
 SERVICES = [combos, short_flow, patient, greeter, counter, cart, subscription_service, caller, steps, user_signup, sleeper, mailbox, approvals, trip, flaky]
 
+# ---- payloads up to and over the payload limit (tests/e2e/test_payloads.py)
+from keystate.schemas.limits import max_payload_bytes  # noqa: E402
+
+payloads = Service("Payloads")
+blobs = VirtualObject("Blobs")
+
+
+@payloads.handler()
+async def echo_text(ctx: Context, text: str) -> str:
+    return text
+
+
+@payloads.handler()
+async def call_echo(ctx: Context, size: int) -> dict[str, object]:
+    """A call with `size` characters in and the same out."""
+    text = "c" * size
+    back = await ctx.service_call(echo_text, text)
+    return {"received": len(back), "same": back == text}
+
+
+@payloads.handler()
+async def big_step(ctx: Context, size: int) -> int:
+    data = await ctx.run("big", lambda: "s" * size)
+    return len(data)
+
+
+@blobs.handler()
+async def put_blob(ctx: ObjectContext, text: str) -> int:
+    ctx.set("blob", text)
+    return len(text)
+
+
+@blobs.handler(kind="shared")
+async def get_blob(ctx: ObjectSharedContext) -> str | None:
+    return await ctx.get("blob")
+
+
+@blobs.handler()
+async def oversized(ctx: ObjectContext, what: str) -> str:
+    """Makes one value of `what` kind just over this deployment's payload limit."""
+    too_big = "o" * max_payload_bytes()
+    if what == "state":
+        ctx.set("blob", too_big)
+    elif what == "run":
+        await ctx.run("too big", lambda: too_big)
+    elif what == "call":
+        await ctx.service_call(echo_text, too_big)
+    elif what == "output":
+        return too_big
+    return "not refused"
+
+
+SERVICES += [payloads, blobs]
+
 # ---- invoker: back-pressure (issue 7) ----
 import asyncio  # noqa: E402
 

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from keystate.ingress.admin import admin_app
 from keystate.ingress.app import ingress_app
+from keystate.ingress.http_limits import parser_options
 from keystate.ingress.runtime import IngressRuntime, IngressSettings
 from keystate.schemas.topics import Topics
 from keystate.server.topics import TopicSettings, ensure_topics
@@ -44,7 +45,7 @@ def topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Topics:
 
 @pytest.fixture
 def ingress_settings(kafka_bootstrap: str, topics: Topics) -> IngressSettings:
-    return IngressSettings(kafka_bootstrap, topics, max_body_bytes=64 * 1024, call_timeout=20.0)
+    return IngressSettings(kafka_bootstrap, topics, max_payload_bytes=64 * 1024, call_timeout=20.0)
 
 
 @pytest.fixture
@@ -61,13 +62,20 @@ async def runtime(ingress_settings: IngressSettings) -> AsyncIterator[IngressRun
         await rt.stop()
 
 
+async def _server(app: web.Application, runtime: IngressRuntime) -> TestServer:
+    server = TestServer(app, host="127.0.0.1")
+    # The HTTP parser options run_ingress uses.
+    await server.start_server(**parser_options(runtime.settings.http_limits))
+    return server
+
+
 @pytest.fixture
 async def ingress(runtime: IngressRuntime) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(ingress_app(runtime), host="127.0.0.1")) as client:
+    async with TestClient(await _server(ingress_app(runtime), runtime)) as client:
         yield client
 
 
 @pytest.fixture
 async def admin(runtime: IngressRuntime) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(admin_app(runtime), host="127.0.0.1")) as client:
+    async with TestClient(await _server(admin_app(runtime), runtime)) as client:
         yield client

@@ -34,7 +34,7 @@ LIMIT = 1024
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient]:
     # Never started: requests that pass validation stop at the missing producer (503).
-    runtime = IngressRuntime(IngressSettings("127.0.0.1:1", Topics("unit."), max_body_bytes=LIMIT))
+    runtime = IngressRuntime(IngressSettings("127.0.0.1:1", Topics("unit."), max_payload_bytes=LIMIT))
     rec = record("http://d:9080", GREETER, COUNTER)
     runtime.meta.state.apply(rec["deployment_id"], rec)
     async with TestClient(TestServer(ingress_app(runtime), host="127.0.0.1")) as c:

@@ -188,7 +188,7 @@ async def test_a_call_that_does_not_finish_in_time_answers_504(runtime: IngressR
         ("/Counter/add", {}, 400, "Counter is a virtual object: a key is required, call POST /Counter/{key}/{handler}"),
         ("/Signup/run", {}, 400, "Signup is a workflow: a key is required"),
         ("/Greeter/greet", {"data": b"hi", "headers": {"content-type": "text/plain"}}, 400, "accepts application/json"),
-        ("/Greeter/greet", {"data": b"x" * (64 * 1024 + 1)}, 413, "over the limit of 65536"),
+        ("/Greeter/greet", {"data": b"x" * (64 * 1024 + 1)}, 413, "over the payload limit of 65536"),
         ("/Greeter/greet?delay=10s", {}, 400, "delay is only allowed when sending"),
         ("/Greeter/greet/send?delay=soon", {}, 400, "cannot read delay 'soon'"),
     ],

@@ -11,7 +11,7 @@ import keystate
 from keystate import Context, ObjectContext, RunOptions, TerminalError
 
 from sdk_helpers import (
-    NS, PARENT_ID, Driver, ack, completion, entries_of, entry, failure, input_entry, kinds, start, target, value,
+    NS, Driver, ack, completion, entries_of, entry, failure, input_entry, kinds, start, target, value,
 )
 
 svc = keystate.Service("Billing")

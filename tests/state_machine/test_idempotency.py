@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 from keystate.processors.state_machine import Config, Invoke, Publish, SendToPartition, StopInvocation
 from keystate.schemas.ids import InvocationId

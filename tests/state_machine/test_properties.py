@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import random
 from collections import defaultdict
@@ -16,7 +15,6 @@ from hypothesis import strategies as st
 from keystate.processors.state_machine import (
     Action,
     Config,
-    Invoke,
     Publish,
     RegisterTimer,
     RetryPolicy,
@@ -102,7 +100,7 @@ class Driver:
         self.tables = Tables()
         self.now = 1_000
         self.ids = list(SLOT_IDS)
-        self.targets = {iid: t for iid, t in zip(SLOT_IDS, TARGETS)}
+        self.targets = {iid: t for iid, t in zip(SLOT_IDS, TARGETS, strict=True)}
         self.sends: list[SendToPartition] = []
         self.timers: list[RegisterTimer] = []
         self.commands: list[Timed] = []
