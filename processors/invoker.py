@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
 from keystate.schemas.ids import InvocationId
+from keystate.schemas.limits import SETTING_HINT, kafka_sizes, max_payload_bytes
 from keystate.server.commands import LogRecord, command_record
 from keystate.server.commands import log_key as log_key  # worker.py still imports it from here
 from keystate.server.kafka import AsyncProducer, KafkaUnavailable
@@ -56,8 +57,10 @@ class InvokerSettings:
     abort_timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     max_message_bytes: int = 32 * 1024 * 1024
-    # An entry whose log record would be larger fails its invocation (not retried): it cannot be journaled.
-    max_payload_bytes: int = 8 * 1024 * 1024
+    # The payload limit (keystate.schemas.limits: $KEYSTATE_MAX_PAYLOAD_BYTES or 8 MiB). An entry whose
+    # log record exceeds it plus the envelope headroom fails its invocation for good: the producer
+    # could not write it, and retrying would not shrink it.
+    max_payload_bytes: int = field(default_factory=max_payload_bytes)
     # Each running attempt holds one connection to its deployment (one socket on each side).
     # 512 keeps both a processor and a deployment process under the common 1024 open-files limit
     # with room to spare, and is more than one Python deployment process serves at once without
@@ -97,6 +100,7 @@ class Invoker:
         self._session: aiohttp.ClientSession | None = None
         self._stream: AttemptStream | None = None
         s = self._settings
+        self._max_record_bytes = kafka_sizes(s.max_payload_bytes).record_bytes
         self._slots = AttemptSlots(
             s.max_concurrent_attempts_per_deployment, s.max_queued_attempts, s.resume_below_queued_attempts
         )
@@ -232,7 +236,7 @@ class Invoker:
                     action, 503, f"could not connect to {url} within {self._settings.connect_timeout_s:g} s (connect timeout)"
                 )
             return failure(action, 503, f"no answer from {url}: {exc or 'read timeout'}")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return failure(action, 500, f"attempt exceeded the abort timeout of {self._settings.abort_timeout_s:g} s")
         except AttemptError as exc:
             return failure(action, 500, str(exc))
@@ -250,7 +254,7 @@ class Invoker:
         if attempt.ws is not None and not attempt.ws.closed:
             try:
                 await attempt.ws.close()
-            except (aiohttp.ClientError, ConnectionError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError):
                 pass  # closing a broken socket: nothing left to tell the deployment
 
     async def _settle_appends(self, attempt: Attempt, terminal: Terminal | None) -> Terminal | None:
@@ -299,12 +303,13 @@ class Invoker:
             _APPEND,
             {"invocation_id": action.invocation_id, "attempt": action.attempt, "entry_index": index, "entry": entry},
         )
-        limit = self._settings.max_payload_bytes
-        if len(command.value) > limit:
+        size = _record_size(command)
+        if size > self._max_record_bytes:
+            limit = self._settings.max_payload_bytes
             raise Oversized(
-                f"the handler's {entry_type.removeprefix('keystate.')} (entry {index}) is {len(command.value):,} bytes "
-                f"encoded, over the payload limit of {limit:,} bytes (max_payload_bytes); keep large values "
-                "outside keystate and journal a reference to them",
+                f"the handler's {entry_type.removeprefix('keystate.')} (entry {index}) makes a log record of "
+                f"{size:,} bytes, over the {self._max_record_bytes:,} bytes a record may have with the payload limit "
+                f"of {limit:,} bytes (max_payload_bytes); keep large values outside keystate, or {SETTING_HINT}",
                 index,
             )
         delivered = self._producer.produce(self._topic, command.value, **command.produce_kwargs())
@@ -329,6 +334,11 @@ class Invoker:
 
     async def _produce(self, command: LogRecord) -> None:
         await self._producer.produce(self._topic, command.value, **command.produce_kwargs())
+
+
+def _record_size(command: LogRecord) -> int:
+    """Bytes of a record as the producer counts them against its limit: key, value and headers."""
+    return len(command.key) + len(command.value) + sum(len(k) + len(v) for k, v in command.headers)
 
 
 def _deployment_key(url: str) -> Hashable:

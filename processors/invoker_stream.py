@@ -13,6 +13,7 @@ import aiohttp
 
 from keystate.schemas._codec import codec
 from keystate.schemas.errors import ContractError
+from keystate.schemas.limits import truncate_text
 
 from .state_machine import Invoke
 
@@ -26,8 +27,6 @@ log = logging.getLogger(__name__)
 BATCH_CONTENT_TYPE = "application/vnd.keystate.batch+avro"
 FAILED = "keystate.AttemptFailedCommand"
 SUSPEND = "keystate.SuspendCommand"
-# A deployment's failure text is kept to this many characters, so its record always fits the log.
-_MAX_FAILURE_TEXT = 64 * 1024
 
 
 class AttemptError(Exception):
@@ -89,7 +88,8 @@ def failure(
         {
             "invocation_id": action.invocation_id,
             "attempt": action.attempt,
-            "failure": {"code": code, "message": message[:_MAX_FAILURE_TEXT]},
+            # Cut to MAX_TEXT_BYTES: a deployment's failure text must never make its record too big to write.
+            "failure": {"code": code, "message": truncate_text(message)},
             "retryable": retryable,
             "retry_after_ms": retry_after_ms,
             "entry_index": entry_index,
@@ -147,7 +147,7 @@ class AttemptStream:
         while True:
             try:
                 msg = await ws.receive(timeout=self._settings.inactivity_timeout_s)
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 raise AttemptError(
                     f"no message from the deployment for {self._settings.inactivity_timeout_s:g} s (inactivity timeout)"
                 ) from exc

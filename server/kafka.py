@@ -113,9 +113,11 @@ class AsyncProducer:
     the same thread hands to librdkafka as room frees up.
     """
 
-    def __init__(self, settings: KafkaSettings, *, max_overflow: int = 100_000, **overrides: Any) -> None:
+    # Records that may wait for room in librdkafka's queue before produce() raises; settable per instance.
+    max_overflow: int = 100_000
+
+    def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
         self._producer = Producer(settings.producer_config(**overrides))
-        self._max_overflow = max_overflow
         # Records librdkafka had no room for, oldest first; guarded by _lock, which also orders
         # every hand-over to librdkafka so a record never overtakes an older one of its partition.
         self._overflow: deque[_Queued] = deque()
@@ -179,7 +181,7 @@ class AsyncProducer:
                     pass  # librdkafka's queue is full: wait in the overflow queue below
                 except KafkaException as exc:
                     raise kafka_error(f"produce to {topic}", exc) from exc
-            if len(self._overflow) >= self._max_overflow:
+            if len(self._overflow) >= self.max_overflow:
                 raise KafkaUnavailable(
                     f"produce to {topic} failed: {len(self._overflow)} records already wait for room in the "
                     "local queue; Kafka is slower than the load (check the brokers, or lower the load)"

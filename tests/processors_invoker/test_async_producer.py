@@ -92,7 +92,8 @@ async def test_when_the_overflow_is_full_too_produce_says_so_instead_of_waiting(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         nowhere = f"127.0.0.1:{s.getsockname()[1]}"
-    producer = AsyncProducer(KafkaSettings(nowhere), max_overflow=5, **{"queue.buffering.max.messages": 3})
+    producer = AsyncProducer(KafkaSettings(nowhere), **{"queue.buffering.max.messages": 3})
+    producer.max_overflow = 5
     try:
         futures = [producer.produce("t", b"x", partition=0) for _ in range(8)]  # 3 queued + 5 waiting
         assert producer.waiting() == 5
