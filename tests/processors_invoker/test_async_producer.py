@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from keystate.schemas.limits import kafka_sizes
 from keystate.schemas.topics import Topics
 from keystate.server.errors import KafkaUnavailable
 from keystate.server.kafka import AsyncProducer, KafkaSettings
@@ -77,7 +78,8 @@ async def test_a_record_refused_from_the_overflow_fails_its_own_future_only(
     producer, _ = _small_queue_producer(kafka_bootstrap, topics)
     try:
         before = [producer.produce(topics.log, b"x", partition=0) for _ in range(50)]
-        too_big = producer.produce(topics.log, b"x" * 2_000_000, partition=0)  # over message.max.bytes
+        over = kafka_sizes(KafkaSettings(kafka_bootstrap).max_payload_bytes).producer_message_max_bytes + 1
+        too_big = producer.produce(topics.log, b"x" * over, partition=0)  # librdkafka refuses it
         after = [producer.produce(topics.log, b"y", partition=0) for _ in range(50)]
         with pytest.raises(KafkaUnavailable, match="produce to .* failed"):
             await asyncio.wait_for(too_big, 60)
