@@ -99,6 +99,7 @@ class Invoker:
         self._live: dict[str, Attempt] = {}
         self._session: aiohttp.ClientSession | None = None
         self._stream: AttemptStream | None = None
+        self._sends: set[asyncio.Task[None]] = set()  # completions on their way to a socket (kept from GC)
         s = self._settings
         self._max_record_bytes = kafka_sizes(s.max_payload_bytes).record_bytes
         self._slots = AttemptSlots(
@@ -159,7 +160,9 @@ class Invoker:
         if attempt.ws is None:
             attempt.pending.append(message)
         else:
-            asyncio.create_task(self._send(attempt, message))
+            task = asyncio.create_task(self._send(attempt, message))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
 
     def stop(self, invocation_id: str) -> None:
         attempt = self._live.pop(invocation_id, None)
