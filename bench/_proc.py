@@ -8,9 +8,9 @@ The process itself is the ordinary one (`keystate.cli.main(argv)` / the deployme
 ``__main__``). The bench adds, from the environment:
 
 - ``BENCH_STATS_FILE`` (processor only): every 0.5 s the worker's counters are written there as JSON:
-  transactions (batches), records, and time spent applying vs. committing. It reads two ints and a few
-  floats the worker loop already keeps or that a thin wrapper around ``Worker._batch`` adds; the cost
-  is two ``perf_counter`` calls per transaction.
+  transactions (batches), records, and time spent in batches (apply, produce and commit together;
+  `commit_s` stays 0 since the session split), resets. It reads the counters
+  the session already keeps (``Worker.stats``).
 - ``BENCH_PROFILE_DIR``: cProfile the main thread (event loop) and, for the processor, the partition-loop
   thread separately; ``<role>-main.prof`` / ``<role>-loop.prof`` and ``.txt`` summaries are written on a
   clean exit (SIGTERM). Profiling slows everything down: use its numbers only to see where time goes.
@@ -53,7 +53,6 @@ def _instrument_processor() -> None:
 
     Worker = worker_mod.Worker
     workers: list[object] = []
-    timing = {"apply_s": 0.0, "commit_s": 0.0, "max_batch": 0}
 
     orig_init = Worker.__init__
 
@@ -62,29 +61,6 @@ def _instrument_processor() -> None:
         workers.append(self)
 
     Worker.__init__ = __init__  # type: ignore[method-assign]
-
-    orig_apply = Worker._apply_batch
-    orig_batch = Worker._batch
-    local = threading.local()
-
-    def _apply_batch(self, messages, producer):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        try:
-            return orig_apply(self, messages, producer)
-        finally:
-            local.applied_at = time.perf_counter()
-            timing["apply_s"] += local.applied_at - t0
-
-    def _batch(self, consumer, producer):  # type: ignore[no-untyped-def]
-        before, records = self.batches, self.records
-        local.applied_at = None
-        orig_batch(self, consumer, producer)
-        if self.batches != before and local.applied_at is not None:
-            timing["commit_s"] += time.perf_counter() - local.applied_at  # send_offsets + commit_transaction
-            timing["max_batch"] = max(timing["max_batch"], self.records - records)
-
-    Worker._apply_batch = _apply_batch  # type: ignore[method-assign]
-    Worker._batch = _batch  # type: ignore[method-assign]
 
     if PROFILE_DIR:
         orig_thread_main = Worker._thread_main
@@ -106,10 +82,14 @@ def _instrument_processor() -> None:
         def report() -> None:
             while True:
                 time.sleep(0.5)
+                stats = [w.stats for w in workers]  # type: ignore[attr-defined]
                 snap = {
-                    "batches": sum(w.batches for w in workers),  # type: ignore[attr-defined]
-                    "records": sum(w.records for w in workers),  # type: ignore[attr-defined]
-                    **timing,
+                    "batches": sum(s.batches for s in stats),
+                    "records": sum(s.records for s in stats),
+                    "apply_s": sum(s.apply_s for s in stats),
+                    "commit_s": sum(s.commit_s for s in stats),
+                    "max_batch": max((s.max_batch for s in stats), default=0),
+                    "resets": sum(s.resets for s in stats),
                     "at": time.time(),
                 }
                 tmp = path.with_suffix(".tmp")

@@ -18,14 +18,19 @@ def _bootstrap(args: argparse.Namespace) -> str:
 
 def _topics(args: argparse.Namespace) -> int:
     from keystate.server.errors import ServerError
+    from keystate.schemas.limits import PayloadLimitError, max_payload_bytes
     from keystate.server.topics import TopicSettings, ensure_topics
     from keystate.schemas.topics import Topics
 
     bootstrap = _bootstrap(args)
     try:
-        settings = TopicSettings(partitions=args.partitions, replication_factor=args.replication_factor)
+        settings = TopicSettings(
+            partitions=args.partitions,
+            replication_factor=args.replication_factor,
+            max_payload_bytes=max_payload_bytes(args.max_payload_bytes),
+        )
         created = ensure_topics(bootstrap, Topics(args.prefix), settings)
-    except ServerError as exc:
+    except (ServerError, PayloadLimitError) as exc:
         print(f"keystate topics: {exc}", file=sys.stderr)
         return 1
     print(f"topics ready on {bootstrap} ({len(created)} created)")
@@ -44,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     topics.add_argument("--prefix", default="keystate.", help="topic name prefix (default %(default)s)")
     topics.add_argument("--partitions", type=int, default=8, help="partitions of the log and changelogs (default %(default)s)")
     topics.add_argument("--replication-factor", type=int, default=1, help="replicas per partition (default %(default)s)")
+    topics.add_argument(
+        "--max-payload-bytes",
+        help="the payload limit the topics must hold records for (default $KEYSTATE_MAX_PAYLOAD_BYTES or 8 MiB)",
+    )
     topics.set_defaults(run=_topics)
 
     from .runtime import add_parsers

@@ -56,6 +56,10 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
                         help="seconds without any message from a deployment before an attempt is retried (default %(default)s)")
     parser.add_argument("--abort-timeout", type=float, default=_default(InvokerSettings, "abort_timeout_s"),
                         help="seconds an attempt may run at most (default %(default)s)")
+    parser.add_argument("--watchdog-stall", type=float, default=_default(ProcessorSettings, "watchdog_stall_s"),
+                        help="seconds without a commit while records wait before the processor rejoins (default %(default)s)")
+    parser.add_argument("--sweep-interval", type=float, default=_default(ProcessorSettings, "sweep_interval_s"),
+                        help="seconds between sweeps for invocations left without a live attempt (default %(default)s)")
 
 
 def _ingress_args(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +87,8 @@ def add_parsers(sub: Any, bootstrap: Callable[[argparse.Namespace], str]) -> Non
 
 
 def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: bool) -> int:
+    from keystate.processors.errors import ProcessorError
+
     try:
         args.max_payload_bytes = max_payload_bytes(args.max_payload_bytes)
     except PayloadLimitError as exc:
@@ -90,7 +96,7 @@ def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: 
         return 2
     try:
         asyncio.run(_main(args, bootstrap, processor=processor, ingress=ingress))
-    except ServerError as exc:
+    except (ServerError, ProcessorError) as exc:
         log.error("%s", exc)
         return 1
     return 0
@@ -115,6 +121,8 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, in
             batch_max_records=args.batch_max_records,
             batch_linger_ms=args.batch_linger_ms,
             completion_retention_ms=int(args.retention * 1000),
+            watchdog_stall_s=args.watchdog_stall,
+            sweep_interval_s=args.sweep_interval,
             invoker=InvokerSettings(inactivity_timeout_s=args.inactivity_timeout, abort_timeout_s=args.abort_timeout),
         )
         tasks.append(asyncio.create_task(Worker(settings).run(stop), name="processor"))

@@ -33,6 +33,7 @@ from aiohttp.typedefs import Handler
 
 from keystate.schemas.errors import ContractError
 from keystate.schemas.ids import InvalidIdError
+from keystate.schemas.limits import SETTING_HINT
 from keystate.server.errors import KafkaUnavailable, MetaError
 
 __all__ = [
@@ -182,8 +183,8 @@ def _as_ingress_error(exc: BaseException, max_body_bytes: int | None) -> Ingress
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         limit = f" of {max_body_bytes} bytes" if max_body_bytes else ""
         return PayloadTooLarge(
-            f"the request body is larger than the limit{limit}; send a smaller body or raise the "
-            "ingress body limit (max_body_bytes)"
+            f"the request body is larger than the payload limit{limit}; send a smaller body or "
+            f"{SETTING_HINT}"
         )
     if isinstance(exc, web.HTTPMethodNotAllowed):
         return MethodNotAllowed(f"method {exc.method} is not allowed here; use {', '.join(sorted(exc.allowed_methods))}")

@@ -10,6 +10,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from keystate.schemas.limits import SETTING_HINT
 from keystate.schemas.ids import (
     HandlerKind,
     InvalidIdError,
@@ -251,7 +252,9 @@ async def _complete_awakeable(runtime: IngressRuntime, request: web.Request, awa
     invocation_id, _ = parse_awakeable_id(awakeable_id)
     limit = runtime.settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the request body has {request.content_length} bytes, over the limit of {limit}")
+        raise PayloadTooLarge(
+            f"the request body has {request.content_length} bytes, over the payload limit of {limit}; {SETTING_HINT}"
+        )
     body = await request.read()
     if action == "resolve":
         result: tuple[str, dict[str, Any]] = ("keystate.Value", {"value": body})

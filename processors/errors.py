@@ -2,7 +2,11 @@
 
 ProcessorError
  +-- InvariantViolation       the state machine found its tables inconsistent; the partition stops
-(Kafka failures surface as `keystate.server.errors.KafkaUnavailable`.)
+ +-- BatchFailed              a transaction failed for no single record's fault; the session rejoins
+ +-- TransactionFailed        the transactional producer refused an operation (fatal: a new producer)
+ +-- InstanceFenced           another process runs with this --instance-id; this one exits
+ +-- LoopStuck                the partition loop is stuck inside a client call; the process exits
+(Kafka failures elsewhere surface as `keystate.server.errors.KafkaUnavailable`.)
 """
 
 from __future__ import annotations
@@ -14,3 +18,24 @@ class ProcessorError(Exception):
 
 class InvariantViolation(ProcessorError):
     """A table is inconsistent with a command; carries where it happened so it can be found."""
+
+
+class BatchFailed(ProcessorError):
+    """A batch could not be committed and no single record is to blame."""
+
+
+class TransactionFailed(ProcessorError):
+    """A transactional operation failed; `fatal` means the producer is unusable, `fenced` that another took its id."""
+
+    def __init__(self, message: str, *, fatal: bool = False, fenced: bool = False) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+        self.fenced = fenced
+
+
+class InstanceFenced(ProcessorError):
+    """Another processor process uses the same instance id; the message says how to fix it."""
+
+
+class LoopStuck(ProcessorError):
+    """The partition loop did not return from a blocking client call within its bound."""

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from keystate.schemas._codec import Codec
 from keystate.schemas.errors import ContractError
-from keystate.schemas.ids import InvocationId, InvocationTarget, ServiceType
+from keystate.schemas.ids import InvocationId, InvocationTarget, ServiceType, idempotency_partition_key
 from keystate.server.meta import MetaState
 
-__all__ = ["Invalid", "Routed", "route_request"]
+__all__ = ["MAX_DELAY_MS", "Invalid", "Routed", "TopicExists", "route_request", "topic_name_problem"]
 
 INVOCATION_REQUEST = "keystate.InvocationRequest"
+
+# A delay must leave execute_at_ms inside Avro's long; 100 years is far beyond any sane use.
+MAX_DELAY_MS = 100 * 365 * 24 * 3600 * 1000
+
+_TOPIC_CHARS = re.compile(r"[a-zA-Z0-9._-]+")
+_MAX_TOPIC_LENGTH = 249
+
+TopicExists = Callable[[str], bool]
+"""Whether a topic exists on the cluster (the shell answers from cached metadata)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +41,26 @@ class Invalid:
     reason: str
 
 
-def route_request(codec: Codec, value: bytes | None, meta: MetaState, now_ms: int, source: str) -> Routed | Invalid:
-    """Validate one keystate.requests record against the registered services."""
+def topic_name_problem(name: str) -> str | None:
+    """Why `name` is not a legal Kafka topic name, or None if it is."""
+    if name in ("", ".", ".."):
+        return f"{name!r} is not a legal topic name"
+    if len(name) > _MAX_TOPIC_LENGTH:
+        return f"a topic name has at most {_MAX_TOPIC_LENGTH} characters, this one has {len(name)}"
+    if not _TOPIC_CHARS.fullmatch(name):
+        return f"{name[:80]!r} is not a legal topic name: use only ASCII letters, digits, '.', '_' and '-'"
+    return None
+
+
+def route_request(
+    codec: Codec,
+    value: bytes | None,
+    meta: MetaState,
+    now_ms: int,
+    source: str,
+    topic_exists: TopicExists | None = None,
+) -> Routed | Invalid:
+    """Validate one keystate.requests record against the registered services and the cluster's topics."""
     if value is None:
         return Invalid("empty record value; produce an Avro InvocationRequest in the Confluent wire format")
     try:
@@ -55,6 +84,15 @@ def route_request(codec: Codec, value: bytes | None, meta: MetaState, now_ms: in
     delay = request.get("delay_ms")
     if delay is not None and delay < 0:
         return Invalid(f"delay_ms must not be negative, got {delay}")
+    if delay is not None and delay > MAX_DELAY_MS:
+        return Invalid(f"delay_ms {delay} is too large: at most {MAX_DELAY_MS} (100 years); schedule nearer")
+    reply_topic = request.get("reply_topic")
+    if reply_topic is not None:
+        problem = topic_name_problem(reply_topic)
+        if problem is None and topic_exists is not None and not topic_exists(reply_topic):
+            problem = f"reply topic {reply_topic!r} does not exist"
+        if problem is not None:
+            return Invalid(f"{problem}; create the reply topic first, or leave 'reply_topic' null for keystate.results")
     target = {
         "service": service,
         "handler": handler,
@@ -62,15 +100,21 @@ def route_request(codec: Codec, value: bytes | None, meta: MetaState, now_ms: in
         "service_type": service_type,
         "handler_kind": handlers[handler]["kind"],
     }
-    iid = InvocationId.for_target(InvocationTarget(service, handler, key))
+    invocation_target = InvocationTarget(service, handler, key)
+    idempotency_key = request.get("idempotency_key")
+    if idempotency_key:
+        # Every record with one idempotency key must meet the same idempotency row, on one partition.
+        iid = InvocationId.new(idempotency_partition_key(invocation_target, idempotency_key))
+    else:
+        iid = InvocationId.for_target(invocation_target)
     record = {
         "invocation_id": str(iid),
         "target": target,
         "argument": request["argument"],
         "headers": request.get("headers") or {},
-        "idempotency_key": request.get("idempotency_key"),
+        "idempotency_key": idempotency_key,
         "caller": None,
-        "reply_topic": request.get("reply_topic"),
+        "reply_topic": reply_topic,
         "execute_at_ms": now_ms + delay if delay else None,
         "created_at_ms": now_ms,
         "source": source,

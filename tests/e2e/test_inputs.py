@@ -36,11 +36,6 @@ def test_input_of_the_wrong_type_is_a_400_and_does_not_block_the_key(typed: Stac
     assert http("POST", f"{typed.url}/Tally/t1/add", 2.0, timeout=30).json() == 7
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the worker to pass Config(handler_target=...) built from the registered services; "
-    "remove this marker once processors/worker.py does",
-)
 def test_generic_calls_use_the_registered_types_of_their_callees(typed: Stack) -> None:
     # Without the fix the shared handler waits in the inbox behind the run: a deadlock, cut short here.
     response = http("POST", f"{typed.url}/Generic/run_and_release", "wf-1", timeout=20)

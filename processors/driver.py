@@ -1,0 +1,231 @@
+"""A broker-free driver of the batch step, like Kafka Streams' TopologyTestDriver.
+
+Feed it records; it runs the same batch step and the same isolation logic as the Kafka session,
+against an in-memory transaction that can be told to refuse given records. Committed records are
+kept per topic (aborted ones vanish), partitions restore from the committed changelogs, and the
+log can be fed back in, so a test reads as: given these records, when this batch, then these
+records, effects and dead letters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from keystate.schemas._codec import codec
+from keystate.schemas.topics import Topics
+from keystate.server.commands import command_record
+from keystate.server.meta import MetaState
+
+from .errors import BatchFailed
+from .partition import PartitionProcessor
+from .quarantine import Quarantine
+from .records import DeliveryFailure, InRecord, OutKind, OutRecord
+from .runner import run_batch
+from .state_machine import Config, Tables
+from .step import BatchStep, Effect, StepLookups, StepSettings
+
+__all__ = ["BatchOutput", "ProcessorDriver", "RecordFailure"]
+
+
+@dataclass(slots=True)
+class RecordFailure:
+    """Refuse records matching `predicate` with `error`, `times` times (None: always)."""
+
+    predicate: Callable[[OutRecord], bool]
+    error: str
+    times: int | None = None
+    record_fault: bool = True
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    """What one piped batch committed."""
+
+    produced: list[OutRecord]
+    effects: list[Effect]
+    quarantine: Quarantine
+    dropped_unowned: int
+
+
+@dataclass(slots=True)
+class _MemoryTransaction:
+    topics: dict[str, list[OutRecord]]
+    failures: list[RecordFailure]
+    offsets: dict[tuple[str, int], int]
+    open: list[OutRecord] = field(default_factory=list)
+    begun: int = 0
+    aborted: int = 0
+
+    def begin(self) -> None:
+        self.begun += 1
+        self.open = []
+
+    def produce(self, records: Sequence[OutRecord]) -> list[DeliveryFailure]:
+        out: list[DeliveryFailure] = []
+        for i, record in enumerate(records):
+            for rule in self.failures:
+                if rule.times != 0 and rule.predicate(record):
+                    if rule.times is not None:
+                        rule.times -= 1
+                    out.append(DeliveryFailure(i, rule.error, rule.record_fault))
+                    break
+            else:
+                self.open.append(record)
+        return out
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        for record in self.open:
+            self.topics.setdefault(record.topic, []).append(record)
+        self.offsets.update(offsets)
+        self.open = []
+
+    def abort(self) -> None:
+        self.aborted += 1
+        self.open = []
+
+
+class ProcessorDriver:
+    """One processor process without Kafka: assign partitions, pipe records, read what was committed."""
+
+    def __init__(
+        self,
+        meta: MetaState | None = None,
+        *,
+        partitions: int = 4,
+        topics: Topics | None = None,
+        config: Config | None = None,
+        max_record_bytes: int = 1024 * 1024,
+        existing_topics: set[str] | None = None,
+        now_ms: int = 1_000_000,
+    ) -> None:
+        self.topics_names = topics or Topics()
+        self.meta = meta or MetaState()
+        self.config = config or Config()
+        self.now_ms = now_ms
+        self.existing_topics = existing_topics if existing_topics is not None else set()
+        self.committed: dict[str, list[OutRecord]] = {}
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.failures: list[RecordFailure] = []
+        self.codec = codec()
+        lookups = StepLookups(meta=lambda: self.meta, topic_exists=self.existing_topics.__contains__)
+        self.step = BatchStep(StepSettings(self.topics_names, partitions, max_record_bytes), lookups, self.codec)
+        self.txn = _MemoryTransaction(self.committed, self.failures, self.offsets)
+        self._log_read: dict[int, int] = {}
+        self._request_offsets: dict[int, int] = {}
+
+    # ---- group membership ---------------------------------------------------------------------
+    def assign(self, *partitions: int) -> list[Effect]:
+        """Take over partitions, restored from the committed changelogs; returns their timers to schedule."""
+        effects: list[Effect] = []
+        for p in partitions:
+            _, timers = self.step.adopt(self._restore_one(p), self.now_ms)
+            effects.extend(timers)
+        return effects
+
+    def revoke(self, *partitions: int) -> None:
+        self.step.forget_partitions(set(partitions))
+
+    # ---- failures -----------------------------------------------------------------------------
+    def fail_records(
+        self,
+        *,
+        topic: str | None = None,
+        key: bytes | None = None,
+        predicate: Callable[[OutRecord], bool] | None = None,
+        error: str = "Broker: Unknown topic or partition",
+        times: int | None = None,
+        record_fault: bool = True,
+    ) -> None:
+        """Make the transaction refuse matching records (by topic, key and/or predicate)."""
+
+        def matches(r: OutRecord) -> bool:
+            return (topic is None or r.topic == topic) and (key is None or r.key == key) and (predicate is None or predicate(r))
+
+        self.failures.append(RecordFailure(matches, error, times, record_fault))
+
+    # ---- input --------------------------------------------------------------------------------
+    def request(self, partition: int = 0, key: bytes | None = None, value: bytes | None = None, **request: Any) -> InRecord:
+        """A keystate.requests record: `value` as given, else an InvocationRequest built from `request`."""
+        if value is None:
+            fields = {"key": None, "headers": {}, "idempotency_key": None, "reply_topic": None, "delay_ms": None, **request}
+            value = self.codec.encode("keystate.InvocationRequest", fields)
+        offset = self._request_offsets.get(partition, 0)
+        self._request_offsets[partition] = offset + 1
+        return InRecord(self.topics_names.requests, partition, offset, key, value, self.now_ms)
+
+    def log_record(self, partition: int, value: bytes | None, key: bytes | None = None) -> InRecord:
+        """A raw record on keystate.log at the partition's next offset (committed and read at once)."""
+        record = OutRecord(OutKind.COMMAND, self.topics_names.log, partition, key, value, None, None)
+        self.committed.setdefault(self.topics_names.log, []).append(record)
+        return self._log_records(partition)[-1]
+
+    def command(self, name: str, record: dict[str, Any], **kwargs: Any) -> InRecord:
+        """A command appended to the log the one way commands are written (`command_record`)."""
+        out = command_record(name, record, self.step.settings.log_partitions, **kwargs)
+        self.committed.setdefault(self.topics_names.log, []).append(
+            OutRecord(OutKind.COMMAND, self.topics_names.log, out.partition, out.key, out.value, out.headers, None, out.invocation_id)
+        )
+        return self._log_records(out.partition)[-1]
+
+    # ---- running ------------------------------------------------------------------------------
+    def pipe(self, records: Sequence[InRecord]) -> BatchOutput:
+        """Run one batch through one (re-run as needed) transaction; what it committed."""
+        before = {t: len(rs) for t, rs in self.committed.items()}
+        result, quarantine = run_batch(self.step, list(records), self.now_ms, self.txn, self._restore)
+        for r in records:
+            if r.topic == self.topics_names.log and r.partition in self.step.partitions:
+                self._log_read[r.partition] = max(self._log_read.get(r.partition, 0), r.offset + 1)
+        produced = [r for t, rs in self.committed.items() for r in rs[before.get(t, 0) :]]
+        return BatchOutput(produced, result.effects, quarantine, result.dropped_unowned)
+
+    def pipe_log(self, max_batches: int = 100) -> list[Effect]:
+        """Pipe unread committed log records of owned partitions until none are left; all effects."""
+        effects: list[Effect] = []
+        for _ in range(max_batches):
+            unread = [
+                r for p in sorted(self.step.partitions) for r in self._log_records(p)[self._log_read.get(p, 0) :]
+            ]
+            if not unread and not self.step.pending:
+                return effects
+            effects.extend(self.pipe(unread).effects)
+        raise BatchFailed(f"the log did not settle within {max_batches} batches")
+
+    # ---- output -------------------------------------------------------------------------------
+    def records(self, topic: str) -> list[OutRecord]:
+        return list(self.committed.get(topic, []))
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return [self.codec.decode_as("keystate.DeadLetter", r.value) for r in self.records(self.topics_names.requests_dlq) if r.value]
+
+    def log_commands(self, partition: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            self.codec.decode(r.value)
+            for r in self.committed.get(self.topics_names.log, [])
+            if r.value is not None and (partition is None or r.partition == partition)
+        ]
+
+    def tables(self, partition: int) -> Tables:
+        return self.step.partitions[partition].tables
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _log_records(self, partition: int) -> list[InRecord]:
+        return [
+            InRecord(self.topics_names.log, partition, i, r.key, r.value, self.now_ms)
+            for i, r in enumerate(x for x in self.committed.get(self.topics_names.log, []) if x.partition == partition)
+        ]
+
+    def _restore_one(self, partition: int) -> PartitionProcessor:
+        proc = PartitionProcessor(partition, self.config)
+        for table in Tables.names():
+            for r in self.committed.get(self.topics_names.changelog(table), []):
+                if r.partition == partition and r.key is not None:
+                    proc.restore_record(table, r.key, r.value)
+        proc.restored()
+        return proc
+
+    def _restore(self, partitions: set[int]) -> None:
+        for p in partitions:
+            if p in self.step.partitions:
+                self.step.partitions[p] = self._restore_one(p)

@@ -1,0 +1,84 @@
+"""The executor of effects: after a commit, hands the batch's actions to the invoker and the timers.
+
+Runs on the event loop. Effects queue in order and run in chunks of `chunk` per loop callback, so
+taking over a partition with thousands of timers never stalls the loop in one callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from keystate.schemas.ids import InvocationId
+
+from .state_machine import Invoke, NotifyCompletion, RegisterTimer, StopInvocation
+from .step import Effect
+
+__all__ = ["EffectExecutor", "InvokerPort", "TimersPort"]
+
+
+class InvokerPort(Protocol):
+    def invoke(self, action: Invoke) -> None: ...
+
+    def notify(self, invocation_id: str, attempt_no: int, index: int, result: Any) -> None: ...
+
+    def stop(self, invocation_id: str) -> None: ...
+
+    def stop_where(self, predicate: Callable[[str], bool]) -> None: ...
+
+
+class TimersPort(Protocol):
+    def schedule(self, partition: int, key: tuple[Any, ...], record: dict[str, Any]) -> None: ...
+
+    def cancel_partition(self, partition: int) -> None: ...
+
+
+class EffectExecutor:
+    """Runs effects on the event loop, in order, `chunk` at a time."""
+
+    def __init__(self, invoker: InvokerPort, timers: TimersPort, log_partitions: int, chunk: int = 200) -> None:
+        self._invoker = invoker
+        self._timers = timers
+        self._partitions = log_partitions
+        self._chunk = chunk
+        self._queue: deque[Effect] = deque()
+        self._scheduled = False
+
+    def submit(self, effects: list[Effect]) -> None:
+        """Queue effects (on the loop); they run in later loop iterations, in order."""
+        self._queue.extend(effects)
+        if not self._scheduled and self._queue:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    def drop_partitions(self, partitions: list[int]) -> None:
+        """The partitions are no longer ours: stop their attempts, timers and queued effects."""
+        wanted = set(partitions)
+        self._queue = deque(e for e in self._queue if e[0] not in wanted)
+        self._invoker.stop_where(lambda iid: InvocationId.parse(iid).partition(self._partitions) in wanted)
+        for p in partitions:
+            self._timers.cancel_partition(p)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        for _ in range(min(self._chunk, len(self._queue))):
+            partition, action = self._queue.popleft()
+            self._run(partition, action)
+        if self._queue:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _run(self, partition: int, action: object) -> None:
+        if isinstance(action, Invoke):
+            self._invoker.invoke(action)
+        elif isinstance(action, NotifyCompletion):
+            self._invoker.notify(action.invocation_id, action.attempt, action.index, action.result)
+        elif isinstance(action, StopInvocation):
+            self._invoker.stop(action.invocation_id)
+        elif isinstance(action, RegisterTimer):
+            self._timers.schedule(partition, action.key, action.record)

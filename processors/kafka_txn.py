@@ -1,0 +1,142 @@
+"""The batch's Kafka transaction: confluent-kafka errors become processor errors here, and only here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from .errors import TransactionFailed
+from .records import DeliveryFailure, OutRecord
+from .watchdog import Watchdog
+
+__all__ = ["FENCING", "KafkaTransaction", "RECORD_FAULTS", "transaction_failed"]
+
+# Errors that say the record itself cannot be written; any other failure is the cluster's or ours.
+RECORD_FAULTS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.INVALID_RECORD,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError._INVALID_ARG,
+    }
+)
+# Another producer or group member took this process's transactional id or static member id.
+FENCING = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.FENCED_INSTANCE_ID}
+)
+
+
+def describe(error: KafkaError) -> str:
+    return f"{error.name()}: {error.str()}"
+
+
+def transaction_failed(operation: str, exc: KafkaException) -> TransactionFailed:
+    """The processor error for a failed transactional operation (fatal ones need a new producer)."""
+    error = exc.args[0] if exc.args else None
+    if not isinstance(error, KafkaError):
+        return TransactionFailed(f"{operation} failed: {exc}", fatal=True)
+    fenced = error.code() in FENCING or "fenced" in error.str().lower()
+    fatal = error.fatal() or fenced or error.code() == KafkaError.INVALID_TXN_STATE
+    return TransactionFailed(f"{operation} failed: {describe(error)}", fatal=fatal, fenced=fenced)
+
+
+class KafkaTransaction:
+    """One transactional producer's batch transactions, every call bounded and watched."""
+
+    def __init__(self, producer: Producer, consumer: Consumer, watchdog: Watchdog, timeout_s: float) -> None:
+        self._producer = producer
+        self._consumer = consumer
+        self._watchdog = watchdog
+        self._timeout = timeout_s
+
+    def begin(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise transaction_failed("begin_transaction", exc) from exc
+
+    def produce(self, records: Sequence[OutRecord]) -> list[DeliveryFailure]:
+        failures: list[DeliveryFailure] = []
+        refused: list[tuple[int, KafkaError]] = []
+        for i, record in enumerate(records):
+            kwargs: dict[str, Any] = {"key": record.key, "headers": record.headers, "on_delivery": partial(_delivered, refused, i)}
+            if record.partition is not None:
+                kwargs["partition"] = record.partition
+            if not self._produce_one(record, kwargs, failures, i):
+                break  # the batch is aborted anyway; blame this one and re-run
+        with self._watchdog.calling("flush", self._timeout):
+            try:
+                remaining = self._producer.flush(self._timeout)
+            except KafkaException as exc:
+                raise transaction_failed("flush", exc) from exc
+            except SystemError as exc:
+                # confluent-kafka calls the delivery callbacks with a fatal error pending: the
+                # callback "fails" with SystemError whose cause is the real KafkaException.
+                if isinstance(exc.__cause__, KafkaException):
+                    raise transaction_failed("flush", exc.__cause__) from exc
+                raise TransactionFailed(f"flush failed: {exc}", fatal=True) from exc
+        failures.extend(DeliveryFailure(i, describe(e), e.code() in RECORD_FAULTS) for i, e in refused)
+        if remaining and not failures:
+            failures.append(DeliveryFailure(0, f"{remaining} records not delivered within {self._timeout:g} s", False))
+        return sorted(failures, key=lambda f: f.index)
+
+    def _produce_one(self, record: OutRecord, kwargs: dict[str, Any], failures: list[DeliveryFailure], i: int) -> bool:
+        while True:
+            refused: KafkaException | None = None
+            try:
+                self._producer.produce(record.topic, record.value, **kwargs)
+                return True
+            except BufferError:
+                with self._watchdog.calling("produce (queue full)", self._timeout):
+                    self._producer.poll(0.05)
+                continue
+            except KafkaException as exc:
+                refused = exc
+            # Examined outside the handler: confluent-kafka's error methods misbehave inside it.
+            error = refused.args[0] if refused.args else None
+            if not isinstance(error, KafkaError) or error.fatal() or error.code() in FENCING:
+                raise transaction_failed("produce", refused)
+            failures.append(DeliveryFailure(i, describe(error), error.code() in RECORD_FAULTS))
+            return False
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        try:
+            if offsets:
+                positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                with self._watchdog.calling("send_offsets_to_transaction", self._timeout):
+                    self._producer.send_offsets_to_transaction(positions, self._consumer.consumer_group_metadata(), self._timeout)
+            with self._watchdog.calling("commit_transaction", self._timeout):
+                self._producer.commit_transaction(self._timeout)
+        except KafkaException as exc:
+            failed = transaction_failed("commit", exc)
+            if not failed.fatal:
+                self._abort_quietly()
+            raise failed from exc
+
+    def abort(self) -> None:
+        with self._watchdog.calling("abort_transaction", self._timeout):
+            try:
+                self._producer.abort_transaction(self._timeout)
+            except KafkaException as exc:
+                raise transaction_failed("abort_transaction", exc) from exc
+
+    def _abort_quietly(self) -> None:
+        try:
+            self.abort()
+        except TransactionFailed:
+            pass  # the session replaces this producer anyway
+
+
+def _delivered(refused: list[tuple[int, KafkaError]], index: int, error: KafkaError | None, msg: Message) -> None:
+    # Only keep it: while flush() has a fatal error pending, calling the error's methods raises SystemError.
+    if error is not None:
+        refused.append((index, error))

@@ -1,0 +1,84 @@
+"""One batch through one transaction, isolating any record that makes the transaction fail.
+
+Transport-agnostic: the Kafka session and the broker-free test driver each provide a
+`Transaction` and a way to restore partitions; the isolation logic is the same code for both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from .errors import BatchFailed
+from .quarantine import Drop, Quarantine, Reject, verdict_for
+from .records import DeliveryFailure, InRecord, OutRecord
+from .step import BatchStep, StepResult
+
+__all__ = ["Transaction", "run_batch"]
+
+log = logging.getLogger(__name__)
+
+
+class Transaction(Protocol):
+    """The producer side of a batch: begin, produce everything (reporting refused records), commit or abort."""
+
+    def begin(self) -> None: ...
+
+    def produce(self, records: Sequence[OutRecord]) -> list[DeliveryFailure]:
+        """Produce and flush `records`; the failures name records by their index."""
+        ...
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def run_batch(
+    step: BatchStep,
+    records: list[InRecord],
+    now_ms: int,
+    txn: Transaction,
+    restore: Callable[[set[int]], None],
+) -> tuple[StepResult, Quarantine]:
+    """Apply and commit `records`; a record to blame is quarantined and the batch re-run without it.
+
+    Raises `BatchFailed` when a failure cannot be blamed on one record (the session then rejoins).
+    """
+    quarantine: Quarantine = {}
+    # Each re-run adds or escalates one verdict (SkipPublish -> Reject -> Drop), so this bounds it.
+    for _ in range(4 * (len(records) + len(step.pending)) + 4):
+        result = step.run(records, now_ms, quarantine)
+        if result.rejected is not None:
+            origin, reason = result.rejected
+            previous = quarantine.get(origin)
+            quarantine[origin] = Drop(reason) if isinstance(previous, (Reject, Drop)) else Reject(reason)
+            restore(result.touched)
+            continue
+        if not result.produced and not result.offsets:
+            step.committed(result)
+            return result, quarantine
+        txn.begin()
+        failures = txn.produce(result.produced)
+        if not failures:
+            txn.commit(result.offsets)
+            step.committed(result)
+            return result, quarantine
+        txn.abort()
+        blamed = [f for f in failures if f.record_fault]
+        if not blamed:
+            raise BatchFailed(f"the transaction failed: {failures[0].error}")
+        for failure in blamed:
+            out = result.produced[failure.index]
+            if out.origin is None:
+                raise BatchFailed(f"a record to {out.topic} failed and has no origin: {failure.error}")
+            log.error(
+                "invocation %s: Kafka refused a record to %s (caused by %s[%d]@%d): %s; isolating it",
+                out.invocation_id,
+                out.topic,
+                *out.origin,
+                failure.error,
+            )
+            quarantine[out.origin] = verdict_for(out, f"Kafka refused it: {failure.error}", quarantine.get(out.origin))
+        restore(result.touched)
+    raise BatchFailed(f"could not isolate the failing records of a batch of {len(records)}")

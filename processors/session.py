@@ -1,0 +1,313 @@
+"""The Kafka session of the partition loop: clients, assign/revoke, pause/resume, batches, rejoin.
+
+Runs on its own thread (confluent-kafka blocks). A session is one consumer plus one transactional
+producer; any failure of either (fencing, a fatal producer error, a broker restart, a watchdog
+reset) ends the session and a new one starts with new clients, restoring the partitions it gets.
+Only repeated fencing right after joining — another process with the same instance id — stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from keystate.server.errors import ServerError
+
+from .backpressure import PauseGate
+from .errors import InstanceFenced, ProcessorError, TransactionFailed
+from .kafka_txn import FENCING, KafkaTransaction, describe, transaction_failed
+from .records import InRecord
+from .restore import restore_partition
+from .runner import run_batch
+from .state_machine import Config
+from .step import BatchStep, Effect
+from .watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from .worker import ProcessorSettings
+
+__all__ = ["LoopHooks", "Session", "SessionStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LoopHooks:
+    """What the loop thread may do on the event loop side; every callable is safe to call from the thread."""
+
+    submit_effects: Callable[[list[Effect]], None]
+    drop_partitions: Callable[[list[int]], None]
+    backlogged_partitions: Callable[[], frozenset[int]]
+    is_live: Callable[[str], bool] | None
+
+
+@dataclass(slots=True)
+class SessionStats:
+    batches: int = 0
+    records: int = 0
+    apply_s: float = 0.0
+    commit_s: float = 0.0
+    max_batch: int = 0
+    resets: int = 0
+    dead_lettered: int = 0
+    dropped_unowned: int = 0
+
+
+class _Reset(ProcessorError):
+    """End this session and start a new one (the watchdog asked, or a client failed)."""
+
+
+class Session:
+    """Runs sessions until `stop` is set; raises InstanceFenced when another process holds our id."""
+
+    def __init__(
+        self,
+        settings: ProcessorSettings,
+        step: BatchStep,
+        config: Config,
+        hooks: LoopHooks,
+        watchdog: Watchdog,
+        stop: threading.Event,
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.kafka.topics
+        self.step = step
+        self.config = config
+        self.hooks = hooks
+        self.watchdog = watchdog
+        self.stop = stop
+        self.stats = SessionStats()
+        self.reset_requested = threading.Event()
+        self.gate = PauseGate(settings.backpressure_max_pause_s, settings.backpressure_min_resume_s)
+        self._requests_owned: set[int] = set()
+        self._joined_at: float | None = None
+        self._next_sweep = time.monotonic() + settings.sweep_interval_s
+        self._name = f"processor {settings.instance_id}"
+
+    # ---- the rejoin loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        fenced_soon_after_join = 0
+        failures_in_row = 0
+        while not self.stop.is_set():
+            try:
+                self._session()
+                return
+            except InstanceFenced:
+                raise
+            except Exception as exc:  # the loop thread never dies of a client error: it rejoins
+                if not isinstance(exc, (ProcessorError, ServerError, KafkaException, TimeoutError)):
+                    log.exception("%s: unexpected error in the partition loop", self._name)
+                self.stats.resets += 1
+                fenced = isinstance(exc, TransactionFailed) and exc.fenced
+                joined = self._joined_at
+                if fenced and joined is not None and time.monotonic() - joined < self.settings.fenced_window_s:
+                    fenced_soon_after_join += 1
+                else:
+                    fenced_soon_after_join = 0
+                if fenced_soon_after_join >= 2:
+                    raise InstanceFenced(
+                        f"{self._name} was fenced twice right after joining: another process runs with "
+                        f"--instance-id {self.settings.instance_id}. Give every processor process its own "
+                        "--instance-id (e.g. 0, 1, 2, ... or $KEYSTATE_INSTANCE_ID) and restart this one"
+                    ) from exc
+                # Back off while rejoining keeps failing (the broker is down); a session that ran a while starts over.
+                lasted = joined is not None and time.monotonic() - joined > 60.0
+                failures_in_row = 1 if lasted else failures_in_row + 1
+                log.error("%s: %s; rejoining with new clients and restoring", self._name, exc)
+                self.stop.wait(0.5 if fenced else min(5.0, 0.2 * 2 ** min(failures_in_row, 5)))
+
+    def _session(self) -> None:
+        self._joined_at = None
+        self.reset_requested.clear()
+        producer = self._producer()
+        consumer: Consumer | None = None
+        try:
+            with self.watchdog.calling("init_transactions", self.settings.op_timeout_s):
+                try:
+                    producer.init_transactions(self.settings.op_timeout_s)
+                except KafkaException as exc:
+                    raise transaction_failed("init_transactions", exc) from exc
+            consumer = self._consumer()
+            self._joined_at = time.monotonic()
+            self.watchdog.progress()
+            txn = KafkaTransaction(producer, consumer, self.watchdog, self.settings.op_timeout_s)
+            while not self.stop.is_set():
+                if self.reset_requested.is_set():
+                    raise _Reset("the watchdog saw no progress with work pending")
+                self._batch(consumer, txn)
+                self._sweep()
+                self._backpressure(consumer)
+        finally:
+            self._release_all()
+            self._close(consumer, producer)
+
+    def _producer(self) -> Producer:
+        s = self.settings
+        return Producer(
+            s.kafka.producer_config(
+                **{
+                    "transactional.id": f"keystate-processor-{s.instance_id}",
+                    "transaction.timeout.ms": s.transaction_timeout_ms,
+                    "client.id": f"keystate-processor-{s.instance_id}",
+                    "partitioner": "murmur2_random",
+                    "retry.backoff.ms": 5,
+                    # A reply topic deleted after validation fails fast instead of at the transaction timeout.
+                    "topic.metadata.propagation.max.ms": 5000,
+                }
+            )
+        )
+
+    def _consumer(self) -> Consumer:
+        s = self.settings
+        consumer = Consumer(
+            s.kafka.consumer_config(
+                **{
+                    "group.id": s.group_id,
+                    "auto.offset.reset": "earliest",
+                    "client.id": f"keystate-processor-{s.instance_id}",
+                    "max.poll.interval.ms": s.max_poll_interval_ms,
+                    "session.timeout.ms": s.session_timeout_ms,
+                    "heartbeat.interval.ms": max(500, s.session_timeout_ms // 5),
+                    # Static membership: a restarted process with the same id gets its partitions
+                    # back at once instead of after a rebalance through the session timeout.
+                    "group.instance.id": f"keystate-processor-{s.instance_id}",
+                }
+            )
+        )
+        consumer.subscribe(
+            [self.topics.log, self.topics.requests], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+        return consumer
+
+    def _close(self, consumer: Consumer | None, producer: Producer) -> None:
+        """Close the clients; their errors (a fenced producer's flush) must not replace why we reset."""
+        if consumer is not None:
+            try:
+                with self.watchdog.calling("consumer.close", self.settings.op_timeout_s):
+                    consumer.close()
+            except Exception as exc:
+                log.warning("%s: closing the consumer: %s", self._name, exc)
+        try:
+            producer.purge()
+            producer.flush(0)
+        except Exception as exc:
+            log.warning("%s: closing the transactional producer: %s", self._name, exc)
+
+    # ---- rebalance ------------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        now = int(time.time() * 1000)
+        for tp in partitions:
+            if tp.topic == self.topics.requests:
+                self._requests_owned.add(tp.partition)
+                continue
+            if tp.topic != self.topics.log:
+                continue
+            started = time.monotonic()
+            proc, restored = self._restore_one(tp.partition)
+            resumed, timers = self.step.adopt(proc, now)
+            self.hooks.submit_effects(timers)
+            log.info(
+                "partition %d: restored %d changelog records in %.2f s, resuming %d invocations, %d timers",
+                tp.partition,
+                restored,
+                time.monotonic() - started,
+                resumed,
+                len(timers),
+            )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._requests_owned -= {tp.partition for tp in partitions if tp.topic == self.topics.requests}
+        dropped = [tp.partition for tp in partitions if tp.topic == self.topics.log and tp.partition in self.step.partitions]
+        self.step.forget_partitions(set(dropped))
+        self.gate.forget(set(dropped))
+        if dropped:
+            self.hooks.drop_partitions(dropped)
+            log.info("partitions %s revoked", dropped)
+
+    def _release_all(self) -> None:
+        dropped = list(self.step.partitions)
+        self.step.forget_partitions(set(dropped))
+        self.step.pending.clear()
+        self.gate.forget(set(dropped))
+        self._requests_owned.clear()
+        if dropped:
+            self.hooks.drop_partitions(dropped)
+
+    def _restore_one(self, partition: int) -> tuple[Any, int]:
+        bound = self.settings.restore_timeout_s
+        with self.watchdog.calling(f"restore of partition {partition}", bound):
+            return restore_partition(partition, self.config, self.settings.kafka, bound)
+
+    def _restore(self, partitions: set[int]) -> None:
+        """After an aborted re-run: tables back to what is committed."""
+        for p in partitions:
+            if p in self.step.partitions:
+                self.step.partitions[p], _ = self._restore_one(p)
+
+    # ---- one batch ------------------------------------------------------------------------------
+    def _batch(self, consumer: Consumer, txn: KafkaTransaction) -> None:
+        s = self.settings
+        with self.watchdog.calling("poll", s.op_timeout_s):
+            first = consumer.poll(0.1)
+            messages: list[Message] = [] if first is None else [first]
+            if first is not None and s.batch_max_records > 1:
+                messages.extend(consumer.consume(s.batch_max_records - 1, s.batch_linger_ms / 1000))
+        records = self._records(messages)
+        if not records and not self.step.pending:
+            self.watchdog.progress()
+            return
+        self.watchdog.work_seen()
+        started = time.perf_counter()
+        result, _ = run_batch(self.step, records, int(time.time() * 1000), txn, self._restore)
+        self.watchdog.progress()
+        stats = self.stats
+        stats.batches += 1
+        stats.records += len(records)
+        stats.max_batch = max(stats.max_batch, len(records))
+        stats.apply_s += time.perf_counter() - started
+        stats.dead_lettered += result.dead_lettered
+        stats.dropped_unowned += result.dropped_unowned
+        if result.effects:
+            self.hooks.submit_effects(result.effects)
+
+    def _records(self, messages: list[Message]) -> list[InRecord]:
+        records = []
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal() or err.code() in FENCING or err.code() == KafkaError._FATAL:
+                    fenced = err.code() in FENCING or "fenced" in err.str().lower()
+                    raise TransactionFailed(f"consumer failed: {describe(err)}", fatal=True, fenced=fenced)
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("%s: consumer: %s", self._name, describe(err))
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            assert topic is not None and partition is not None and offset is not None  # set on every record
+            if topic == self.topics.requests and partition not in self._requests_owned:
+                continue  # revoked since it was fetched: the new owner reads it again
+            records.append(InRecord(topic, partition, offset, msg.key(), msg.value(), msg.timestamp()[1]))
+        return records
+
+    # ---- sweep and back-pressure ----------------------------------------------------------------
+    def _sweep(self) -> None:
+        if self.hooks.is_live is None or time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + self.settings.sweep_interval_s
+        restarted = self.step.sweep(int(time.time() * 1000), int(self.settings.sweep_grace_s * 1000), self.hooks.is_live)
+        if restarted:
+            log.warning("%s: sweep restarts %d invocations that were INVOKED without a live attempt", self._name, restarted)
+
+    def _backpressure(self, consumer: Consumer) -> None:
+        pause, resume = self.gate.decide(self.hooks.backlogged_partitions(), set(self.step.partitions))
+        if pause:
+            consumer.pause([TopicPartition(self.topics.log, p) for p in sorted(pause)])
+            log.info("%s: pausing log partitions %s: their attempts wait for an invoker slot", self._name, sorted(pause))
+        if resume:
+            consumer.resume([TopicPartition(self.topics.log, p) for p in sorted(resume)])
+            log.info("%s: resuming log partitions %s", self._name, sorted(resume))
