@@ -4,68 +4,84 @@ Every entry from the deployment is appended to keystate.log tagged with (invocat
 a `ctx.run` result is acknowledged to the SDK only after Kafka acknowledged that append.
 Whatever goes wrong with a deployment — refused connection, timeout, garbage, a message out of
 protocol — becomes an AttemptFailedCommand (retried with backoff), never a crashed partition.
+
+An attempt never ends without a terminal command on the log: it ends with its Output (End), a
+SuspendCommand or an AttemptFailedCommand, and only once every entry it appended is delivered.
+If an append failed, the attempt ends with a retryable AttemptFailedCommand instead; the terminal
+command itself is retried with backoff for as long as the attempt is current.
+At most `max_concurrent_attempts_per_deployment` attempts run against one deployment; the rest
+wait in FIFO order, and `backlogged_partitions()` tells the processor where to stop consuming.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
-from keystate.schemas._codec import codec
-from keystate.schemas.errors import ContractError
 from keystate.schemas.ids import InvocationId
+from keystate.schemas.limits import SETTING_HINT, kafka_sizes, max_payload_bytes
+from keystate.server.commands import LogRecord, command_record
+from keystate.server.commands import log_key as log_key  # worker.py still imports it from here
 from keystate.server.kafka import AsyncProducer, KafkaUnavailable
 
+from .invoker_slots import AttemptSlots
+from .invoker_stream import Attempt, AttemptError, AttemptStream, Oversized, Terminal, failure
 from .state_machine import Invoke
 
-__all__ = ["Invoker", "InvokerSettings", "log_key"]
+__all__ = ["Invoker", "InvokerSettings"]
 
 log = logging.getLogger(__name__)
 
 _RUN_ENTRY = "keystate.RunEntry"
-BATCH_CONTENT_TYPE = "application/vnd.keystate.batch+avro"
+_OUTPUT_ENTRY = "keystate.OutputEntry"
+_APPEND = "keystate.JournalAppendCommand"
+_TERMINAL_RETRY_INITIAL_S = 0.1
+_TERMINAL_RETRY_MAX_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class InvokerSettings:
-    """Limits of one attempt; both are per attempt, and hitting them fails it retryably."""
+    """Limits of the invoker: per attempt (hitting them fails it retryably) and per deployment."""
 
     # No message from the deployment for this long (SDKs send heartbeats every 10 s while an
     # attempt is quiet): the deployment is presumed dead or cut off.
     inactivity_timeout_s: float = 60.0
     # An attempt running longer than this is stopped (a suspended invocation does not count).
+    # Like the inactivity timeout, it starts when the attempt gets its slot, not while it queues.
     abort_timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
     max_message_bytes: int = 32 * 1024 * 1024
+    # The payload limit (keystate.schemas.limits: $KEYSTATE_MAX_PAYLOAD_BYTES or 8 MiB). An entry whose
+    # log record exceeds it plus the envelope headroom fails its invocation for good: the producer
+    # could not write it, and retrying would not shrink it.
+    max_payload_bytes: int = field(default_factory=max_payload_bytes)
+    # Each running attempt holds one connection to its deployment (one socket on each side).
+    # 512 keeps both a processor and a deployment process under the common 1024 open-files limit
+    # with room to spare, and is more than one Python deployment process serves at once without
+    # queueing internally; an attempt waiting on a durable step suspends and frees its slot, so only
+    # handlers that are actually running hold one. Attempts beyond it wait (FIFO), they do not fail.
+    max_concurrent_attempts_per_deployment: int = 512
+    # High watermark of attempts waiting for a slot (all deployments): above it the processor stops
+    # consuming the log partitions whose attempts wait, until the queue is below half of it.
+    max_queued_attempts: int = 10_000
 
-
-class AttemptError(Exception):
-    """The attempt failed in a way the deployment did not report itself; retryable."""
-
-
-def log_key(target: dict[str, Any], invocation_id: str) -> bytes:
-    """The Kafka record key of an invocation's commands: `Service/key` when keyed, else its id."""
-    key = target.get("key")
-    return f"{target['service']}/{key}".encode() if key is not None else invocation_id.encode()
-
-
-class _Attempt:
-    def __init__(self, action: Invoke) -> None:
-        self.action = action
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.pending: list[bytes] = []  # completions that arrived before the socket opened
+    @property
+    def resume_below_queued_attempts(self) -> int:
+        """The low watermark of the queue: consumption resumes below it."""
+        return max(1, self.max_queued_attempts // 2)
 
 
 class Invoker:
-    """Runs `Invoke` actions; `notify` pushes completions to live attempts; `stop` ends them."""
+    """Runs `Invoke` actions; `notify` pushes completions to live attempts; `stop` ends them.
+
+    `backlogged_partitions` and `is_live` may be called from any thread.
+    """
 
     def __init__(
         self,
@@ -80,21 +96,50 @@ class Invoker:
         self._partitions = partitions
         self._resolve_uri = resolve_uri
         self._settings = settings or InvokerSettings()
-        self._codec = codec()
-        self._live: dict[str, _Attempt] = {}
+        self._live: dict[str, Attempt] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._stream: AttemptStream | None = None
+        self._sends: set[asyncio.Task[None]] = set()  # completions on their way to a socket (kept from GC)
+        s = self._settings
+        self._max_record_bytes = kafka_sizes(s.max_payload_bytes).record_bytes
+        self._slots = AttemptSlots(
+            s.max_concurrent_attempts_per_deployment, s.max_queued_attempts, s.resume_below_queued_attempts
+        )
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=self._settings.connect_timeout_s))
+        # The pool holds exactly as many connections per host as attempts may run against it, so an
+        # attempt that has its slot never waits for a connection inside its connect timeout.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._settings.max_concurrent_attempts_per_deployment)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, connect=self._settings.connect_timeout_s),
+        )
+        self._stream = AttemptStream(self._session, self._settings, self._append)
 
     async def close(self) -> None:
+        tasks = [a.task for a in self._live.values() if a.task is not None]
         for iid in list(self._live):
             self.stop(iid)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
         if self._session is not None:
             await self._session.close()
 
     def live(self) -> int:
+        """Attempts running or queued."""
         return len(self._live)
+
+    def queued(self) -> int:
+        """Attempts waiting for a slot of their deployment."""
+        return self._slots.queued()
+
+    def is_live(self, invocation_id: str) -> bool:
+        """Whether an attempt of the invocation is running or queued here. Safe from any thread."""
+        return invocation_id in self._live  # one dict lookup: atomic under the GIL
+
+    def backlogged_partitions(self) -> frozenset[int]:
+        """Log partitions whose attempts wait while the queue is over its watermark. Safe from any thread."""
+        return self._slots.backlog
 
     def invoke(self, action: Invoke) -> None:
         old = self._live.get(action.invocation_id)
@@ -102,7 +147,7 @@ class Invoker:
             return
         if old is not None:
             self.stop(action.invocation_id)
-        attempt = _Attempt(action)
+        attempt = Attempt(action, self._partition_of(action.invocation_id))
         self._live[action.invocation_id] = attempt
         attempt.task = asyncio.create_task(self._run(attempt), name=f"attempt {action.invocation_id}#{action.attempt}")
 
@@ -110,11 +155,14 @@ class Invoker:
         attempt = self._live.get(invocation_id)
         if attempt is None or attempt.action.attempt != attempt_no:
             return  # it suspended or ended: the next attempt gets the result from the journal
-        message = self._codec.encode("keystate.CompletionMessage", {"index": index, "result": result})
+        assert self._stream is not None
+        message = self._stream.completion(index, result)
         if attempt.ws is None:
             attempt.pending.append(message)
         else:
-            asyncio.create_task(self._send(attempt, message))
+            task = asyncio.create_task(self._send(attempt, message))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
 
     def stop(self, invocation_id: str) -> None:
         attempt = self._live.pop(invocation_id, None)
@@ -125,229 +173,178 @@ class Invoker:
         for iid in [i for i in self._live if predicate(i)]:
             self.stop(iid)
 
-    async def _send(self, attempt: _Attempt, message: bytes) -> None:
+    def _partition_of(self, invocation_id: str) -> int:
+        return int(InvocationId.parse(invocation_id).partition(self._partitions))
+
+    def _current(self, attempt: Attempt) -> bool:
+        return self._live.get(attempt.action.invocation_id) is attempt
+
+    async def _send(self, attempt: Attempt, message: bytes) -> None:
         try:
             if attempt.ws is not None and not attempt.ws.closed:
                 await attempt.ws.send_bytes(message)
         except (aiohttp.ClientError, ConnectionError, RuntimeError):
             pass  # the receive loop sees the broken socket and fails the attempt
 
-    async def _run(self, attempt: _Attempt) -> None:
+    # ---- one attempt ----------------------------------------------------------------------------
+    async def _run(self, attempt: Attempt) -> None:
         action = attempt.action
         try:
-            await asyncio.wait_for(self._stream(attempt), self._settings.abort_timeout_s)
+            terminal = await self._attempt(attempt)
+            terminal = await self._settle_appends(attempt, terminal)
+            if terminal is not None:
+                await self._write_terminal(attempt, terminal)
         except asyncio.CancelledError:
-            raise
-        except TimeoutError:
-            await self._failed(action, 500, f"attempt exceeded the abort timeout of {self._settings.abort_timeout_s:g} s", True)
-        except AttemptError as exc:
-            await self._failed(action, 500, str(exc), True)
-        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
-            await self._failed(action, 503, f"cannot reach the deployment: {exc}", True)
-        except KafkaUnavailable as exc:
-            # The append itself failed: the next attempt starts from what is durable.
-            log.error("invocation %s attempt %d: %s", action.invocation_id, action.attempt, exc)
-        except Exception as exc:  # an invoker bug must not kill the process; record it on the invocation
-            log.exception("invocation %s attempt %d crashed the invoker", action.invocation_id, action.attempt)
-            await self._failed(action, 500, f"invoker error: {exc!r}", True, traceback.format_exc())
+            raise  # stopped: the invocation ended, moved, or a newer attempt replaced this one
+        except Exception:  # an invoker bug: loud, and the processor's sweep restarts the invocation
+            log.exception(
+                "invocation %s attempt %d: the invoker failed; the attempt ends without a terminal command",
+                action.invocation_id,
+                action.attempt,
+            )
         finally:
             if self._live.get(action.invocation_id) is attempt:
                 del self._live[action.invocation_id]
-            if attempt.ws is not None and not attempt.ws.closed:
-                await attempt.ws.close()
+            await self._close_ws(attempt)
 
-    async def _stream(self, attempt: _Attempt) -> None:
+    async def _attempt(self, attempt: Attempt) -> Terminal | None:
+        """Run the attempt on its deployment; the command that ends it, or None if it ended with its Output."""
         action = attempt.action
-        resolved = self._resolve_uri(action.deployment_id, action.target["service"])
-        if resolved is None:
-            raise AttemptError(
-                f"no deployment serves {action.target['service']}; register one with "
-                "`keystate deployments register <uri>`"
-            )
-        uri, transports = resolved
-        url = f"{uri.rstrip('/')}/invoke/{action.target['service']}/{action.target['handler']}"
-        if "websocket" in transports:
-            await self._websocket(attempt, url)
-        else:
-            await self._request_response(attempt, url)
-
-    def _opening(self, action: Invoke) -> list[bytes]:
-        """Start message and the journal so far, encoded."""
-        encode = self._codec.encode
-        return [
-            encode("keystate.StartMessage", self._start_message(action)),
-            *(encode("keystate.EntryMessage", {"index": i, "entry": r}) for i, r in enumerate(action.journal)),
-        ]
-
-    async def _websocket(self, attempt: _Attempt, url: str) -> None:
-        action = attempt.action
-        assert self._session is not None
+        url = "(unresolved)"
         try:
-            ws = await self._session.ws_connect(url, max_msg_size=self._settings.max_message_bytes, autoping=True)
-        except aiohttp.WSServerHandshakeError as exc:
-            raise AttemptError(f"deployment refused the invocation at {url}: HTTP {exc.status} {exc.message}") from exc
-        attempt.ws = ws
-        for message in self._opening(action):
-            await ws.send_bytes(message)
-        for message in attempt.pending:
-            await ws.send_bytes(message)
-        attempt.pending.clear()
-        next_index = len(action.journal)
-        while True:
-            try:
-                msg = await ws.receive(timeout=self._settings.inactivity_timeout_s)
-            except TimeoutError as exc:
+            resolved = self._resolve_uri(action.deployment_id, action.target["service"])
+            if resolved is None:
                 raise AttemptError(
-                    f"no message from the deployment for {self._settings.inactivity_timeout_s:g} s (inactivity timeout)"
-                ) from exc
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
-                raise AttemptError("the deployment closed the stream before the handler ended or suspended")
-            if msg.type == aiohttp.WSMsgType.ERROR:
-                raise AttemptError(f"stream error: {ws.exception()!r}")
-            if msg.type != aiohttp.WSMsgType.BINARY:
-                raise AttemptError(f"protocol violation: expected a binary message, got {msg.type.name}")
-            next_index, ended = await self._handle(action, msg.data, next_index, ws)
-            if ended:
-                return
-
-    async def _request_response(self, attempt: _Attempt, url: str) -> None:
-        """One POST per attempt: the journal goes in; new entries and how it ended come out."""
-        action = attempt.action
-        assert self._session is not None
-        body = self._codec.encode("keystate.MessageBatch", {"messages": self._opening(action)})
-        # One response per attempt and no heartbeats: a long ctx.run is bounded by the abort timeout.
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=self._settings.abort_timeout_s)
-        async with self._session.post(url, data=body, headers={"content-type": BATCH_CONTENT_TYPE}, timeout=timeout) as resp:
-            data = await resp.content.read(self._settings.max_message_bytes + 1)
-            if resp.status != 200:
-                raise AttemptError(f"deployment answered HTTP {resp.status} at {url}: {data[:300]!r}")
-        if len(data) > self._settings.max_message_bytes:
-            raise AttemptError(f"response larger than {self._settings.max_message_bytes} bytes")
-        try:
-            messages = self._codec.decode_as("keystate.MessageBatch", data)["messages"]
-        except ContractError as exc:
-            raise AttemptError(f"protocol violation: the response is not a MessageBatch: {exc}") from exc
-        next_index = len(action.journal)
-        for message in messages:
-            next_index, ended = await self._handle(action, message, next_index, None)
-            if ended:
-                return
-        raise AttemptError("protocol violation: the response ended without End, Suspension or Error")
-
-    async def _handle(
-        self, action: Invoke, data: bytes, next_index: int, ws: aiohttp.ClientWebSocketResponse | None
-    ) -> tuple[int, bool]:
-        """Act on one message from the deployment; returns the next entry index and whether the attempt ended."""
-        try:
-            name, record = self._codec.decode(data)
-        except ContractError as exc:
-            raise AttemptError(f"protocol violation: undecodable message from the deployment: {exc}") from exc
-        if name == "keystate.EntryMessage":
-            if record["index"] != next_index:
-                raise AttemptError(f"protocol violation: entry index {record['index']}, expected {next_index}")
-            await self._append(action, record, ws)
-            return next_index + 1, False
-        if name == "keystate.HeartbeatMessage":
-            return next_index, False
-        if name == "keystate.EndMessage":
-            return next_index, True
-        if name == "keystate.SuspensionMessage":
-            await self._command(
-                action,
-                "keystate.SuspendCommand",
-                {"invocation_id": action.invocation_id, "attempt": action.attempt, "waiting_on": record["waiting_on"]},
-            )
-            return next_index, True
-        if name == "keystate.ErrorMessage":
-            await self._failed(
-                action,
-                record["code"],
-                record["message"],
-                record["retryable"],
-                record.get("stacktrace"),
-                record.get("retry_after_ms"),
-                record.get("related_entry_index"),
-            )
-            return next_index, True
-        raise AttemptError(f"protocol violation: unexpected {name} from the deployment")
-
-    def _start_message(self, action: Invoke) -> dict[str, Any]:
-        return {
-            "invocation_id": action.invocation_id,
-            "attempt": action.attempt,
-            "target": action.target,
-            "known_entries": len(action.journal),
-            "state": action.state or [],
-            "partial_state": action.state is None,
-            "random_seed": action.random_seed,
-            "retry_count": action.retry_count,
-            "duration_since_first_attempt_ms": max(0, int(time.time() * 1000) - action.first_attempt_at_ms),
-        }
-
-    async def _append(
-        self, action: Invoke, message: dict[str, Any], ws: aiohttp.ClientWebSocketResponse | None
-    ) -> None:
-        entry = message["entry"]
-        delivered = self._produce(
-            action,
-            "keystate.JournalAppendCommand",
-            {"invocation_id": action.invocation_id, "attempt": action.attempt, "entry_index": message["index"], "entry": entry},
-        )
-        if entry["entry"][0] == _RUN_ENTRY and ws is not None:
-            await delivered
-            await ws.send_bytes(self._codec.encode("keystate.AckMessage", {"index": message["index"]}))
-        else:
-            delivered.add_done_callback(_log_failed_delivery)
-
-    async def _command(self, action: Invoke, name: str, record: dict[str, Any]) -> None:
-        await self._produce(action, name, record)
-
-    async def _failed(
-        self,
-        action: Invoke,
-        code: int,
-        message: str,
-        retryable: bool,
-        stacktrace: str | None = None,
-        retry_after_ms: int | None = None,
-        entry_index: int | None = None,
-    ) -> None:
-        log.warning(
-            "invocation %s (%s/%s) attempt %d failed: %s",
-            action.invocation_id,
-            action.target["service"],
-            action.target["handler"],
-            action.attempt,
-            message,
-        )
-        try:
-            await self._produce(
-                action,
-                "keystate.AttemptFailedCommand",
-                {
-                    "invocation_id": action.invocation_id,
-                    "attempt": action.attempt,
-                    "failure": {"code": code, "message": message},
-                    "retryable": retryable,
-                    "retry_after_ms": retry_after_ms,
-                    "entry_index": entry_index,
-                },
-            )
+                    f"no deployment serves {action.target['service']}; register one with "
+                    "`keystate deployments register <uri>`"
+                )
+            uri, transports = resolved
+            url = f"{uri.rstrip('/')}/invoke/{action.target['service']}/{action.target['handler']}"
+            deployment = _deployment_key(url)
+            await self._slots.acquire(deployment, attempt.partition)
+            try:
+                # The abort and inactivity timeouts run from here: time in the queue does not count.
+                assert self._stream is not None
+                return await asyncio.wait_for(self._stream.run(attempt, url, transports), self._settings.abort_timeout_s)
+            finally:
+                try:
+                    await self._close_ws(attempt)  # the connection goes back to the pool before the slot does
+                finally:
+                    self._slots.release(deployment)
+        except asyncio.CancelledError:
+            raise
+        except aiohttp.ServerTimeoutError as exc:
+            if not attempt.connected:
+                return failure(
+                    action, 503, f"could not connect to {url} within {self._settings.connect_timeout_s:g} s (connect timeout)"
+                )
+            return failure(action, 503, f"no answer from {url}: {exc or 'read timeout'}")
+        except TimeoutError:
+            return failure(action, 500, f"attempt exceeded the abort timeout of {self._settings.abort_timeout_s:g} s")
+        except AttemptError as exc:
+            return failure(action, 500, str(exc))
+        except Oversized as exc:
+            return failure(action, 500, str(exc), retryable=False, entry_index=exc.index)
+        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+            return failure(action, 503, f"cannot reach the deployment at {url}: {exc}")
         except KafkaUnavailable as exc:
-            log.error("could not record the failure of %s: %s", action.invocation_id, exc)
+            return failure(action, 503, f"could not append to {self._topic}: {exc}")
+        except Exception as exc:  # an invoker bug must not kill the process; record it on the invocation
+            log.exception("invocation %s attempt %d crashed the invoker", action.invocation_id, action.attempt)
+            return failure(action, 500, f"invoker error: {exc!r}")
 
-    def _produce(self, action: Invoke, name: str, record: dict[str, Any]) -> asyncio.Future[Any]:
-        iid = action.invocation_id
-        partition = InvocationId.parse(iid).partition(self._partitions)
-        return self._producer.produce(
-            self._topic,
-            self._codec.encode(name, record),
-            key=log_key(action.target, iid),
-            partition=partition,
-            headers=[("type", name.encode()), ("invocation_id", iid.encode())],
+    async def _close_ws(self, attempt: Attempt) -> None:
+        if attempt.ws is not None and not attempt.ws.closed:
+            try:
+                await attempt.ws.close()
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError):
+                pass  # closing a broken socket: nothing left to tell the deployment
+
+    async def _settle_appends(self, attempt: Attempt, terminal: Terminal | None) -> Terminal | None:
+        """Wait until Kafka took every entry of the attempt; if one failed, the attempt failed (retryably)."""
+        if attempt.unsettled:
+            await asyncio.gather(*attempt.unsettled, return_exceptions=True)
+        if attempt.append_failure is None:
+            return terminal
+        index, exc = attempt.append_failure
+        action = attempt.action
+        log.error(
+            "invocation %s attempt %d: entry %d could not be appended to %s (%s); recording a retryable failure",
+            action.invocation_id, action.attempt, index, self._topic, exc,
+        )
+        return failure(
+            action, 503, f"journal entry {index} could not be appended to {self._topic}: {exc}", entry_index=index
         )
 
+    async def _write_terminal(self, attempt: Attempt, terminal: Terminal) -> None:
+        """Produce the attempt's terminal command, retrying with backoff while the attempt is current."""
+        action = attempt.action
+        delay = _TERMINAL_RETRY_INITIAL_S
+        while self._current(attempt):
+            try:
+                await self._produce(self._record(action, terminal.name, terminal.record))
+                return
+            except KafkaUnavailable as exc:
+                log.error(
+                    "invocation %s attempt %d: could not write %s to %s (%s); retrying in %.1f s",
+                    action.invocation_id, action.attempt, terminal.name, self._topic, exc, delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _TERMINAL_RETRY_MAX_S)
+        log.info(
+            "invocation %s attempt %d: no longer current, %s not written", action.invocation_id, action.attempt, terminal.name
+        )
 
-def _log_failed_delivery(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("journal append failed: %s", future.exception())
+    # ---- the log ----------------------------------------------------------------------------------
+    async def _append(self, attempt: Attempt, message: dict[str, Any], ws: aiohttp.ClientWebSocketResponse | None) -> None:
+        action = attempt.action
+        index = message["index"]
+        entry = message["entry"]
+        entry_type = entry["entry"][0]
+        command = self._record(
+            action,
+            _APPEND,
+            {"invocation_id": action.invocation_id, "attempt": action.attempt, "entry_index": index, "entry": entry},
+        )
+        size = _record_size(command)
+        if size > self._max_record_bytes:
+            limit = self._settings.max_payload_bytes
+            raise Oversized(
+                f"the handler's {entry_type.removeprefix('keystate.')} (entry {index}) makes a log record of "
+                f"{size:,} bytes, over the {self._max_record_bytes:,} bytes a record may have with the payload limit "
+                f"of {limit:,} bytes (max_payload_bytes); keep large values outside keystate, or {SETTING_HINT}",
+                index,
+            )
+        delivered = self._producer.produce(self._topic, command.value, **command.produce_kwargs())
+        attempt.unsettled.add(delivered)
+        delivered.add_done_callback(lambda f: self._appended(attempt, index, f))
+        if entry_type == _OUTPUT_ENTRY:
+            attempt.output_appended = True
+        if entry_type == _RUN_ENTRY and ws is not None:
+            await delivered
+            assert self._stream is not None
+            await ws.send_bytes(self._stream.ack(index))
+
+    def _appended(self, attempt: Attempt, index: int, future: asyncio.Future[Any]) -> None:
+        attempt.unsettled.discard(future)
+        if attempt.append_failure is None:
+            exc = future.exception() if not future.cancelled() else asyncio.CancelledError("delivery cancelled")
+            if exc is not None:
+                attempt.append_failure = (index, exc)
+
+    def _record(self, action: Invoke, name: str, record: dict[str, Any]) -> LogRecord:
+        return command_record(name, record, self._partitions, target=action.target)
+
+    async def _produce(self, command: LogRecord) -> None:
+        await self._producer.produce(self._topic, command.value, **command.produce_kwargs())
+
+
+def _record_size(command: LogRecord) -> int:
+    """Bytes of a record as the producer counts them against its limit: key, value and headers."""
+    return len(command.key) + len(command.value) + sum(len(k) + len(v) for k, v in command.headers)
+
+
+def _deployment_key(url: str) -> Hashable:
+    """What one slot limit covers: an endpoint, as aiohttp's per-host connection limit counts them."""
+    parsed = URL(url)
+    return (parsed.scheme, parsed.host, parsed.port)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from .errors import KafkaUnavailable
 __all__ = ["AsyncProducer", "KafkaSettings", "TopicFollower", "kafka_error", "watermarks"]
 
 log = logging.getLogger(__name__)
+
+_DRAIN_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,18 +108,45 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) ->
 class AsyncProducer:
     """An idempotent acks=all producer whose deliveries resolve asyncio futures.
 
-    One background thread polls for delivery reports so no event-loop call blocks on Kafka.
+    No call on the event loop blocks on Kafka: one background thread polls for delivery reports,
+    and when librdkafka's local queue is full, records wait in an overflow queue (in order) that
+    the same thread hands to librdkafka as room frees up.
     """
+
+    # Records that may wait for room in librdkafka's queue before produce() raises; settable per instance.
+    max_overflow: int = 100_000
 
     def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
         self._producer = Producer(settings.producer_config(**overrides))
+        # Records librdkafka had no room for, oldest first; guarded by _lock, which also orders
+        # every hand-over to librdkafka so a record never overtakes an older one of its partition.
+        self._overflow: deque[_Queued] = deque()
+        self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="keystate-producer-poll", daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
         while not self._closed.is_set():
-            self._producer.poll(0.05)
+            # Short polls while records wait for room, so the overflow drains as soon as it can.
+            self._producer.poll(0.005 if self._overflow else 0.05)
+            if self._overflow:
+                self._drain()
+
+    def _drain(self) -> None:
+        # At most _DRAIN_BATCH records per hold of the lock, so produce() on the loop never waits long.
+        with self._lock:
+            for _ in range(_DRAIN_BATCH):
+                if not self._overflow:
+                    return
+                queued = self._overflow[0]
+                try:
+                    self._producer.produce(queued.topic, queued.value, **queued.kwargs)
+                except BufferError:
+                    return  # still full: the next poll frees room
+                except KafkaException as exc:
+                    _threadsafe(queued.loop, _fail, queued.future, kafka_error(f"produce to {queued.topic}", exc))
+                self._overflow.popleft()
 
     def produce(
         self,
@@ -127,28 +157,41 @@ class AsyncProducer:
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[Message]:
-        """Hand a record to Kafka; the future completes once Kafka acknowledged it (acks=all)."""
+        """Hand a record to Kafka; the future completes once Kafka acknowledged it (acks=all).
+
+        Never blocks: a record that does not fit librdkafka's queue waits in the overflow queue.
+        Raises `KafkaUnavailable` if librdkafka refuses the record outright (e.g. too large) or
+        the overflow queue is full too (Kafka has been slower than the load for a long while).
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Message] = loop.create_future()
 
         def delivered(err: KafkaError | None, msg: Message) -> None:
-            loop.call_soon_threadsafe(_settle, future, err, msg, topic)
+            _threadsafe(loop, _settle, future, err, msg, topic)
 
         kwargs: dict[str, Any] = {"key": key, "headers": headers, "on_delivery": delivered}
         if partition is not None:
             kwargs["partition"] = partition
-        try:
-            self._producer.produce(topic, value, **kwargs)
-        except BufferError:
-            # The local queue is full: let the poll thread drain it, then try once more.
-            self._producer.flush(1.0)
-            try:
-                self._producer.produce(topic, value, **kwargs)
-            except (BufferError, KafkaException) as exc:
-                raise kafka_error(f"produce to {topic}", exc) from exc
-        except KafkaException as exc:
-            raise kafka_error(f"produce to {topic}", exc) from exc
+        with self._lock:
+            if not self._overflow:
+                try:
+                    self._producer.produce(topic, value, **kwargs)
+                    return future
+                except BufferError:
+                    pass  # librdkafka's queue is full: wait in the overflow queue below
+                except KafkaException as exc:
+                    raise kafka_error(f"produce to {topic}", exc) from exc
+            if len(self._overflow) >= self.max_overflow:
+                raise KafkaUnavailable(
+                    f"produce to {topic} failed: {len(self._overflow)} records already wait for room in the "
+                    "local queue; Kafka is slower than the load (check the brokers, or lower the load)"
+                )
+            self._overflow.append(_Queued(topic, value, kwargs, future, loop))
         return future
+
+    def waiting(self) -> int:
+        """Records in the overflow queue, not yet handed to librdkafka."""
+        return len(self._overflow)
 
     def partitions(self, topic: str, timeout: float = 10.0) -> int:
         """The partition count of `topic` (blocking metadata request)."""
@@ -164,11 +207,39 @@ class AsyncProducer:
         return len(info.partitions)
 
     def close(self, timeout: float = 10.0) -> None:
-        remaining = self._producer.flush(timeout)
+        """Deliver what is queued (up to `timeout`), then stop the poll thread. Blocks: call it off the loop."""
+        deadline = time.monotonic() + timeout
+        while self._overflow and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.01)  # the poll thread drains the overflow queue
+        remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
         self._closed.set()
         self._thread.join(timeout=1.0)
-        if remaining:
-            log.warning("producer closed with %d records not delivered", remaining)
+        with self._lock:
+            dropped = list(self._overflow)
+            self._overflow.clear()
+        for queued in dropped:
+            _threadsafe(queued.loop, _fail, queued.future, KafkaUnavailable(f"produce to {queued.topic} failed: producer closed"))
+        if remaining or dropped:
+            log.warning("producer closed with %d records not delivered", remaining + len(dropped))
+
+
+@dataclass(slots=True)
+class _Queued:
+    """A record waiting for room in librdkafka's queue."""
+
+    topic: str
+    value: bytes
+    kwargs: dict[str, Any]
+    future: asyncio.Future[Message]
+    loop: asyncio.AbstractEventLoop
+
+
+def _threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """Run `fn` on `loop` from another thread; a closed loop has nobody left to tell."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
 
 
 def _settle(future: asyncio.Future[Message], err: KafkaError | None, msg: Message, topic: str) -> None:
@@ -276,6 +347,6 @@ def _done(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _fail(future: asyncio.Future[None], error: Exception) -> None:
+def _fail(future: asyncio.Future[Any], error: Exception) -> None:
     if not future.done():
         future.set_exception(error)

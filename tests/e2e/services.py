@@ -274,6 +274,21 @@ async def oversized(ctx: ObjectContext, what: str) -> str:
 
 SERVICES += [payloads, blobs]
 
+# ---- invoker: back-pressure (issue 7) ----
+import asyncio  # noqa: E402
+
+holder = Service("Holder")
+
+
+@holder.handler()
+async def hold(ctx: Context, seconds: float) -> float:
+    """Keeps its attempt open for `seconds` without journaling anything (so it never suspends)."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+SERVICES.append(holder)
+
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,239 @@
+"""One attempt on a deployment: its state, the protocol over either transport, and how it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from keystate.schemas._codec import codec
+from keystate.schemas.errors import ContractError
+from keystate.schemas.limits import truncate_text
+
+from .state_machine import Invoke
+
+if TYPE_CHECKING:
+    from .invoker import InvokerSettings
+
+__all__ = ["Attempt", "AttemptError", "AttemptStream", "Oversized", "Terminal", "failure"]
+
+log = logging.getLogger(__name__)
+
+BATCH_CONTENT_TYPE = "application/vnd.keystate.batch+avro"
+FAILED = "keystate.AttemptFailedCommand"
+SUSPEND = "keystate.SuspendCommand"
+
+
+class AttemptError(Exception):
+    """The attempt failed in a way the deployment did not report itself; retryable."""
+
+
+class Oversized(Exception):
+    """The deployment sent an entry too large to journal; the invocation fails for good."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+@dataclass(frozen=True, slots=True)
+class Terminal:
+    """The command that ends an attempt on the log: a SuspendCommand or an AttemptFailedCommand."""
+
+    name: str
+    record: dict[str, Any]
+
+
+class Attempt:
+    """What the invoker knows about one running (or queued) attempt."""
+
+    def __init__(self, action: Invoke, partition: int) -> None:
+        self.action = action
+        self.partition = partition
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.pending: list[bytes] = []  # completions that arrived before the socket opened
+        self.connected = False  # the deployment answered: a timeout from here on is not a connect timeout
+        self.output_appended = False
+        self.unsettled: set[asyncio.Future[Any]] = set()  # appends Kafka has not acknowledged yet
+        self.append_failure: tuple[int, BaseException] | None = None  # the first append that failed
+
+
+def failure(
+    action: Invoke,
+    code: int,
+    message: str,
+    *,
+    retryable: bool = True,
+    retry_after_ms: int | None = None,
+    entry_index: int | None = None,
+) -> Terminal:
+    """The AttemptFailedCommand that ends `action`'s attempt (logged, naming the invocation)."""
+    log.warning(
+        "invocation %s (%s/%s) attempt %d failed%s: %s",
+        action.invocation_id,
+        action.target["service"],
+        action.target["handler"],
+        action.attempt,
+        "" if retryable else " for good",
+        message,
+    )
+    return Terminal(
+        FAILED,
+        {
+            "invocation_id": action.invocation_id,
+            "attempt": action.attempt,
+            # Cut to MAX_TEXT_BYTES: a deployment's failure text must never make its record too big to write.
+            "failure": {"code": code, "message": truncate_text(message)},
+            "retryable": retryable,
+            "retry_after_ms": retry_after_ms,
+            "entry_index": entry_index,
+        },
+    )
+
+
+# Journals one entry message of the attempt: (attempt, {index, entry}, the socket to ack a run on).
+Append = Callable[[Attempt, dict[str, Any], "aiohttp.ClientWebSocketResponse | None"], Awaitable[None]]
+
+
+class AttemptStream:
+    """Talks the deployment protocol for attempts, over one WebSocket each or one request/response."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: InvokerSettings, append: Append) -> None:
+        self._session = session
+        self._settings = settings
+        self._append = append
+        self._codec = codec()
+
+    async def run(self, attempt: Attempt, url: str, transports: list[str]) -> Terminal | None:
+        """Run the attempt to its end: its terminal command, or None when it ended with its output."""
+        if "websocket" in transports:
+            return await self._websocket(attempt, url)
+        return await self._request_response(attempt, url)
+
+    def completion(self, index: int, result: Any) -> bytes:
+        return bytes(self._codec.encode("keystate.CompletionMessage", {"index": index, "result": result}))
+
+    def ack(self, index: int) -> bytes:
+        return bytes(self._codec.encode("keystate.AckMessage", {"index": index}))
+
+    def _opening(self, action: Invoke) -> list[bytes]:
+        """Start message and the journal so far, encoded."""
+        encode = self._codec.encode
+        return [
+            encode("keystate.StartMessage", _start_message(action)),
+            *(encode("keystate.EntryMessage", {"index": i, "entry": r}) for i, r in enumerate(action.journal)),
+        ]
+
+    async def _websocket(self, attempt: Attempt, url: str) -> Terminal | None:
+        action = attempt.action
+        try:
+            ws = await self._session.ws_connect(url, max_msg_size=self._settings.max_message_bytes, autoping=True)
+        except aiohttp.WSServerHandshakeError as exc:
+            raise AttemptError(f"deployment refused the invocation at {url}: HTTP {exc.status} {exc.message}") from exc
+        attempt.ws = ws
+        attempt.connected = True
+        for message in self._opening(action):
+            await ws.send_bytes(message)
+        for message in attempt.pending:
+            await ws.send_bytes(message)
+        attempt.pending.clear()
+        next_index = len(action.journal)
+        while True:
+            try:
+                msg = await ws.receive(timeout=self._settings.inactivity_timeout_s)
+            except TimeoutError as exc:
+                raise AttemptError(
+                    f"no message from the deployment for {self._settings.inactivity_timeout_s:g} s (inactivity timeout)"
+                ) from exc
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                raise AttemptError("the deployment closed the stream before the handler ended or suspended")
+            if msg.type == aiohttp.WSMsgType.ERROR:
+                raise AttemptError(f"stream error: {ws.exception()!r}")
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                raise AttemptError(f"protocol violation: expected a binary message, got {msg.type.name}")
+            next_index, ended, terminal = await self._handle(attempt, msg.data, next_index, ws)
+            if ended:
+                return terminal
+
+    async def _request_response(self, attempt: Attempt, url: str) -> Terminal | None:
+        """One POST per attempt: the journal goes in; new entries and how it ended come out."""
+        action = attempt.action
+        body = self._codec.encode("keystate.MessageBatch", {"messages": self._opening(action)})
+        # One response per attempt and no heartbeats: a long ctx.run is bounded by the abort timeout.
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self._settings.connect_timeout_s, sock_read=self._settings.abort_timeout_s
+        )
+        headers = {"content-type": BATCH_CONTENT_TYPE}
+        async with self._session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+            attempt.connected = True
+            data = await resp.content.read(self._settings.max_message_bytes + 1)
+            if resp.status != 200:
+                raise AttemptError(f"deployment answered HTTP {resp.status} at {url}: {data[:300]!r}")
+        if len(data) > self._settings.max_message_bytes:
+            raise AttemptError(f"response larger than {self._settings.max_message_bytes} bytes")
+        try:
+            messages = self._codec.decode_as("keystate.MessageBatch", data)["messages"]
+        except ContractError as exc:
+            raise AttemptError(f"protocol violation: the response is not a MessageBatch: {exc}") from exc
+        next_index = len(action.journal)
+        for message in messages:
+            next_index, ended, terminal = await self._handle(attempt, message, next_index, None)
+            if ended:
+                return terminal
+        raise AttemptError("protocol violation: the response ended without End, Suspension or Error")
+
+    async def _handle(
+        self, attempt: Attempt, data: bytes, next_index: int, ws: aiohttp.ClientWebSocketResponse | None
+    ) -> tuple[int, bool, Terminal | None]:
+        """Act on one message: (next entry index, whether the attempt ended, its terminal command)."""
+        action = attempt.action
+        try:
+            name, record = self._codec.decode(data)
+        except ContractError as exc:
+            raise AttemptError(f"protocol violation: undecodable message from the deployment: {exc}") from exc
+        if name == "keystate.EntryMessage":
+            if record["index"] != next_index:
+                raise AttemptError(f"protocol violation: entry index {record['index']}, expected {next_index}")
+            await self._append(attempt, record, ws)
+            return next_index + 1, False, None
+        if name == "keystate.HeartbeatMessage":
+            return next_index, False, None
+        if name == "keystate.EndMessage":
+            if not attempt.output_appended:
+                # Nothing would ever end the invocation: fail the attempt instead of stranding it.
+                raise AttemptError("protocol violation: the deployment ended the attempt without an output")
+            return next_index, True, None
+        if name == "keystate.SuspensionMessage":
+            suspend = {"invocation_id": action.invocation_id, "attempt": action.attempt, "waiting_on": record["waiting_on"]}
+            return next_index, True, Terminal(SUSPEND, suspend)
+        if name == "keystate.ErrorMessage":
+            failed = failure(
+                action,
+                record["code"],
+                record["message"],
+                retryable=record["retryable"],
+                retry_after_ms=record.get("retry_after_ms"),
+                entry_index=record.get("related_entry_index"),
+            )
+            return next_index, True, failed
+        raise AttemptError(f"protocol violation: unexpected {name} from the deployment")
+
+
+def _start_message(action: Invoke) -> dict[str, Any]:
+    return {
+        "invocation_id": action.invocation_id,
+        "attempt": action.attempt,
+        "target": action.target,
+        "known_entries": len(action.journal),
+        "state": action.state or [],
+        "partial_state": action.state is None,
+        "random_seed": action.random_seed,
+        "retry_count": action.retry_count,
+        "duration_since_first_attempt_ms": max(0, int(time.time() * 1000) - action.first_attempt_at_ms),
+    }
