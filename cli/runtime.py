@@ -56,6 +56,13 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
                         help="seconds without any message from a deployment before an attempt is retried (default %(default)s)")
     parser.add_argument("--abort-timeout", type=float, default=_default(InvokerSettings, "abort_timeout_s"),
                         help="seconds an attempt may run at most (default %(default)s)")
+    parser.add_argument("--connect-timeout", type=float, default=_default(InvokerSettings, "connect_timeout_s"),
+                        help="seconds to open a connection to a deployment (default %(default)s)")
+    parser.add_argument("--max-concurrent-attempts", type=int,
+                        default=_default(InvokerSettings, "max_concurrent_attempts_per_deployment"),
+                        help="attempts running against one deployment at once; more wait in a queue (default %(default)s)")
+    parser.add_argument("--max-queued-attempts", type=int, default=_default(InvokerSettings, "max_queued_attempts"),
+                        help="waiting attempts above which log partitions are paused (default %(default)s)")
     parser.add_argument("--watchdog-stall", type=float, default=_default(ProcessorSettings, "watchdog_stall_s"),
                         help="seconds without a commit while records wait before the processor rejoins (default %(default)s)")
     parser.add_argument("--sweep-interval", type=float, default=_default(ProcessorSettings, "sweep_interval_s"),
@@ -123,7 +130,14 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, in
             completion_retention_ms=int(args.retention * 1000),
             watchdog_stall_s=args.watchdog_stall,
             sweep_interval_s=args.sweep_interval,
-            invoker=InvokerSettings(inactivity_timeout_s=args.inactivity_timeout, abort_timeout_s=args.abort_timeout),
+            invoker=InvokerSettings(
+                inactivity_timeout_s=args.inactivity_timeout,
+                abort_timeout_s=args.abort_timeout,
+                connect_timeout_s=args.connect_timeout,
+                max_payload_bytes=args.max_payload_bytes,
+                max_concurrent_attempts_per_deployment=args.max_concurrent_attempts,
+                max_queued_attempts=args.max_queued_attempts,
+            ),
         )
         tasks.append(asyncio.create_task(Worker(settings).run(stop), name="processor"))
     if ingress:

@@ -27,7 +27,6 @@ from yarl import URL
 from keystate.schemas.ids import InvocationId
 from keystate.schemas.limits import SETTING_HINT, kafka_sizes, max_payload_bytes
 from keystate.server.commands import LogRecord, command_record
-from keystate.server.commands import log_key as log_key  # worker.py still imports it from here
 from keystate.server.kafka import AsyncProducer, KafkaUnavailable
 
 from .invoker_slots import AttemptSlots

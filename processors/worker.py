@@ -133,7 +133,7 @@ class Worker:
         self.log_partitions = self._producer.partitions(self.topics.log)
         self.invoker = Invoker(self._producer, self.topics.log, self.log_partitions, self._resolve_uri, self.settings.invoker)
         await self.invoker.start()
-        self.timers = TimerService(self._producer, self.topics.log)
+        self.timers = TimerService(self._producer, self.topics.log, partitions=self.log_partitions)
         self.executor = EffectExecutor(self.invoker, self.timers, self.log_partitions)
         config = Config(
             retry_policy=self.settings.retry_policy,
