@@ -264,9 +264,10 @@ async def _invoke(request: web.Request) -> web.Response:
     target_text = str(target)
     # Requests that may find an existing invocation ask for a reply saying which one.
     request_id = str(uuid.uuid4()) if idempotency_key is not None or workflow_run else None
+    target_fields = target_record(target)
     command = {
         "invocation_id": id_text,
-        "target": target_record(target),
+        "target": target_fields,
         "argument": body,
         "headers": headers,
         "idempotency_key": idempotency_key,
@@ -286,7 +287,7 @@ async def _invoke(request: web.Request) -> web.Response:
         key=key,
         partition_key=invocation_id.partition_key,
         invocation_id=id_text,
-        target=target_text,
+        target=target_fields,
         what="the invocation",
         retry_hint="retry with the same idempotency-key header",
     )

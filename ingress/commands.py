@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from keystate.schemas._codec import codec
 from keystate.schemas.ids import InvocationTarget
+from keystate.server.commands import command_record
 from keystate.server.errors import KafkaUnavailable
 
 from .errors import INVOCATION_ID_HEADER, InvocationFailed, ResultTimeout, Unavailable
@@ -43,27 +44,28 @@ async def produce_command(
     key: str,
     partition_key: int,
     invocation_id: str | None = None,
-    target: str | None = None,
+    target: Mapping[str, Any] | None = None,
     what: str = "the request",
     retry_hint: str = "retry",
 ) -> None:
-    """Encode `record` as `name` and append it to the log at the partition of `partition_key`.
+    """Append `record` as the command `name` to the log at the partition of `partition_key`.
 
-    Returns once Kafka acknowledged it; otherwise `Unavailable`, saying it may or may not be there.
+    Built by `command_record`, like every command on the log. Returns once Kafka acknowledged it;
+    otherwise `Unavailable`, saying it may or may not be there.
     """
     producer = runtime.require_producer()
-    value = codec().encode(name, record)
-    headers = [("type", name.encode())]
-    if invocation_id is not None:
-        headers.append(("invocation_id", invocation_id.encode()))
-    if target is not None:
-        headers.append(("target", target.encode()))
-    partition = partition_key % runtime.log_partitions
+    out = command_record(
+        name,
+        record,
+        runtime.log_partitions,
+        partition_key=partition_key,
+        key=key.encode("utf-8"),
+        target=target,
+        invocation_id=invocation_id,
+    )
     timeout = runtime.settings.produce_timeout
     try:
-        delivery = producer.produce(
-            runtime.settings.topics.log, value, key=key.encode("utf-8"), partition=partition, headers=headers
-        )
+        delivery = producer.produce(runtime.settings.topics.log, out.value, **out.produce_kwargs())
         await asyncio.wait_for(delivery, timeout)
     except TimeoutError:
         raise Unavailable(

@@ -170,7 +170,7 @@ async def _ask(runtime: IngressRuntime, query: _Query, pending: PendingReply, *,
         key=query.key,
         partition_key=query.partition_key,
         invocation_id=query.invocation_id,
-        target=None if query.target is None else str(query.target),
+        target=None if query.target is None else query.target.to_record(),
         what="the query",
     )
     return await await_within(

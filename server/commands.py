@@ -42,15 +42,17 @@ def command_record(
     partition_key: int | None = None,
     key: bytes | None = None,
     target: Mapping[str, Any] | None = None,
+    invocation_id: str | None = None,
 ) -> LogRecord:
     """Encode `record` as the command `name` for the log partition that owns it.
 
     The partition comes from `partition_key` when given, else from the record's invocation id
     (which carries its partition key hash). The key is `key`, else derived from `target` (or the
-    record's own target) and the invocation id. Headers name the type, the invocation and the
-    target, so `kcat -f '%h'` shows what flows without decoding.
+    record's own target) and the invocation id. Headers name the type, the invocation (the record's,
+    or `invocation_id` for commands that only refer to one, such as an awakeable's completion) and
+    the target, so `kcat -f '%h'` shows what flows without decoding.
     """
-    iid = record.get("invocation_id")
+    iid = record.get("invocation_id") or invocation_id
     if partition_key is None:
         if not iid:
             raise ValueError(f"{name} has no invocation id and no partition key: cannot route it")
