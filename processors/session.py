@@ -342,6 +342,11 @@ class Session:
 
 
 def _close_producer(producer: Producer) -> None:
-    """Drop what is queued, then close (its flush has nothing left to wait for); destroys the client here."""
-    producer.purge()
-    producer.close()
+    """Drop what is queued, then close (its flush has nothing left to wait for); destroys the client here.
+
+    close() destroys the client even when it then raises the producer's pending fatal error.
+    """
+    try:
+        producer.purge()
+    finally:
+        producer.close()
