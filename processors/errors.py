@@ -4,6 +4,7 @@ ProcessorError
  +-- InvariantViolation       the state machine found its tables inconsistent; the partition stops
  +-- BatchFailed              a transaction failed for no single record's fault; the session rejoins
  +-- TransactionFailed        the transactional producer refused an operation (fatal: a new producer)
+ |    +-- CallAbandoned       a client call did not return within its bound; that client is abandoned
  +-- InstanceFenced           another process runs with this --instance-id; this one exits
  +-- LoopStuck                the partition loop is stuck inside a client call; the process exits
 (Kafka failures elsewhere surface as `keystate.server.errors.KafkaUnavailable`.)
@@ -31,6 +32,14 @@ class TransactionFailed(ProcessorError):
         super().__init__(message)
         self.fatal = fatal
         self.fenced = fenced
+
+
+class CallAbandoned(TransactionFailed):
+    """A client call outlived its bound on its helper thread; the client must never be used again."""
+
+    def __init__(self, message: str, *, operation: str) -> None:
+        super().__init__(message, fatal=True)
+        self.operation = operation
 
 
 class InstanceFenced(ProcessorError):

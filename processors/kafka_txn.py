@@ -8,6 +8,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from .bounded import BoundedCaller
 from .errors import TransactionFailed
 from .records import DeliveryFailure, OutRecord
 from .watchdog import Watchdog
@@ -50,13 +51,20 @@ def transaction_failed(operation: str, exc: KafkaException) -> TransactionFailed
 
 
 class KafkaTransaction:
-    """One transactional producer's batch transactions, every call bounded and watched."""
+    """One transactional producer's batch transactions, every call bounded and watched.
 
-    def __init__(self, producer: Producer, consumer: Consumer, watchdog: Watchdog, timeout_s: float) -> None:
+    The calls that wait for the broker run on `caller`'s thread: past their bound they raise
+    `CallAbandoned` and the producer must not be touched again (see `bounded.py`).
+    """
+
+    def __init__(
+        self, producer: Producer, consumer: Consumer, watchdog: Watchdog, timeout_s: float, caller: BoundedCaller
+    ) -> None:
         self._producer = producer
         self._consumer = consumer
         self._watchdog = watchdog
         self._timeout = timeout_s
+        self._caller = caller
 
     def begin(self) -> None:
         try:
@@ -75,7 +83,7 @@ class KafkaTransaction:
                 break  # the batch is aborted anyway; blame this one and re-run
         with self._watchdog.calling("flush", self._timeout):
             try:
-                remaining = self._producer.flush(self._timeout)
+                remaining = self._caller.call("flush", self._timeout, partial(self._producer.flush, self._timeout))
             except KafkaException as exc:
                 raise transaction_failed("flush", exc) from exc
             except SystemError as exc:
@@ -112,10 +120,15 @@ class KafkaTransaction:
         try:
             if offsets:
                 positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                group = self._consumer.consumer_group_metadata()
                 with self._watchdog.calling("send_offsets_to_transaction", self._timeout):
-                    self._producer.send_offsets_to_transaction(positions, self._consumer.consumer_group_metadata(), self._timeout)
+                    self._caller.call(
+                        "send_offsets_to_transaction",
+                        self._timeout,
+                        partial(self._producer.send_offsets_to_transaction, positions, group, self._timeout),
+                    )
             with self._watchdog.calling("commit_transaction", self._timeout):
-                self._producer.commit_transaction(self._timeout)
+                self._caller.call("commit_transaction", self._timeout, partial(self._producer.commit_transaction, self._timeout))
         except KafkaException as exc:
             failed = transaction_failed("commit", exc)
             if not failed.fatal:
@@ -125,7 +138,7 @@ class KafkaTransaction:
     def abort(self) -> None:
         with self._watchdog.calling("abort_transaction", self._timeout):
             try:
-                self._producer.abort_transaction(self._timeout)
+                self._caller.call("abort_transaction", self._timeout, partial(self._producer.abort_transaction, self._timeout))
             except KafkaException as exc:
                 raise transaction_failed("abort_transaction", exc) from exc
 

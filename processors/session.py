@@ -4,6 +4,8 @@ Runs on its own thread (confluent-kafka blocks). A session is one consumer plus 
 producer; any failure of either (fencing, a fatal producer error, a broker restart, a watchdog
 reset) ends the session and a new one starts with new clients, restoring the partitions it gets.
 Only repeated fencing right after joining — another process with the same instance id — stops it.
+Every call that waits for the broker is bounded for real (`bounded.py`): a call librdkafka never
+returns from abandons its client, and the watchdog exits the process after several such setbacks in a row.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -20,7 +23,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from keystate.server.errors import ServerError
 
 from .backpressure import PauseGate
-from .errors import InstanceFenced, ProcessorError, TransactionFailed
+from .bounded import BoundedCaller
+from .errors import CallAbandoned, InstanceFenced, ProcessorError, TransactionFailed
 from .kafka_txn import FENCING, KafkaTransaction, describe, transaction_failed
 from .records import InRecord
 from .restore import restore_partition
@@ -87,6 +91,8 @@ class Session:
         self.gate = PauseGate(settings.backpressure_max_pause_s, settings.backpressure_min_resume_s)
         self._requests_owned: set[int] = set()
         self._joined_at: float | None = None
+        # The consumer whose rebalance callbacks count; a closing one's late callbacks are ignored.
+        self._live_consumer: Consumer | None = None
         self._next_sweep = time.monotonic() + settings.sweep_interval_s
         self._name = f"processor {settings.instance_id}"
 
@@ -104,6 +110,8 @@ class Session:
                 if not isinstance(exc, (ProcessorError, ServerError, KafkaException, TimeoutError)):
                     log.exception("%s: unexpected error in the partition loop", self._name)
                 self.stats.resets += 1
+                if isinstance(exc, (CallAbandoned, _Reset)):
+                    self.watchdog.setback(exc.operation if isinstance(exc, CallAbandoned) else "no progress with work pending")
                 fenced = isinstance(exc, TransactionFailed) and exc.fenced
                 joined = self._joined_at
                 if fenced and joined is not None and time.monotonic() - joined < self.settings.fenced_window_s:
@@ -125,18 +133,20 @@ class Session:
     def _session(self) -> None:
         self._joined_at = None
         self.reset_requested.clear()
+        bound = self.settings.op_timeout_s
         producer = self._producer()
+        caller = BoundedCaller(f"{self._name} transactional producer", self.settings.call_grace_s)
         consumer: Consumer | None = None
         try:
-            with self.watchdog.calling("init_transactions", self.settings.op_timeout_s):
+            with self.watchdog.calling("init_transactions", bound):
                 try:
-                    producer.init_transactions(self.settings.op_timeout_s)
+                    caller.call("init_transactions", bound, partial(producer.init_transactions, bound))
                 except KafkaException as exc:
                     raise transaction_failed("init_transactions", exc) from exc
-            consumer = self._consumer()
+            consumer = self._live_consumer = self._consumer()
             self._joined_at = time.monotonic()
             self.watchdog.progress()
-            txn = KafkaTransaction(producer, consumer, self.watchdog, self.settings.op_timeout_s)
+            txn = KafkaTransaction(producer, consumer, self.watchdog, bound, caller)
             while not self.stop.is_set():
                 if self.reset_requested.is_set():
                     raise _Reset("the watchdog saw no progress with work pending")
@@ -144,8 +154,9 @@ class Session:
                 self._sweep()
                 self._backpressure(consumer)
         finally:
+            self._live_consumer = None
             self._release_all()
-            self._close(consumer, producer)
+            self._close(consumer, producer, caller)
 
     def _producer(self) -> Producer:
         s = self.settings
@@ -185,22 +196,37 @@ class Session:
         )
         return consumer
 
-    def _close(self, consumer: Consumer | None, producer: Producer) -> None:
-        """Close the clients; their errors (a fenced producer's flush) must not replace why we reset."""
+    def _close(self, consumer: Consumer | None, producer: Producer, caller: BoundedCaller) -> None:
+        """Close the clients, each bounded; their errors (a fenced producer's flush) must not replace why we reset.
+
+        An abandoned producer is left alone: purge, flush and close could block like the stuck call,
+        or free what it still uses; its helper thread keeps it alive (see `bounded.py`).
+        """
+        bound = self.settings.close_timeout_s
         if consumer is not None:
+            # Its own helper thread: the producer's may be stuck. close() runs the revoke callback
+            # there, which `_live_consumer` makes a no-op (the partitions were released above).
+            closer = BoundedCaller(f"{self._name} consumer", self.settings.call_grace_s)
             try:
-                with self.watchdog.calling("consumer.close", self.settings.op_timeout_s):
-                    consumer.close()
+                with self.watchdog.calling("consumer.close", bound):
+                    closer.call("consumer.close", bound, consumer.close)
             except Exception as exc:
                 log.warning("%s: closing the consumer: %s", self._name, exc)
+            closer.close()
+        if caller.abandoned is not None:
+            log.warning("%s: leaving the transactional producer stuck in %s to its helper thread", self._name, caller.abandoned)
+            return
         try:
-            producer.purge()
-            producer.flush(0)
+            with self.watchdog.calling("producer.close", bound):
+                caller.call("producer.close", bound, partial(_close_producer, producer))
         except Exception as exc:
             log.warning("%s: closing the transactional producer: %s", self._name, exc)
+        caller.close()
 
     # ---- rebalance ------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._live_consumer:
+            return  # a closing consumer of an ended session
         now = int(time.time() * 1000)
         for tp in partitions:
             if tp.topic == self.topics.requests:
@@ -222,6 +248,8 @@ class Session:
             )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._live_consumer:
+            return  # a closing consumer of an ended session: `_release_all` dropped everything already
         self._requests_owned -= {tp.partition for tp in partitions if tp.topic == self.topics.requests}
         dropped = [tp.partition for tp in partitions if tp.topic == self.topics.log and tp.partition in self.step.partitions]
         self.step.forget_partitions(set(dropped))
@@ -265,7 +293,7 @@ class Session:
         self.watchdog.work_seen()
         started = time.perf_counter()
         result, _ = run_batch(self.step, records, int(time.time() * 1000), txn, self._restore)
-        self.watchdog.progress()
+        self.watchdog.committed()
         stats = self.stats
         stats.batches += 1
         stats.records += len(records)
@@ -311,3 +339,14 @@ class Session:
         if resume:
             consumer.resume([TopicPartition(self.topics.log, p) for p in sorted(resume)])
             log.info("%s: resuming log partitions %s", self._name, sorted(resume))
+
+
+def _close_producer(producer: Producer) -> None:
+    """Drop what is queued, then close (its flush has nothing left to wait for); destroys the client here.
+
+    close() destroys the client even when it then raises the producer's pending fatal error.
+    """
+    try:
+        producer.purge()
+    finally:
+        producer.close()

@@ -33,7 +33,7 @@ from .state_machine import Config, RetryPolicy
 from .step import BatchStep, Effect, StepLookups, StepSettings
 from .timers import TimerService
 from .topic_cache import TopicCache
-from .watchdog import Stalled, Stuck, Watchdog
+from .watchdog import GiveUp, Stalled, Stuck, Watchdog
 
 __all__ = ["ProcessorSettings", "Worker"]
 
@@ -68,11 +68,21 @@ class ProcessorSettings:
     max_record_bytes: int | None = None
     # Bound of each transactional call (init, send_offsets, commit, abort) and of a flush.
     op_timeout_s: float = 30.0
+    # A call still running this long past its bound is abandoned with its client (librdkafka can
+    # ignore a call's timeout, confluentinc/librdkafka#5456); the session rejoins with new clients.
+    call_grace_s: float = 5.0
+    # Bound of closing a session's consumer and producer.
+    close_timeout_s: float = 10.0
     restore_timeout_s: float = 300.0
     # No commit for this long while records wait: drop the session and rejoin with new clients.
     watchdog_stall_s: float = 120.0
     # Inside one client call this long past its own bound: log CRITICAL and exit the process.
     watchdog_stuck_grace_s: float = 30.0
+    # Abandoned calls and stall resets in a row (no commit between them) before the process exits
+    # for a supervisor to restart it. One per broker restart is normal and cured by new clients; a
+    # third in a row means new clients do not help (>= 3 x 35 s without a commit), and each
+    # abandoned call keeps a client alive on a helper thread, so this also bounds that leak.
+    watchdog_max_setbacks: int = 3
     # Fenced twice, each within this long after joining: another process has our instance id.
     fenced_window_s: float = 60.0
     # How often to look for INVOKED invocations without a live attempt, and how old they must be.
@@ -108,7 +118,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failure: BaseException | None = None
         self._exit: Callable[[int], Any] = os._exit
-        self.watchdog = Watchdog(settings.watchdog_stall_s, settings.watchdog_stuck_grace_s)
+        self.watchdog = Watchdog(settings.watchdog_stall_s, settings.watchdog_stuck_grace_s, settings.watchdog_max_setbacks)
         self.session: Session | None = None
         self.log_partitions = 0
 
@@ -196,11 +206,15 @@ class Worker:
                 verdict.seconds,
             )
             self.session.reset_requested.set()
-        elif isinstance(verdict, Stuck):
-            self._failure = LoopStuck(
-                f"the partition loop is stuck in {verdict.operation} for {verdict.seconds:.0f} s "
-                f"(its bound is {verdict.bound_s:g} s)"
-            )
+        elif isinstance(verdict, (Stuck, GiveUp)):
+            if isinstance(verdict, Stuck):
+                why = f"the partition loop is stuck in {verdict.operation} for {verdict.seconds:.0f} s (its bound is {verdict.bound_s:g} s)"
+            else:
+                why = (
+                    f"the partition loop reset {verdict.times} times in a row without a commit, the last time "
+                    f"because of {verdict.operation}; new clients did not help"
+                )
+            self._failure = LoopStuck(why)
             log.critical(
                 "processor %s: %s; exiting with status %d so a supervisor restarts the process",
                 self.settings.instance_id,

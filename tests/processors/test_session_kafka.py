@@ -1,12 +1,14 @@
 """The processor session on a real broker: bad requests never wedge it, fencing is survived or reported.
 
-Issue 7 items 1 (bad reply topic), 8 (two processes with one --instance-id) and 9 (a fatal
-transactional-producer error means a new producer, not a dead thread).
+Issue 7 items 1 (bad reply topic), 8 (two processes with one --instance-id), 9 (a fatal
+transactional-producer error means a new producer, not a dead thread) and 10 (a call that ignores
+its timeout costs a session, not the process).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from keystate.processors.errors import InstanceFenced
+from keystate.processors.session import Session
 from keystate.processors.worker import ProcessorSettings, Worker
 from keystate.schemas._codec import codec
 from keystate.schemas.topics import Topics
@@ -183,3 +186,53 @@ async def test_a_reply_kafka_refuses_is_skipped_and_the_partition_carries_on(kaf
         await task
     assert len(commands) == 1
     assert worker.stats.resets == 0
+
+
+class _HangsInSendOffsets:
+    """A real transactional producer whose first send_offsets_to_transaction does not return until
+    `release` (as librdkafka#5456 makes it after a broker restart); everything else is the real one."""
+
+    def __init__(self, real: Producer, hung: threading.Event, release: threading.Event) -> None:
+        self._real = real
+        self._hung = hung
+        self._release = release
+
+    def send_offsets_to_transaction(self, *args: Any) -> None:
+        if not self._hung.is_set():
+            self._hung.set()
+            self._release.wait()
+        self._real.send_offsets_to_transaction(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+async def test_a_transactional_call_that_never_returns_costs_a_session_not_the_process(
+    kafka: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hung, release = threading.Event(), threading.Event()
+    make_producer = Session._producer
+
+    def producer(session: Session) -> Any:
+        return _HangsInSendOffsets(make_producer(session), hung, release)
+
+    monkeypatch.setattr(Session, "_producer", producer)
+    stop = asyncio.Event()
+    # Bounds short enough for a test; the stuck-call exit (bound + 5 s) is what used to end the process.
+    worker = Worker(_settings(kafka, op_timeout_s=10.0, call_grace_s=1.0, watchdog_stuck_grace_s=5.0))
+    exits: list[int] = []
+    worker._exit = exits.append
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        _request(kafka)
+        assert await _until(hung.is_set, 60)
+        _request(kafka)
+        commands = await asyncio.to_thread(_read, kafka, kafka.topics.log, PARTITIONS, 2, 90.0, "keystate.InvokeCommand")
+        assert await _until(lambda: worker.records >= 2, 30)
+        assert exits == [] and not task.done()
+        assert worker.stats.resets >= 1
+    finally:
+        release.set()
+        stop.set()
+        await task
+    assert len(commands) == 2
