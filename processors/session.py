@@ -3,7 +3,8 @@
 Runs on its own thread (confluent-kafka blocks). A session is one consumer plus one transactional
 producer; any failure of either (fencing, a fatal producer error, a broker restart, a watchdog
 reset) ends the session and a new one starts with new clients, restoring the partitions it gets.
-Only repeated fencing right after joining — another process with the same instance id — stops it.
+Only repeated fencing right after joining (`fenced_exit_after` times in a row) — another process with the
+same instance id — stops it.
 Every call that waits for the broker is bounded for real (`bounded.py`): a call librdkafka never
 returns from abandons its client, and the watchdog exits the process after several such setbacks in a row.
 """
@@ -118,9 +119,10 @@ class Session:
                     fenced_soon_after_join += 1
                 else:
                     fenced_soon_after_join = 0
-                if fenced_soon_after_join >= 2:
+                if fenced_soon_after_join >= self.settings.fenced_exit_after:
                     raise InstanceFenced(
-                        f"{self._name} was fenced twice right after joining: another process runs with "
+                        f"{self._name} was fenced {fenced_soon_after_join} times in a row right after joining: "
+                        "another process runs with "
                         f"--instance-id {self.settings.instance_id}. Give every processor process its own "
                         "--instance-id (e.g. 0, 1, 2, ... or $KEYSTATE_INSTANCE_ID) and restart this one"
                     ) from exc

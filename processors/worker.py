@@ -83,8 +83,11 @@ class ProcessorSettings:
     # third in a row means new clients do not help (>= 3 x 35 s without a commit), and each
     # abandoned call keeps a client alive on a helper thread, so this also bounds that leak.
     watchdog_max_setbacks: int = 3
-    # Fenced twice, each within this long after joining: another process has our instance id.
+    # Fenced this many times in a row, each within `fenced_window_s` after joining: another process
+    # has our instance id. Not 2: a broker restart can fence a fresh session once (seen in the
+    # broker-restart fault test); a live twin fences every session we start.
     fenced_window_s: float = 60.0
+    fenced_exit_after: int = 3
     # How often to look for INVOKED invocations without a live attempt, and how old they must be.
     sweep_interval_s: float = 30.0
     sweep_grace_s: float = 60.0
