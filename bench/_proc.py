@@ -8,9 +8,9 @@ The process itself is the ordinary one (`keystate.cli.main(argv)` / the deployme
 ``__main__``). The bench adds, from the environment:
 
 - ``BENCH_STATS_FILE`` (processor only): every 0.5 s the worker's counters are written there as JSON:
-  transactions (batches), records, and time spent in batches (apply, produce and commit together;
-  `commit_s` stays 0 since the session split), resets. It reads the counters
-  the session already keeps (``Worker.stats``).
+  transactions (batches), records, time spent applying and producing (`apply_s`) vs. in
+  send_offsets + commit (`commit_s`), resets. It reads the counters the session already keeps
+  (``Worker.stats``).
 - ``BENCH_PROFILE_DIR``: cProfile the main thread (event loop) and, for the processor, the partition-loop
   thread separately; ``<role>-main.prof`` / ``<role>-loop.prof`` and ``.txt`` summaries are written on a
   clean exit (SIGTERM). Profiling slows everything down: use its numbers only to see where time goes.

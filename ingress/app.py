@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from keystate.schemas.ids import HandlerKind, InvocationId, InvocationTarget, ServiceType, idempotency_partition_key
-from keystate.schemas.limits import headers_size, payload_too_large
+from keystate.schemas.limits import MAX_DELAY_MS, headers_size, payload_too_large
 
 from .commands import (
     IDEMPOTENCY_EXPIRES_HEADER,
@@ -199,8 +199,6 @@ _ISO_DURATION = re.compile(
 )
 _MAX_DELAY_CHARS = 64
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-MAX_DELAY_MS = 3650 * 86_400_000
-"""The longest `?delay=`: 10 years (longer ones are mistakes, and overflow the log's timestamps)."""
 
 
 def parse_delay(text: str) -> int:

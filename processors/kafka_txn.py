@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -65,6 +66,7 @@ class KafkaTransaction:
         self._watchdog = watchdog
         self._timeout = timeout_s
         self._caller = caller
+        self.commit_s = 0.0  # time spent in send_offsets + commit, for the session's stats
 
     def begin(self) -> None:
         try:
@@ -117,6 +119,7 @@ class KafkaTransaction:
             return False
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        started = time.perf_counter()
         try:
             if offsets:
                 positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -134,6 +137,8 @@ class KafkaTransaction:
             if not failed.fatal:
                 self._abort_quietly()
             raise failed from exc
+        finally:
+            self.commit_s += time.perf_counter() - started
 
     def abort(self) -> None:
         with self._watchdog.calling("abort_transaction", self._timeout):

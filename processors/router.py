@@ -10,14 +10,13 @@ from typing import Any
 from keystate.schemas._codec import Codec
 from keystate.schemas.errors import ContractError
 from keystate.schemas.ids import InvocationId, InvocationTarget, ServiceType, idempotency_partition_key
+from keystate.schemas.limits import MAX_DELAY_MS
 from keystate.server.meta import MetaState
 
 __all__ = ["MAX_DELAY_MS", "Invalid", "Routed", "TopicExists", "route_request", "topic_name_problem"]
 
 INVOCATION_REQUEST = "keystate.InvocationRequest"
 
-# A delay must leave execute_at_ms inside Avro's long; 100 years is far beyond any sane use.
-MAX_DELAY_MS = 100 * 365 * 24 * 3600 * 1000
 
 _TOPIC_CHARS = re.compile(r"[a-zA-Z0-9._-]+")
 _MAX_TOPIC_LENGTH = 249
@@ -85,7 +84,9 @@ def route_request(
     if delay is not None and delay < 0:
         return Invalid(f"delay_ms must not be negative, got {delay}")
     if delay is not None and delay > MAX_DELAY_MS:
-        return Invalid(f"delay_ms {delay} is too large: at most {MAX_DELAY_MS} (100 years); schedule nearer")
+        return Invalid(
+            f"delay_ms {delay} is too large: at most {MAX_DELAY_MS} ({MAX_DELAY_MS // 86_400_000} days); schedule nearer"
+        )
     reply_topic = request.get("reply_topic")
     if reply_topic is not None:
         problem = topic_name_problem(reply_topic)

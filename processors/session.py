@@ -49,7 +49,7 @@ class LoopHooks:
     submit_effects: Callable[[list[Effect]], None]
     drop_partitions: Callable[[list[int]], None]
     backlogged_partitions: Callable[[], frozenset[int]]
-    is_live: Callable[[str], bool] | None
+    is_live: Callable[[str], bool]
 
 
 @dataclass(slots=True)
@@ -293,14 +293,15 @@ class Session:
             self.watchdog.progress()
             return
         self.watchdog.work_seen()
-        started = time.perf_counter()
+        started, committing = time.perf_counter(), txn.commit_s
         result, _ = run_batch(self.step, records, int(time.time() * 1000), txn, self._restore)
         self.watchdog.committed()
         stats = self.stats
         stats.batches += 1
         stats.records += len(records)
         stats.max_batch = max(stats.max_batch, len(records))
-        stats.apply_s += time.perf_counter() - started
+        stats.commit_s += txn.commit_s - committing
+        stats.apply_s += time.perf_counter() - started - (txn.commit_s - committing)
         stats.dead_lettered += result.dead_lettered
         stats.dropped_unowned += result.dropped_unowned
         if result.effects:
@@ -326,7 +327,7 @@ class Session:
 
     # ---- sweep and back-pressure ----------------------------------------------------------------
     def _sweep(self) -> None:
-        if self.hooks.is_live is None or time.monotonic() < self._next_sweep:
+        if time.monotonic() < self._next_sweep:
             return
         self._next_sweep = time.monotonic() + self.settings.sweep_interval_s
         restarted = self.step.sweep(int(time.time() * 1000), int(self.settings.sweep_grace_s * 1000), self.hooks.is_live)

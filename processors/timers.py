@@ -7,7 +7,6 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -54,16 +53,6 @@ class TimerService:
     def schedule(self, partition: int, key: tuple[Any, ...], record: dict[str, Any]) -> None:
         """Fire `record` (a timer row) at its `fire_at_ms`; replaces the row's earlier schedule."""
         self._push((partition, key), int(record["fire_at_ms"]), record)
-        self._arm()
-
-    def schedule_all(self, partition: int, rows: Iterable[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
-        """Schedule every (key, row) of a partition at once, e.g. on assignment: O(n), one re-arm."""
-        for key, record in rows:
-            seq = next(self._seq)
-            self._rows[(partition, key)] = (seq, record)
-            self._heap.append((int(record["fire_at_ms"]), seq, (partition, key)))
-        heapq.heapify(self._heap)
-        self._compact()
         self._arm()
 
     def cancel_partition(self, partition: int) -> None:

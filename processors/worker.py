@@ -180,20 +180,17 @@ class Worker:
             self._stop.set()
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 30.0)
             await self.invoker.close()
-            self._producer.close()
+            await asyncio.to_thread(self._producer.close)  # it waits for deliveries: not on the loop
             self.meta.stop()
         if self._failure is not None:
             raise self._failure
 
     def _hooks(self) -> LoopHooks:
-        # The invoker grows these (helper "invoker"); until then, no back-pressure and no sweep.
-        backlogged = getattr(self.invoker, "backlogged_partitions", None)
-        is_live = getattr(self.invoker, "is_live", None)
         return LoopHooks(
             submit_effects=self._submit,
             drop_partitions=self._drop,
-            backlogged_partitions=backlogged if backlogged is not None else frozenset,
-            is_live=is_live,
+            backlogged_partitions=self.invoker.backlogged_partitions,
+            is_live=self.invoker.is_live,
         )
 
     def _watch(self) -> None:

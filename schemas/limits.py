@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "ENVELOPE_HEADROOM_BYTES",
     "ENV_VAR",
+    "MAX_DELAY_MS",
     "MAX_PAYLOAD_BYTES_CEILING",
     "MAX_TEXT_BYTES",
     "MIN_PAYLOAD_BYTES",
@@ -52,6 +53,10 @@ MAX_PAYLOAD_BYTES_CEILING = 64 * MiB
 # Everything in a record besides its one payload: ids, target, Kafka headers, Avro framing, a
 # failure message (bounded by MAX_TEXT_BYTES) next to a result, a dead letter's reason.
 ENVELOPE_HEADROOM_BYTES = 256 * KiB
+# The longest delay of a send or a delayed invocation, wherever it enters (ingress `?delay=`,
+# `delay_ms` of a Kafka request): 10 years. Longer ones are mistakes, and near 2^63 they overflow
+# the execute-at timestamps.
+MAX_DELAY_MS = 3650 * 86_400_000
 # Failure messages and stack traces are for humans: longer ones are cut to this.
 MAX_TEXT_BYTES = 16 * KiB
 # Record-batch header and per-record framing on top of a record's key, value and headers.
