@@ -1,4 +1,4 @@
-"""Topic names under one configurable prefix, and the processor tables that have changelogs."""
+"""Topic names under one configurable prefix, and the processor tables kept in the changelog."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 __all__ = ["CHANGELOG_TABLES", "Topics"]
 
-# One compacted changelog topic per processor table; partition i of each belongs to
-# partition i of the log. Adding a table is compatible; renaming one loses its state.
+# The processor tables. All of them share one compacted changelog topic (`Topics.changelog_topic`)
+# whose keys start with the table name; partition i of it belongs to partition i of the log.
+# Adding a table is compatible; renaming one loses its state.
 CHANGELOG_TABLES: tuple[str, ...] = (
     "status",
     "journal",
@@ -46,7 +47,13 @@ class Topics:
     def meta(self) -> str:
         return f"{self.prefix}meta"
 
+    @property
+    def changelog_topic(self) -> str:
+        """The one compacted changelog of every processor table (keys `["<table>", ...]`)."""
+        return f"{self.prefix}changelog"
+
     def changelog(self, table: str) -> str:
+        """The per-table changelog topic of keystate before 0.2 (only read to migrate or refuse)."""
         if table not in CHANGELOG_TABLES:
             raise ValueError(f"unknown table {table!r}; tables are {', '.join(CHANGELOG_TABLES)}")
         return f"{self.prefix}{table}-changelog"
