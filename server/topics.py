@@ -130,21 +130,7 @@ def ensure_topics(
 
     if not migrating:
         refuse_legacy_changelogs(topics, set(existing))
-    problems = [
-        f"{spec.name} has {len(existing[spec.name].partitions)} partitions, keystate is configured "
-        f"for {spec.partitions}"
-        for spec in specs
-        if spec.fixed_partitions
-        and spec.name in existing
-        and len(existing[spec.name].partitions) != spec.partitions
-    ]
-    if problems:
-        raise TopicConfigError(
-            "existing topics do not match: "
-            + "; ".join(problems)
-            + ". Changing the count would move keys to other partitions; set the partition count "
-            "to the existing one (--partitions) or use a new topic prefix."
-        )
+    _check_partitions(specs, {name: len(t.partitions) for name, t in existing.items()})
 
     _raise_record_limits(admin, [s for s in specs if s.name in existing], bootstrap, timeout)
     _check_compaction(admin, topics.changelog_topic if topics.changelog_topic in existing else None, bootstrap, timeout)
@@ -160,16 +146,24 @@ def ensure_topics(
         request_timeout=timeout,
     )
     created = []
+    raced = []
     for name, future in futures.items():
         try:
             future.result()
             created.append(name)
         except KafkaException as exc:
             error = exc.args[0]
-            # Another process created it between our list and create: that is fine.
+            # Created by another process between our list and create, or not in the listed metadata yet.
             if getattr(error, "name", lambda: "")() == "TOPIC_ALREADY_EXISTS":
+                raced.append(name)
                 continue
             raise KafkaUnavailable(f"cannot create topic {name} on {bootstrap}: {exc}") from exc
+    if raced:
+        try:
+            listed = {name: len(admin.list_topics(name, timeout=timeout).topics[name].partitions) for name in raced}
+        except KafkaException as exc:
+            raise KafkaUnavailable(f"cannot describe topics {', '.join(raced)} on {bootstrap}: {exc}") from exc
+        _check_partitions(specs, listed)
     log.info("created topics %s", ", ".join(sorted(created)))
     return created
 
@@ -252,6 +246,22 @@ def _raise_record_limits(admin: AdminClient, specs: list[TopicSpec], bootstrap: 
             + "; ".join(problems)
             + f". Raise it with `kafka-configs --alter --entity-type topics --entity-name <topic> --add-config "
             f"{MAX_MESSAGE_BYTES}=<bytes>`, or lower the payload limit ({ENV_VAR} / --max-payload-bytes)"
+        )
+
+
+def _check_partitions(specs: list[TopicSpec], counts: Mapping[str, int]) -> None:
+    """Raise `TopicConfigError` when an existing co-partitioned topic has another partition count."""
+    problems = [
+        f"{spec.name} has {counts[spec.name]} partitions, keystate is configured for {spec.partitions}"
+        for spec in specs
+        if spec.fixed_partitions and spec.name in counts and counts[spec.name] != spec.partitions
+    ]
+    if problems:
+        raise TopicConfigError(
+            "existing topics do not match: "
+            + "; ".join(problems)
+            + ". Changing the count would move keys to other partitions; set the partition count "
+            "to the existing one (--partitions) or use a new topic prefix."
         )
 
 
