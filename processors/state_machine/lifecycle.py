@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from keystate.schemas.enums import CompletionStatus, InvocationState, OnMaxAttempts, TimerKind
-from keystate.schemas.ids import InvocationId, InvocationIdStr, positive_hash
+from keystate.schemas.ids import InvocationId, InvocationIdStr, PartitionKey, positive_hash
 from keystate.schemas.records import CallerRef, Failure, InvocationStatus, Result, Target
 
 from . import idempotency, inbox, timers
@@ -31,7 +31,7 @@ __all__ = [
 INPUT_ENTRY = "keystate.InputEntry"
 
 
-def partition_key_of(invocation_id: str) -> int:
+def partition_key_of(invocation_id: InvocationIdStr) -> PartitionKey:
     return InvocationId.parse(invocation_id).partition_key
 
 
