@@ -7,7 +7,7 @@ from typing import Any
 
 from keystate.schemas.enums import CompletionStatus, InvocationState, OnMaxAttempts, TimerKind
 from keystate.schemas.ids import InvocationId, InvocationIdStr, PartitionKey, positive_hash
-from keystate.schemas.records import CallerRef, Failure, InvocationStatus, Result, Target
+from keystate.schemas.records import CallerRef, Failure, InvocationStatus, Result, StateValue, Target
 
 from . import idempotency, inbox, timers
 from .actions import Action, Invoke, Publish, StopInvocation
@@ -139,7 +139,7 @@ def do_start_attempt(tables: Tables, status: InvocationStatus, now: int, cfg: Co
     if target.keyed:
         # Sorted: scan order differs between live and restored tables, actions must not.
         rows = sorted(tables.state.scan(target.object_key()), key=lambda kv: kv[0][2])
-        state = [{"key": k[2], "value": v["value"]} for k, v in rows]
+        state = [{"key": k[2], "value": StateValue.from_avro(v).value} for k, v in rows]
     out.append(
         Invoke(
             invocation_id=iid,
