@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import os
 from dataclasses import dataclass
-from enum import Enum
 from typing import NewType
+
+from .enums import HandlerKind, ServiceType
 
 __all__ = [
     "EntryIndex",
     "InvalidIdError",
     "InvocationId",
+    "InvocationIdStr",
     "InvocationTarget",
     "PartitionKey",
     "ServiceId",
@@ -29,6 +31,9 @@ PartitionKey = NewType("PartitionKey", int)
 
 EntryIndex = NewType("EntryIndex", int)
 """Position of an entry in an invocation's journal; the input entry is 0."""
+
+InvocationIdStr = NewType("InvocationIdStr", str)
+"""The text form `inv_...` of an `InvocationId`, as records and table keys hold it (parse it to route)."""
 
 _M = 0x5BD1E995
 _SEED = 0x9747B28C
@@ -80,18 +85,6 @@ def partition_for(key: str | bytes, partitions: int) -> int:
 
 class InvalidIdError(ValueError):
     """A text that should be an id is not one; the message says what was expected."""
-
-
-class ServiceType(str, Enum):
-    SERVICE = "SERVICE"
-    VIRTUAL_OBJECT = "VIRTUAL_OBJECT"
-    WORKFLOW = "WORKFLOW"
-
-
-class HandlerKind(str, Enum):
-    EXCLUSIVE = "EXCLUSIVE"
-    SHARED = "SHARED"
-    WORKFLOW = "WORKFLOW"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,8 @@
-"""The pure state machine: apply(tables, command, now, config) -> actions; no I/O, no clock."""
+"""The pure state machine: apply(tables, command, now, config) -> actions; no I/O, no clock.
+
+Tables hold Avro dicts; the state machine reads and writes them as the typed records of
+keystate.schemas.records (see rows.py), with the enums of keystate.schemas.enums.
+"""
 
 from .actions import (
     Action,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from keystate.schemas.ids import InvocationIdStr, PartitionKey
+
 __all__ = [
     "Action",
     "Invoke",
@@ -21,11 +23,11 @@ __all__ = [
 class SendToPartition:
     """Append a command to the log partition that owns `partition_key` (in the transaction)."""
 
-    partition_key: int
+    partition_key: PartitionKey
     key: bytes
     name: str
     record: dict[str, Any]
-    invocation_id: str
+    invocation_id: InvocationIdStr
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,7 @@ class Publish:
 class Invoke:
     """Start attempt `attempt` of an invocation on its deployment, with its journal so far."""
 
-    invocation_id: str
+    invocation_id: InvocationIdStr
     attempt: int
     target: dict[str, Any]
     journal: list[dict[str, Any]]
@@ -57,7 +59,7 @@ class Invoke:
 class NotifyCompletion:
     """Push a completed entry's result to the live attempt, if it is still that attempt."""
 
-    invocation_id: str
+    invocation_id: InvocationIdStr
     attempt: int
     index: int
     result: Any
@@ -67,7 +69,7 @@ class NotifyCompletion:
 class StopInvocation:
     """Close the live attempt of an invocation, if any (it ended, or is no longer ours)."""
 
-    invocation_id: str
+    invocation_id: InvocationIdStr
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from keystate.schemas.enums import InvocationState, TimerKind
+
 from . import cancellation, completion, idempotency, journal, lifecycle, promises, timers
 from .actions import Action
 from .model import Config, value
+from .rows import get_status
 from .tables import Tables
 
 __all__ = ["Command", "apply"]
@@ -33,7 +36,7 @@ def _on_timer_fired(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, 
     kind = cmd["timer_kind"]
     row = timers.take(tables, cmd)
     iid = cmd["invocation_id"]
-    if kind == "RETRY":
+    if kind == TimerKind.RETRY:
         # Also appended by a processor taking over a partition, without a row: fenced by the
         # attempt it names; one that names none could restart any attempt, so it is ignored.
         if cmd.get("attempt") is not None:
@@ -41,13 +44,13 @@ def _on_timer_fired(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, 
         return
     if row is None:
         return
-    if kind == "SLEEP":
+    if kind == TimerKind.SLEEP:
         completion.do_complete_entry(tables, iid, cmd["entry_index"], value(b""), now, cfg, out)
-    elif kind == "DELAYED_INVOKE":
-        status = tables.status.get((iid,))
-        if status is not None and status["status"] == "SCHEDULED":
+    elif kind == TimerKind.DELAYED_INVOKE:
+        status = get_status(tables, iid)
+        if status is not None and status.status is InvocationState.SCHEDULED:
             lifecycle.do_admit(tables, status, now, cfg, out)
-    elif kind == "PURGE":
+    elif kind == TimerKind.PURGE:
         lifecycle.on_purge(tables, iid)
 
 
@@ -55,7 +58,7 @@ def _on_query(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: l
     """Attach/output: what is known of an invocation, by id, idempotency key or workflow id."""
     status = None
     if cmd.get("invocation_id"):
-        status = tables.status.get((cmd["invocation_id"],))
+        status = get_status(tables, cmd["invocation_id"])
     elif cmd.get("idempotency"):
         ref = cmd["idempotency"]
         target = ref["target"]

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from keystate.schemas.enums import InvocationState
+from keystate.schemas.ids import InvocationIdStr
+
 from .actions import Action, NotifyCompletion
 from .lifecycle import do_start_attempt, live_status
 from .model import Config, Result, is_completed
+from .rows import get_journal, put_journal
 from .tables import Tables
 
 __all__ = ["COMPLETABLE", "do_complete_entry"]
@@ -22,23 +26,22 @@ COMPLETABLE = {
 
 
 def do_complete_entry(
-    tables: Tables, iid: str, index: int, result: Result | None, now: int, cfg: Config, out: list[Action]
+    tables: Tables, iid: InvocationIdStr, index: int, result: Result | None, now: int, cfg: Config, out: list[Action]
 ) -> None:
     """Record the result of a waiting entry and wake whoever waits for it; duplicates change nothing."""
     status = live_status(tables, iid)
     if status is None:
         return
-    record = tables.journal.get((iid, index))
+    record = get_journal(tables, iid, index)
     if record is None:
         return
-    name, entry = record["entry"]
+    name, entry = record.entry
     if name not in COMPLETABLE or is_completed(name, entry):
         return
-    entry = _completed(name, entry, result)
-    tables.journal.put((iid, index), {"entry": (name, entry)})
-    if status["status"] == "INVOKED":
-        out.append(NotifyCompletion(iid, status["attempt"], index, result))
-    elif status["status"] == "SUSPENDED" and index in status["waiting_on"]:
+    put_journal(tables, iid, index, (name, _completed(name, entry, result)))
+    if status.status is InvocationState.INVOKED:
+        out.append(NotifyCompletion(iid, status.attempt, index, result))
+    elif status.status is InvocationState.SUSPENDED and index in status.waiting_on:
         do_start_attempt(tables, status, now, cfg, out)
 
 

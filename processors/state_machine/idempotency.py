@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from keystate.schemas.ids import InvocationId
+from keystate.schemas.enums import InvocationState, OutputStatus
+from keystate.schemas.ids import InvocationId, InvocationIdStr
+from keystate.schemas.records import CallerRef, IdempotencyValue, InvocationStatus, Result
 
 from .actions import Action, Publish, SendToPartition
 from .model import failure, is_workflow_run
+from .rows import get_idempotency, get_status
 from .tables import Key, Tables
 
 __all__ = [
@@ -35,32 +38,31 @@ def dedup_key(cmd: dict[str, Any]) -> Key | None:
     return (target["service"], target.get("key") or "", target["handler"], key)
 
 
-def existing(tables: Tables, key: Key) -> dict[str, Any] | None:
+def existing(tables: Tables, key: Key) -> InvocationStatus | None:
     """The status of the invocation registered under `key`, if it still exists."""
-    row = tables.idempotency.get(key)
-    if row is None:
-        return None
-    return tables.status.get((row["invocation_id"],))
+    row = get_idempotency(tables, key)
+    return None if row is None else get_status(tables, row.invocation_id)
 
 
-def do_remember(tables: Tables, key: Key, invocation_id: str) -> str:
-    tables.idempotency.put(key, {"invocation_id": invocation_id})
+def do_remember(tables: Tables, key: Key, invocation_id: InvocationIdStr) -> str:
+    tables.idempotency.put(key, IdempotencyValue(invocation_id=invocation_id).to_avro())
     return json.dumps(list(key))
 
 
-def do_forget(tables: Tables, status: dict[str, Any]) -> None:
-    if status.get("dedup_key"):
-        tables.idempotency.delete(tuple(json.loads(status["dedup_key"])))
+def do_forget(tables: Tables, status: InvocationStatus) -> None:
+    if status.dedup_key:
+        tables.idempotency.delete(tuple(json.loads(status.dedup_key)))
 
 
-def result_record(status: dict[str, Any]) -> dict[str, Any]:
+def result_record(status: InvocationStatus) -> dict[str, Any]:
     """OutputStatus, result and expiry of a status, for a QueryOutputReply."""
-    if status["status"] != "COMPLETED":
-        return {"status": "RUNNING", "result": None, "expires_at_ms": None}
+    if status.status is not InvocationState.COMPLETED:
+        return {"status": OutputStatus.RUNNING, "result": None, "expires_at_ms": None}
     return {
-        "status": status["completion_status"],
-        "result": status["result"],
-        "expires_at_ms": status["modified_at_ms"] + status["retention_ms"],
+        # OutputStatus has CompletionStatus's symbols; do_complete always sets one.
+        "status": OutputStatus(status.completion_status or OutputStatus.UNKNOWN),
+        "result": status.result,
+        "expires_at_ms": status.modified_at_ms + status.retention_ms,
     }
 
 
@@ -68,43 +70,43 @@ def reply(
     out: list[Action],
     topic: str | None,
     request_id: str,
-    status: dict[str, Any] | None,
+    status: InvocationStatus | None,
     previously_accepted: bool = False,
 ) -> None:
     """Answer a request on `topic` (None: keystate.results), keyed by the invocation it names."""
     if status is None:
-        record = {"request_id": request_id, "invocation_id": None, "status": "UNKNOWN", "result": None,
+        record = {"request_id": request_id, "invocation_id": None, "status": OutputStatus.UNKNOWN, "result": None,
                   "previously_accepted": False, "expires_at_ms": None}
         key = request_id
     else:
-        record = {"request_id": request_id, "invocation_id": status["invocation_id"],
+        record = {"request_id": request_id, "invocation_id": status.invocation_id,
                   "previously_accepted": previously_accepted, **result_record(status)}
-        key = status["invocation_id"]
+        key = status.invocation_id
     out.append(Publish(topic, key.encode(), "keystate.QueryOutputReply", record))
 
 
-def answer_duplicate(out: list[Action], cmd: dict[str, Any], status: dict[str, Any]) -> bool:
-    """Answer a caller of a duplicate; returns True when the caller must be attached for later."""
-    caller = cmd.get("caller")
+def answer_duplicate(out: list[Action], caller: CallerRef | None, status: InvocationStatus) -> bool:
+    """Answer the caller of a duplicate; returns True when the caller must be attached for later."""
     if caller is None:
         return False
-    if is_workflow_run(status["target"]):
-        target = status["target"]
-        result = failure(409, f"workflow {target['service']}/{target['key']} was already started")
-    elif status["status"] == "COMPLETED":
-        result = status["result"]
+    target = status.target
+    result: Result | None
+    if target.workflow_run:
+        result = failure(409, f"workflow {target.service}/{target.key} was already started")
+    elif status.status is InvocationState.COMPLETED:
+        result = status.result
     else:
         return True
     out.append(completion_to(caller, result))
     return False
 
 
-def completion_to(caller: dict[str, Any], result: Any) -> SendToPartition:
-    iid = caller["invocation_id"]
+def completion_to(caller: CallerRef, result: Result | None) -> SendToPartition:
+    iid = caller.invocation_id
     return SendToPartition(
         InvocationId.parse(iid).partition_key,
         iid.encode(),
         "keystate.CompletionCommand",
-        {"invocation_id": iid, "entry_index": caller["entry_index"], "result": result},
+        {"invocation_id": iid, "entry_index": caller.entry_index, "result": result},
         iid,
     )

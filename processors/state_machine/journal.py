@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from keystate.schemas.ids import InvalidIdError, InvocationId, ServiceId
+from keystate.schemas.enums import HandlerKind, InvocationState, ServiceType, TimerKind
+from keystate.schemas.ids import InvalidIdError, InvocationId, InvocationIdStr, ServiceId
+from keystate.schemas.records import CallerRef, InvocationStatus, StateValue, Target
 
 from . import promises, timers
 from .cancellation import CANCELLED, WAITING
 from .completion import do_complete_entry
 from .actions import Action, SendToPartition
 from .lifecycle import do_complete, do_start_attempt, live_status
-from .model import Config, failure, is_keyed
+from .model import Config, failure
+from .rows import put_journal, put_status
 from .tables import Tables
 
 __all__ = ["on_completion", "on_journal_append"]
@@ -21,12 +25,12 @@ _STATE_WRITES = {"keystate.SetStateEntry", "keystate.ClearStateEntry", "keystate
 
 
 def on_journal_append(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
-    iid = cmd["invocation_id"]
+    iid: InvocationIdStr = cmd["invocation_id"]
     status = live_status(tables, iid, cmd["attempt"])
-    if status is None or status["status"] != "INVOKED":
+    if status is None or status.status is not InvocationState.INVOKED:
         return  # a fenced attempt, or an invocation that has ended
     index = cmd["entry_index"]
-    length = status["journal_length"]
+    length = status.journal_length
     if index < length:
         return  # redelivered
     if index > length:
@@ -34,37 +38,30 @@ def on_journal_append(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config
         do_start_attempt(tables, status, now, cfg, out)
         return
     name, entry = cmd["entry"]["entry"]
-    if name in _STATE_WRITES and not _may_write_state(status["target"]):
-        do_complete(
-            tables,
-            status,
-            ("keystate.Failure", {"code": 500, "message": f"{status['target']['handler']} may not write state"}),
-            now,
-            cfg,
-            out,
-        )
+    if name in _STATE_WRITES and not _may_write_state(status.target):
+        do_complete(tables, status, failure(500, f"{status.target.handler} may not write state"), now, cfg, out)
         return
-    status = {**status, "journal_length": length + 1, "retry_count": 0, "modified_at_ms": now}
-    tables.status.put((iid,), status)
+    status = replace(status, journal_length=length + 1, retry_count=0, modified_at_ms=now)
+    put_status(tables, status)
     if name == "keystate.OutputEntry":
         do_complete(tables, status, entry["result"], now, cfg, out)
         return
-    tables.journal.put((iid, index), cmd["entry"])
-    if status["cancel_pending"] and name in WAITING:
+    put_journal(tables, iid, index, (name, entry))
+    if status.cancel_pending and name in WAITING:
         # The cancel reaches the handler here, once; what it does afterwards (compensation) runs.
-        tables.status.put((iid,), {**status, "cancel_pending": False})
+        put_status(tables, replace(status, cancel_pending=False))
         do_complete_entry(tables, iid, index, CANCELLED, now, cfg, out)
         return
     _apply_entry(tables, status, index, name, entry, now, cfg, out)
 
 
-def _may_write_state(target: dict[str, Any]) -> bool:
-    return is_keyed(target) and target["handler_kind"] in ("EXCLUSIVE", "WORKFLOW")
+def _may_write_state(target: Target) -> bool:
+    return target.keyed and target.handler_kind in (HandlerKind.EXCLUSIVE, HandlerKind.WORKFLOW)
 
 
 def _apply_entry(
     tables: Tables,
-    status: dict[str, Any],
+    status: InvocationStatus,
     index: int,
     name: str,
     entry: dict[str, Any],
@@ -72,22 +69,22 @@ def _apply_entry(
     cfg: Config,
     out: list[Action],
 ) -> None:
-    iid = status["invocation_id"]
-    target = status["target"]
+    iid = status.invocation_id
+    target = status.target
     if name == "keystate.SetStateEntry":
-        tables.state.put((target["service"], target["key"], entry["key"]), {"value": entry["value"]})
+        tables.state.put((*target.object_key(), entry["key"]), StateValue(value=entry["value"]).to_avro())
     elif name == "keystate.ClearStateEntry":
-        tables.state.delete((target["service"], target["key"], entry["key"]))
+        tables.state.delete((*target.object_key(), entry["key"]))
     elif name == "keystate.ClearAllStateEntry":
-        for key, _ in list(tables.state.scan((target["service"], target["key"]))):
+        for key, _ in list(tables.state.scan(target.object_key())):
             tables.state.delete(key)
     elif name in ("keystate.CallEntry", "keystate.SendEntry"):
         _call_or_send(tables, status, index, name, entry, now, cfg, out)
     elif name == "keystate.SleepEntry":
         if not entry["fired"]:
-            timers.do_register(tables, iid, "SLEEP", index, None, entry["wake_up_at_ms"], out)
+            timers.do_register(tables, iid, TimerKind.SLEEP, index, None, entry["wake_up_at_ms"], out)
     elif name in _PROMISE_ENTRIES:
-        if target["service_type"] != "WORKFLOW":
+        if target.service_type is not ServiceType.WORKFLOW:
             do_complete_entry(tables, iid, index, failure(400, "promises exist only in workflows"), now, cfg, out)
         else:
             promises.on_promise_entry(tables, status, index, name, entry, now, cfg, out)
@@ -111,7 +108,7 @@ def _apply_entry(
 
 def _call_or_send(
     tables: Tables,
-    status: dict[str, Any],
+    status: InvocationStatus,
     index: int,
     name: str,
     entry: dict[str, Any],
@@ -119,7 +116,7 @@ def _call_or_send(
     cfg: Config,
     out: list[Action],
 ) -> None:
-    iid = status["invocation_id"]
+    iid = status.invocation_id
     target = cfg.resolve_target(entry["target"])
     if isinstance(target, str):
         verb = "call" if name == "keystate.CallEntry" else "send"
@@ -138,7 +135,7 @@ def _call_or_send(
         )
         do_complete(tables, status, failure(500, message), now, cfg, out)
     elif name == "keystate.CallEntry":
-        caller = {"invocation_id": iid, "entry_index": index}
+        caller = CallerRef(invocation_id=iid, entry_index=index).to_avro()
         out.append(_invoke_command(entry, target, iid, now, caller=caller))
     else:
         out.append(_invoke_command(entry, target, iid, now, caller=None, execute_at=entry.get("invoke_at_ms")))
@@ -158,7 +155,7 @@ def _routes_to_target(entry: dict[str, Any]) -> bool:
 def _invoke_command(
     entry: dict[str, Any],
     target: dict[str, Any],
-    caller_id: str,
+    caller_id: InvocationIdStr,
     now: int,
     *,
     caller: dict[str, Any] | None,

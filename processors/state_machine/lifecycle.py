@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from keystate.schemas.ids import InvocationId, positive_hash
+from keystate.schemas.enums import CompletionStatus, InvocationState, OnMaxAttempts, TimerKind
+from keystate.schemas.ids import InvocationId, InvocationIdStr, PartitionKey, positive_hash
+from keystate.schemas.records import CallerRef, Failure, InvocationStatus, Result, StateValue, Target
 
 from . import idempotency, inbox, timers
 from .actions import Action, Invoke, Publish, StopInvocation
-from .model import VALUE, Config, Result, failure, is_completed, is_exclusive, is_keyed, is_workflow_run
+from .model import VALUE, Config, failure, is_completed
+from .rows import get_journal, get_status, put_journal, put_status
 from .tables import Tables
 
 __all__ = [
@@ -27,267 +31,267 @@ __all__ = [
 INPUT_ENTRY = "keystate.InputEntry"
 
 
-def partition_key_of(invocation_id: str) -> int:
+def partition_key_of(invocation_id: InvocationIdStr) -> PartitionKey:
     return InvocationId.parse(invocation_id).partition_key
 
 
-def live_status(tables: Tables, invocation_id: str, attempt: int | None = None) -> dict[str, Any] | None:
+def live_status(tables: Tables, invocation_id: InvocationIdStr, attempt: int | None = None) -> InvocationStatus | None:
     """The status of a running invocation (at `attempt`, if given); None for stale or finished ones."""
-    status: dict[str, Any] | None = tables.status.get((invocation_id,))
-    if status is None or status["status"] == "COMPLETED":
+    status = get_status(tables, invocation_id)
+    if status is None or status.status is InvocationState.COMPLETED:
         return None
-    if attempt is not None and status["attempt"] != attempt:
+    if attempt is not None and status.attempt != attempt:
         return None
     return status
 
 
+def _caller(record: dict[str, Any] | None) -> CallerRef | None:
+    return None if record is None else CallerRef.from_avro(record)
+
+
 def on_invoke(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
-    iid = cmd["invocation_id"]
+    iid: InvocationIdStr = cmd["invocation_id"]
     request_id = cmd.get("request_id")
-    same = tables.status.get((iid,))
+    same = get_status(tables, iid)
     if same is not None:
         # Redelivered, or a retried send with the same id: the first one wins.
         if request_id:
             idempotency.reply(out, None, request_id, same, previously_accepted=True)
         return
+    caller = _caller(cmd.get("caller"))
     dedup = idempotency.dedup_key(cmd)
     if dedup is not None:
         first = idempotency.existing(tables, dedup)
         if first is not None:
             if request_id:
                 idempotency.reply(out, None, request_id, first, previously_accepted=True)
-            caller = cmd.get("caller")
-            known = caller == first["caller"] or caller in first["attached_callers"]
-            if idempotency.answer_duplicate(out, cmd, first) and not known:
-                attached = [*first["attached_callers"], caller]
-                tables.status.put((first["invocation_id"],), {**first, "attached_callers": attached})
+            known = caller == first.caller or caller in first.attached_callers
+            if idempotency.answer_duplicate(out, caller, first) and not known and caller is not None:
+                put_status(tables, replace(first, attached_callers=(*first.attached_callers, caller)))
             return
-    target = cmd["target"]
-    status = {
-        "invocation_id": iid,
-        "target": target,
-        "status": "SCHEDULED",
-        "attempt": 0,
-        "journal_length": 1,
-        "waiting_on": [],
-        "deployment_id": None,
-        "headers": cmd["headers"],
-        "idempotency_key": cmd.get("idempotency_key"),
-        "caller": cmd.get("caller"),
-        "reply_topic": cmd.get("reply_topic"),
-        "created_at_ms": cmd["created_at_ms"],
-        "modified_at_ms": now,
-        "execute_at_ms": cmd.get("execute_at_ms"),
-        "result": None,
-        "completion_status": None,
-        "last_failure": None,
-        "retry_count": 0,
-        "retention_ms": cfg.retention_for(target),
-        "source": cmd["source"],
-        "cancel_requested": False,
-        "cancel_pending": False,
-        "attached_callers": [],
-        "dedup_key": None if dedup is None else idempotency.do_remember(tables, dedup, iid),
-    }
-    tables.status.put((iid,), status)
-    entry = {"entry": (INPUT_ENTRY, {"argument": cmd["argument"], "headers": cmd["headers"]})}
-    tables.journal.put((iid, 0), entry)
+    target = Target.from_avro(cmd["target"])
+    status = InvocationStatus(
+        invocation_id=iid,
+        target=target,
+        status=InvocationState.SCHEDULED,
+        attempt=0,
+        journal_length=1,
+        waiting_on=(),
+        deployment_id=None,
+        headers=cmd["headers"],
+        idempotency_key=cmd.get("idempotency_key"),
+        caller=caller,
+        reply_topic=cmd.get("reply_topic"),
+        created_at_ms=cmd["created_at_ms"],
+        modified_at_ms=now,
+        execute_at_ms=cmd.get("execute_at_ms"),
+        result=None,
+        completion_status=None,
+        last_failure=None,
+        retry_count=0,
+        retention_ms=cfg.retention_for(target),
+        source=cmd["source"],
+        cancel_requested=False,
+        cancel_pending=False,
+        attached_callers=(),
+        dedup_key=None if dedup is None else idempotency.do_remember(tables, dedup, iid),
+    )
+    put_status(tables, status)
+    put_journal(tables, iid, 0, (INPUT_ENTRY, {"argument": cmd["argument"], "headers": cmd["headers"]}))
     if request_id:
         idempotency.reply(out, None, request_id, status)
     execute_at = cmd.get("execute_at_ms")
     if execute_at is not None and execute_at > now:
-        timers.do_register(tables, iid, "DELAYED_INVOKE", None, None, execute_at, out)
+        timers.do_register(tables, iid, TimerKind.DELAYED_INVOKE, None, None, execute_at, out)
         return
     do_admit(tables, status, now, cfg, out)
 
 
-def do_admit(tables: Tables, status: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
+def do_admit(tables: Tables, status: InvocationStatus, now: int, cfg: Config, out: list[Action]) -> None:
     """Start a scheduled invocation, or queue it behind the key's running exclusive one."""
-    target = status["target"]
-    iid = status["invocation_id"]
-    if is_exclusive(target) and not inbox.try_lock(tables, target["service"], target["key"], iid):
-        inbox.do_enqueue(tables, target["service"], target["key"], iid)
-        tables.status.put((iid,), {**status, "status": "INBOXED", "modified_at_ms": now})
-        return
+    target = status.target
+    iid = status.invocation_id
+    if target.exclusive:
+        service, key = target.object_key()
+        if not inbox.try_lock(tables, service, key, iid):
+            inbox.do_enqueue(tables, service, key, iid)
+            put_status(tables, replace(status, status=InvocationState.INBOXED, modified_at_ms=now))
+            return
     do_start_attempt(tables, status, now, cfg, out)
 
 
-def do_start_attempt(tables: Tables, status: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
+def do_start_attempt(tables: Tables, status: InvocationStatus, now: int, cfg: Config, out: list[Action]) -> None:
     """Bump the attempt number (fencing the old one) and order the invoker to run it."""
-    iid = status["invocation_id"]
-    target = status["target"]
-    deployment = status["deployment_id"] or cfg.deployment_for(target["service"])
-    attempt = status["attempt"] + 1
-    status = {
-        **status,
-        "status": "INVOKED",
-        "attempt": attempt,
-        "waiting_on": [],
-        "deployment_id": deployment,
-        "modified_at_ms": now,
-    }
-    tables.status.put((iid,), status)
+    iid = status.invocation_id
+    target = status.target
+    deployment = status.deployment_id or cfg.deployment_for(target.service)
+    status = replace(
+        status,
+        status=InvocationState.INVOKED,
+        attempt=status.attempt + 1,
+        waiting_on=(),
+        deployment_id=deployment,
+        modified_at_ms=now,
+    )
+    put_status(tables, status)
     journal = [record for _, record in sorted(tables.journal.scan((iid,)), key=lambda kv: kv[0][1])]
     state = None
-    if is_keyed(target):
+    if target.keyed:
         # Sorted: scan order differs between live and restored tables, actions must not.
-        rows = sorted(tables.state.scan((target["service"], target["key"])), key=lambda kv: kv[0][2])
-        state = [{"key": k[2], "value": v["value"]} for k, v in rows]
+        rows = sorted(tables.state.scan(target.object_key()), key=lambda kv: kv[0][2])
+        state = [{"key": k[2], "value": StateValue.from_avro(v).value} for k, v in rows]
     out.append(
         Invoke(
             invocation_id=iid,
-            attempt=attempt,
-            target=target,
+            attempt=status.attempt,
+            target=target.to_avro(),
             journal=journal,
             state=state,
             deployment_id=deployment,
-            retry_count=status["retry_count"],
+            retry_count=status.retry_count,
             random_seed=positive_hash(iid),
-            first_attempt_at_ms=status["created_at_ms"],
+            first_attempt_at_ms=status.created_at_ms,
         )
     )
 
 
-def on_resume(tables: Tables, iid: str, attempt: int, now: int, cfg: Config, out: list[Action]) -> None:
+def on_resume(tables: Tables, iid: InvocationIdStr, attempt: int, now: int, cfg: Config, out: list[Action]) -> None:
     """Start a new attempt if the invocation is still at `attempt` (a retry timer, or a takeover)."""
     status = live_status(tables, iid, attempt)
-    if status is None or status["status"] not in ("INVOKED", "BACKING_OFF"):
+    if status is None or status.status not in (InvocationState.INVOKED, InvocationState.BACKING_OFF):
         return
     do_start_attempt(tables, status, now, cfg, out)
 
 
 def on_suspend(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
     status = live_status(tables, cmd["invocation_id"], cmd["attempt"])
-    if status is None or status["status"] != "INVOKED":
+    if status is None or status.status is not InvocationState.INVOKED:
         return
-    waiting = list(cmd["waiting_on"])
+    waiting: tuple[int, ...] = tuple(cmd["waiting_on"])
     # A completion may have arrived while the attempt was deciding to suspend.
-    if not waiting or any(_entry_completed(tables, status["invocation_id"], i) for i in waiting):
+    if not waiting or any(_entry_completed(tables, status.invocation_id, i) for i in waiting):
         do_start_attempt(tables, status, now, cfg, out)
         return
-    tables.status.put(
-        (status["invocation_id"],), {**status, "status": "SUSPENDED", "waiting_on": waiting, "modified_at_ms": now}
-    )
+    put_status(tables, replace(status, status=InvocationState.SUSPENDED, waiting_on=waiting, modified_at_ms=now))
 
 
-def _entry_completed(tables: Tables, iid: str, index: int) -> bool:
-    record = tables.journal.get((iid, index))
-    return record is not None and is_completed(*record["entry"])
+def _entry_completed(tables: Tables, iid: InvocationIdStr, index: int) -> bool:
+    record = get_journal(tables, iid, index)
+    return record is not None and is_completed(record.name, record.body)
 
 
 def on_attempt_failed(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
     status = live_status(tables, cmd["invocation_id"], cmd["attempt"])
-    if status is None or status["status"] != "INVOKED":
+    if status is None or status.status is not InvocationState.INVOKED:
         return
-    failed = cmd["failure"]
-    policy = cfg.policy_for(status["target"])
-    retries = status["retry_count"] + 1
+    failed = Failure.from_avro(cmd["failure"])
+    policy = cfg.policy_for(status.target)
+    retries = status.retry_count + 1
     exhausted = policy.max_attempts is not None and retries >= policy.max_attempts
-    if exhausted and cmd["retryable"] and policy.on_max_attempts == "PAUSE":
-        tables.status.put(
-            (status["invocation_id"],),
-            {**status, "status": "PAUSED", "retry_count": retries, "last_failure": failed, "modified_at_ms": now},
+    if exhausted and cmd["retryable"] and policy.on_max_attempts == OnMaxAttempts.PAUSE:
+        put_status(
+            tables,
+            replace(status, status=InvocationState.PAUSED, retry_count=retries, last_failure=failed, modified_at_ms=now),
         )
         return
     if not cmd["retryable"] or exhausted:
-        message = failed["message"]
+        message = failed.message
         if exhausted and cmd["retryable"]:
             message = f"gave up after {retries} attempts: {message}"
-        do_complete(tables, status, failure(failed["code"], message), now, cfg, out)
+        do_complete(tables, status, failure(failed.code, message), now, cfg, out)
         return
     delay = cmd.get("retry_after_ms")
     if delay is None:
         delay = policy.delay_ms(retries)
-    status = {
-        **status,
-        "status": "BACKING_OFF",
-        "retry_count": retries,
-        "last_failure": failed,
-        "modified_at_ms": now,
-    }
-    tables.status.put((status["invocation_id"],), status)
-    timers.do_register(tables, status["invocation_id"], "RETRY", None, status["attempt"], now + delay, out)
+    status = replace(
+        status, status=InvocationState.BACKING_OFF, retry_count=retries, last_failure=failed, modified_at_ms=now
+    )
+    put_status(tables, status)
+    timers.do_register(tables, status.invocation_id, TimerKind.RETRY, None, status.attempt, now + delay, out)
 
 
 def do_complete(
     tables: Tables,
-    status: dict[str, Any],
+    status: InvocationStatus,
     result: Result,
     now: int,
     cfg: Config,
     out: list[Action],
-    completion: str | None = None,
+    completion: CompletionStatus | None = None,
 ) -> None:
     """Finish an invocation: publish its result, answer its callers, free its key, keep it for retention."""
-    iid = status["invocation_id"]
-    target = status["target"]
+    iid = status.invocation_id
+    target = status.target
     succeeded = result[0] == VALUE
     if completion is None:
-        cancelled = status["cancel_requested"] and not succeeded and result[1]["code"] == 409
-        completion = "SUCCEEDED" if succeeded else ("CANCELLED" if cancelled else "FAILED")
+        cancelled = status.cancel_requested and not succeeded and result[1]["code"] == 409
+        if succeeded:
+            completion = CompletionStatus.SUCCEEDED
+        else:
+            completion = CompletionStatus.CANCELLED if cancelled else CompletionStatus.FAILED
     for key, _ in list(tables.journal.scan((iid,))):
         tables.journal.delete(key)
     timers.do_delete_all(tables, iid)
     out.append(StopInvocation(iid))
     record = {
         "invocation_id": iid,
-        "target": target,
+        "target": target.to_avro(),
         "status": completion,
         "output": result[1]["value"] if succeeded else None,
         "failure": None if succeeded else result[1],
-        "idempotency_key": status["idempotency_key"],
+        "idempotency_key": status.idempotency_key,
         "completed_at_ms": now,
     }
     out.append(Publish(None, iid.encode(), "keystate.InvocationResult", record))
-    if status["reply_topic"]:
-        out.append(Publish(status["reply_topic"], iid.encode(), "keystate.InvocationResult", record))
-    for caller in [status["caller"], *status["attached_callers"]]:
+    if status.reply_topic:
+        out.append(Publish(status.reply_topic, iid.encode(), "keystate.InvocationResult", record))
+    for caller in (status.caller, *status.attached_callers):
         if caller is not None:
             out.append(idempotency.completion_to(caller, result))
     # The result replaces the request headers: a status row holds at most one payload.
-    completed = {
-        **status,
-        "status": "COMPLETED",
-        "headers": {},
-        "result": result,
-        "completion_status": completion,
-        "waiting_on": [],
-        "attached_callers": [],
-        "modified_at_ms": now,
-    }
-    if status["retention_ms"] > 0:
-        tables.status.put((iid,), completed)
-        timers.do_register(tables, iid, "PURGE", None, None, now + status["retention_ms"], out)
+    completed = replace(
+        status,
+        status=InvocationState.COMPLETED,
+        headers={},
+        result=result,
+        completion_status=completion,
+        waiting_on=(),
+        attached_callers=(),
+        modified_at_ms=now,
+    )
+    if status.retention_ms > 0:
+        put_status(tables, completed)
+        timers.do_register(tables, iid, TimerKind.PURGE, None, None, now + status.retention_ms, out)
     else:
         do_purge(tables, completed)
-    if is_exclusive(target):
-        next_id = inbox.do_release(tables, target["service"], target["key"], iid)
+    if target.exclusive:
+        next_id = inbox.do_release(tables, *target.object_key(), iid)
         if next_id is not None:
-            waiting = tables.status.get((next_id,))
+            waiting = get_status(tables, next_id)
             if waiting is not None:
                 do_start_attempt(tables, waiting, now, cfg, out)
 
 
-def on_purge(tables: Tables, iid: str) -> None:
-    status = tables.status.get((iid,))
-    if status is not None and status["status"] == "COMPLETED":
+def on_purge(tables: Tables, iid: InvocationIdStr) -> None:
+    status = get_status(tables, iid)
+    if status is not None and status.status is InvocationState.COMPLETED:
         do_purge(tables, status)
 
 
-def do_purge(tables: Tables, status: dict[str, Any]) -> None:
+def do_purge(tables: Tables, status: InvocationStatus) -> None:
     """Forget a completed invocation; a workflow's run takes the workflow's state and promises along."""
-    iid = status["invocation_id"]
+    iid = status.invocation_id
     tables.status.delete((iid,))
     timers.do_delete_all(tables, iid)
     idempotency.do_forget(tables, status)
-    target = status["target"]
-    if is_workflow_run(target):
+    target = status.target
+    if target.workflow_run:
         for table in (tables.state, tables.promises):
-            for key, _ in list(table.scan((target["service"], target["key"]))):
+            for key, _ in list(table.scan(target.object_key())):
                 table.delete(key)
 
 
 def on_resume_paused(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
     status = live_status(tables, cmd["invocation_id"])
-    if status is not None and status["status"] == "PAUSED":
-        do_start_attempt(tables, {**status, "retry_count": 0}, now, cfg, out)
+    if status is not None and status.status is InvocationState.PAUSED:
+        do_start_attempt(tables, replace(status, retry_count=0), now, cfg, out)

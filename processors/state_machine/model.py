@@ -1,4 +1,4 @@
-"""Record names, result helpers and settings the state machine works with (records are Avro dicts)."""
+"""Record names, result helpers and settings the state machine works with (rows: keystate.schemas.records)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from keystate.schemas.enums import HandlerKind, OnMaxAttempts, ServiceType
+from keystate.schemas.records import Result, Target
+
 __all__ = [
     "Config",
     "HandlerLookup",
+    "Result",
     "RetryPolicy",
     "VALUE",
     "FAILURE",
@@ -24,10 +28,6 @@ NS = "keystate."
 VALUE = NS + "Value"
 FAILURE = NS + "Failure"
 
-# Unions of records travel as fastavro tuples: (full record name, record).
-Result = tuple[str, dict[str, Any]]
-
-
 def value(data: bytes) -> Result:
     return (VALUE, {"value": data})
 
@@ -37,7 +37,7 @@ def failure(code: int, message: str) -> Result:
 
 
 def is_keyed(target: Mapping[str, Any]) -> bool:
-    return target["service_type"] in ("VIRTUAL_OBJECT", "WORKFLOW")
+    return target["service_type"] in (ServiceType.VIRTUAL_OBJECT, ServiceType.WORKFLOW)
 
 
 def is_completed(name: str, entry: Mapping[str, Any]) -> bool:
@@ -48,12 +48,12 @@ def is_completed(name: str, entry: Mapping[str, Any]) -> bool:
 
 
 def is_workflow_run(target: Mapping[str, Any]) -> bool:
-    return bool(target["service_type"] == "WORKFLOW" and target["handler_kind"] == "WORKFLOW")
+    return bool(target["service_type"] == ServiceType.WORKFLOW and target["handler_kind"] == HandlerKind.WORKFLOW)
 
 
 def is_exclusive(target: Mapping[str, Any]) -> bool:
     """Exclusive handlers of one key run one at a time (workflow `run` too)."""
-    return is_keyed(target) and target["handler_kind"] in ("EXCLUSIVE", "WORKFLOW")
+    return is_keyed(target) and target["handler_kind"] in (HandlerKind.EXCLUSIVE, HandlerKind.WORKFLOW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +64,9 @@ class RetryPolicy:
     factor: float = 2.0
     max_interval_ms: int = 10_000
     max_attempts: int | None = None
-    # What happens when max_attempts is reached: "FAIL" ends the invocation, "PAUSE" parks it
+    # What happens when max_attempts is reached: FAIL ends the invocation, PAUSE parks it
     # until an operator resumes (or cancels or kills) it.
-    on_max_attempts: str = "FAIL"
+    on_max_attempts: OnMaxAttempts = OnMaxAttempts.FAIL
 
     def delay_ms(self, retry_count: int) -> int:
         """The wait before retry number `retry_count` (1 for the first retry)."""
@@ -82,7 +82,7 @@ class RetryPolicy:
             factor=record["factor"],
             max_interval_ms=record["max_interval_ms"],
             max_attempts=record.get("max_attempts"),
-            on_max_attempts=record.get("on_max_attempts") or "FAIL",
+            on_max_attempts=OnMaxAttempts(record.get("on_max_attempts") or OnMaxAttempts.FAIL),
         )
 
 
@@ -132,18 +132,24 @@ class Config:
                 f"{service}/{handler} is not a registered handler (no service {service!r}, or it has no handler "
                 f"{handler!r}); check the names, or register the deployment that serves it"
             )
-        service_type, handler_kind = found
-        keyed = service_type in ("VIRTUAL_OBJECT", "WORKFLOW")
+        try:
+            service_type, handler_kind = ServiceType(found[0]), HandlerKind(found[1])
+        except ValueError:
+            return (
+                f"{service}/{handler} is registered as {found[0]!r}/{found[1]!r}, which this processor does not know; "
+                f"upgrade the processor, or register the deployment again"
+            )
+        keyed = service_type.keyed
         if keyed and key is None:
-            kind = "virtual object" if service_type == "VIRTUAL_OBJECT" else "workflow"
+            kind = "virtual object" if service_type is ServiceType.VIRTUAL_OBJECT else "workflow"
             return f"{service} is a {kind}: call {service}/{handler} with a key"
         if not keyed and key is not None:
             return f"{service} is a service and takes no key, but {key[:100]!r} was given; call {service}/{handler} without one"
         return {**target, "service_type": service_type, "handler_kind": handler_kind}
 
-    def retention_for(self, target: Mapping[str, Any]) -> int:
-        configured = self.service_retention_ms(target["service"])
+    def retention_for(self, target: Target) -> int:
+        configured = self.service_retention_ms(target.service)
         return self.completion_retention_ms if configured is None else configured
 
-    def policy_for(self, target: Mapping[str, Any]) -> RetryPolicy:
-        return self.service_retry_policy(target["service"], target["handler"]) or self.retry_policy
+    def policy_for(self, target: Target) -> RetryPolicy:
+        return self.service_retry_policy(target.service, target.handler) or self.retry_policy
