@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient
 
 from keystate.schemas._codec import codec
 from keystate.schemas.errors import ContractError
+from keystate.schemas.limits import kafka_sizes
 from keystate.server.errors import KafkaUnavailable
 from keystate.server.kafka import KafkaSettings, kafka_error, watermarks
 
@@ -34,6 +35,7 @@ INVOCATION_STATUS = "keystate.InvocationStatus"
 # `["status","<invocation id>"]` (keystate.processors.changelog.table_key, which the ingress may not import).
 _STATUS_KEY_PREFIX = b'["status",'
 _BATCH = 1000
+_PREFETCH_BYTES = 16 * 1024 * 1024
 _T = TypeVar("_T")
 
 
@@ -138,7 +140,15 @@ class InvocationReadModel:
         try:
             lock = _lock(self.path)
             store = ReadModelStore(self.path)
-            consumer = Consumer(self._settings.consumer_config(**{"group.id": f"keystate-readmodel-{id(self)}"}))
+            # One record of the largest size must still fit a fetch.
+            prefetch = max(_PREFETCH_BYTES, kafka_sizes(self._settings.max_payload_bytes).consumer_max_partition_fetch_bytes)
+            consumer = Consumer(self._settings.consumer_config(**{
+                "group.id": f"keystate-readmodel-{id(self)}",
+                # Prefetch at most this much (librdkafka's default is 64 MiB): catching up on a large
+                # changelog must not cost the ingress more memory than a few batches.
+                "queued.max.messages.kbytes": prefetch // 1024,
+                "fetch.max.bytes": prefetch,
+            }))
             ends = self._assign(consumer, store)
             self._store = store
             self._follow(loop, consumer, store, ends)
@@ -157,7 +167,7 @@ class InvocationReadModel:
 
     def _assign(self, consumer: Consumer, store: ReadModelStore) -> dict[int, int]:
         """Assign every partition from its saved offset; the ends (high watermarks) at start."""
-        partitions = _partitions(consumer, self.topic)
+        partitions = _partitions(consumer, self.topic, self._stop)
         if store.check_generation(self.topic, _topic_id(self._settings, self.topic)):
             log.warning("the invocation read model %s was built from another topic than %s (recreated: its topic id changed); rebuilding it", self.path, self.topic)
         saved = store.offsets()
@@ -249,7 +259,7 @@ def _lock(path: Path) -> int:
     return fd
 
 
-def _partitions(consumer: Consumer, topic: str, timeout: float = 30.0) -> list[int]:
+def _partitions(consumer: Consumer, topic: str, stop: threading.Event, timeout: float = 30.0) -> list[int]:
     """The partitions of `topic` once every one has a leader (a just-created topic takes a moment)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -261,7 +271,8 @@ def _partitions(consumer: Consumer, topic: str, timeout: float = 30.0) -> list[i
         if time.monotonic() > deadline:
             detail = "does not exist" if meta is None or not meta.partitions else f"is not ready ({meta.error})"
             raise KafkaUnavailable(f"topic {topic} {detail}; create keystate's topics with `keystate topics create`")
-        time.sleep(0.2)
+        if stop.wait(0.2):
+            raise KafkaUnavailable(f"stopped while waiting for topic {topic}")
 
 
 def _topic_id(settings: KafkaSettings, topic: str) -> str | None:

@@ -102,3 +102,13 @@ def test_only_status_keys_of_the_multiplexed_changelog_name_an_invocation() -> N
     assert status_key_id(table_key("journal", ("inv_1", 0))) is None
     assert status_key_id(table_key("state", ("Counter", "status", "x"))) is None
     assert status_key_id(b'["status",') is None and status_key_id(None) is None
+
+
+def test_a_batch_that_fails_leaves_neither_its_rows_nor_its_offsets(tmp_path: Path) -> None:
+    store = ReadModelStore(tmp_path / "rm.sqlite")
+    store.apply([_row(1)], {0: 1})
+    unbindable = _row(3, target={"service": ["not", "text"], "handler": "h"})  # fails inside the batch, after row 2
+    with pytest.raises(sqlite3.Error):
+        store.apply([_row(2), Row(_row(1).invocation_id, 0, None), unbindable], {0: 4})
+    assert store.offsets() == {0: 1}
+    assert store.get(_row(2).invocation_id) is None and store.get(_row(1).invocation_id) is not None
