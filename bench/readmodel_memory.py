@@ -85,7 +85,12 @@ async def _sqlite(bootstrap: str, topics: Topics, path: Path) -> dict:
         tracemalloc.reset_peak()
         t0 = time.monotonic()
         model = InvocationReadModel(KafkaSettings(bootstrap, topics), path)
-        await model.start(timeout=600)
+        await model.start()
+        trace = []  # (records read, RSS growth in MiB) while catching up: flat or not
+        while not model.ready and model.error is None:
+            await asyncio.sleep(0.05)
+            if not trace or time.monotonic() - trace[-1][2] > 2:
+                trace.append((model.records_seen, (_rss_kib() - rss0) // 1024, time.monotonic()))
         caught_up = time.monotonic() - t0
         t1 = time.monotonic()
         page = await model.page(limit=100, statuses=["SUSPENDED"], service="Svc3")
@@ -95,7 +100,7 @@ async def _sqlite(bootstrap: str, topics: Topics, path: Path) -> dict:
         out[run] = {
             "catch_up_s": round(caught_up, 2), "records_read": model.records_seen, "rows": await model.count(),
             "heap_growth_kib": (heap - heap0) // 1024, "heap_peak_kib": (peak - heap0) // 1024,
-            "rss_growth_kib": _rss_kib() - rss0, "filtered_page_ms": round(query_ms, 1), "page_total": page.total,
+            "rss_growth_kib": _rss_kib() - rss0, "rss_mib_by_records": [t[:2] for t in trace], "filtered_page_ms": round(query_ms, 1), "page_total": page.total,
         }
         await model.stop()
     out["file_mib"] = round(sum(f.stat().st_size for f in path.parent.iterdir()) / 2**20, 1)
@@ -140,6 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bootstrap")
     parser.add_argument("--counts", default="20000,200000")
+    parser.add_argument("--modes", default="sqlite,sqlite-untraced,dict")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -159,7 +165,7 @@ def main() -> None:
                 t0 = time.monotonic()
                 _load(bootstrap, topics, n)
                 print(f"N={n}: wrote {n} status rows in {time.monotonic() - t0:.1f} s", flush=True)
-                for mode in ("sqlite", "sqlite-untraced", "dict"):
+                for mode in args.modes.split(","):
                     path = Path(tmp) / topics.prefix / mode / "readmodel.sqlite"
                     out = subprocess.run(
                         [sys.executable, __file__, "--child", mode, bootstrap, topics.prefix, str(path)],

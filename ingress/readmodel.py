@@ -147,6 +147,7 @@ class InvocationReadModel:
                 # Prefetch at most this much (librdkafka's default is 64 MiB): catching up on a large
                 # changelog must not cost the ingress more memory than a few batches.
                 "queued.max.messages.kbytes": prefetch // 1024,
+                "queued.min.messages": _BATCH,
                 "fetch.max.bytes": prefetch,
             }))
             ends = self._assign(consumer, store)
