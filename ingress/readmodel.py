@@ -19,7 +19,6 @@ from confluent_kafka.admin import AdminClient
 
 from keystate.schemas._codec import codec
 from keystate.schemas.errors import ContractError
-from keystate.schemas.limits import kafka_sizes
 from keystate.server.errors import KafkaUnavailable
 from keystate.server.kafka import KafkaSettings, kafka_error, watermarks
 
@@ -35,7 +34,7 @@ INVOCATION_STATUS = "keystate.InvocationStatus"
 # `["status","<invocation id>"]` (keystate.processors.changelog.table_key, which the ingress may not import).
 _STATUS_KEY_PREFIX = b'["status",'
 _BATCH = 1000
-_PREFETCH_BYTES = 16 * 1024 * 1024
+_FETCH_BYTES = 4 * 1024 * 1024
 _T = TypeVar("_T")
 
 
@@ -140,15 +139,15 @@ class InvocationReadModel:
         try:
             lock = _lock(self.path)
             store = ReadModelStore(self.path)
-            # One record of the largest size must still fit a fetch.
-            prefetch = max(_PREFETCH_BYTES, kafka_sizes(self._settings.max_payload_bytes).consumer_max_partition_fetch_bytes)
             consumer = Consumer(self._settings.consumer_config(**{
                 "group.id": f"keystate-readmodel-{id(self)}",
-                # Prefetch at most this much (librdkafka's default is 64 MiB): catching up on a large
-                # changelog must not cost the ingress more memory than a few batches.
-                "queued.max.messages.kbytes": prefetch // 1024,
+                # Small fetches and prefetch: catching up on a large changelog costs the ingress a few
+                # MiB, not librdkafka's 64 MiB+ defaults. A larger record still comes through
+                # (a fetch always returns the first batch whole, KIP-74).
+                "max.partition.fetch.bytes": _FETCH_BYTES // 4,
+                "fetch.max.bytes": _FETCH_BYTES,
+                "queued.max.messages.kbytes": _FETCH_BYTES // 1024,
                 "queued.min.messages": _BATCH,
-                "fetch.max.bytes": prefetch,
             }))
             ends = self._assign(consumer, store)
             self._store = store

@@ -46,7 +46,8 @@ def ensure_changelog(bootstrap: str, topics: Topics, partitions: int) -> None:
     """Create `<prefix>changelog` if missing (until `ensure_topics` creates the multiplexed changelog)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     name = topics.changelog_topic
-    spec = NewTopic(name, num_partitions=partitions, replication_factor=1, config={"cleanup.policy": "compact"})
+    config = {"cleanup.policy": "compact", "max.message.bytes": str(16 * 1024 * 1024)}
+    spec = NewTopic(name, num_partitions=partitions, replication_factor=1, config=config)
     try:
         admin.create_topics([spec], operation_timeout=30)[name].result(30)
     except KafkaException as exc:
@@ -64,7 +65,7 @@ def write_changelog(
 ) -> None:
     """Write status rows (a status, or None for a tombstone) as a partition processor writes them,
     each on the partition of its invocation id; `noise` rows of other tables follow each status row."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "message.max.bytes": 16 * 1024 * 1024})
     topic = topics.changelog_topic
     for invocation_id, value in rows:
         key, data, headers = row_record("status", (invocation_id,), value)

@@ -59,6 +59,9 @@ async def test_a_large_changelog_is_served_from_disk_and_a_restart_resumes_from_
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
     rows = _big(20_000)
+    # A status larger than the model's fetch sizes (a 6 MiB result) still comes through.
+    big_id = rows[-1][0]
+    rows[-1] = (big_id, {**rows[-1][1], "result": {"value": b"r" * (6 * 1024 * 1024)}})
     gone = rows[:100]
     await asyncio.to_thread(
         write_changelog, kafka_bootstrap, topics, [*rows, *((iid, None) for iid, _ in gone)], partitions=PARTITIONS, noise=0
@@ -77,6 +80,8 @@ async def test_a_large_changelog_is_served_from_disk_and_a_restart_resumes_from_
         assert summary is not None and summary.status == live[some]["status"]
         assert summary.target["service"] == live[some]["target"]["service"]
         assert await model.get(gone[0][0]) is None
+        big = await model.get(big_id)
+        assert big is not None and big.status == live[big_id]["status"]
 
         # Every Cart invocation exactly once, newest change first, ties by id, across pages.
         expected = sorted(
