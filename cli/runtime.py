@@ -10,6 +10,7 @@ import os
 import signal
 from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from keystate.schemas.limits import ENV_VAR, PayloadLimitError, max_payload_bytes
@@ -82,6 +83,11 @@ def _ingress_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="ingress port (default %(default)s)")
     parser.add_argument("--admin-port", type=int, default=9070, help="admin API port (default %(default)s)")
+    parser.add_argument(
+        "--state-dir",
+        help="directory of the ingress's local state, the admin's invocation read model; deleting it costs a "
+        "re-read of the changelog (default $KEYSTATE_STATE_DIR, $XDG_STATE_HOME/keystate or ~/.local/state/keystate)",
+    )
 
 
 def add_parsers(sub: Any, bootstrap: Callable[[argparse.Namespace], str]) -> None:
@@ -156,6 +162,8 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, in
         from keystate.ingress.runtime import IngressSettings, run_ingress
 
         ingress_settings = IngressSettings(bootstrap=bootstrap, topics=topics, max_payload_bytes=args.max_payload_bytes)
+        if args.state_dir:
+            ingress_settings = dataclasses.replace(ingress_settings, state_dir=Path(args.state_dir))
         tasks.append(
             asyncio.create_task(run_ingress(ingress_settings, args.host, args.port, args.admin_port), name="ingress")
         )

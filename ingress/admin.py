@@ -18,6 +18,7 @@ from .commands import produce_command
 from .errors import BadRequest, Conflict, NotFound, Unavailable, error_middleware
 from .http_limits import HTTP_LIMITS_KEY, limits_middleware
 from .readmodel import InvocationReadModel, InvocationSummary
+from .readmodel_store import decode_cursor, encode_cursor
 from .restate_paths import invocation_status
 from .results import target_text
 from .runtime import IngressRuntime
@@ -132,12 +133,11 @@ async def _delete_deployment(request: web.Request) -> web.Response:
     deployment_id = request.match_info["id"]
     _deployment(runtime, deployment_id)
     if not _flag(request, "force"):
-        pinned = _read_model(runtime, f"; remove the deployment anyway with DELETE /deployments/{deployment_id}?force=true").pinned_to(
-            deployment_id
-        )
+        model = _read_model(runtime, f"; remove the deployment anyway with DELETE /deployments/{deployment_id}?force=true")
+        pinned = await model.pinned_to(deployment_id)
         if pinned:
             raise Conflict(
-                f"deployment {deployment_id} has {len(pinned)} invocation{'s' if len(pinned) != 1 else ''} pinned to it "
+                f"deployment {deployment_id} has {pinned} invocation{'s' if pinned != 1 else ''} pinned to it "
                 "that have not completed (an invocation finishes on the deployment it started on); wait for them, "
                 f"cancel or kill them (GET /invocations?deployment={deployment_id} lists them), or remove it anyway "
                 f"with DELETE /deployments/{deployment_id}?force=true, which breaks them"
@@ -202,7 +202,7 @@ def _read_model(runtime: IngressRuntime, hint: str = "") -> InvocationReadModel:
         raise Unavailable(f"the invocation read model cannot read {model.topic}: {model.error}{hint}")
     if not model.ready:
         raise Unavailable(
-            f"the invocation read model is still reading {model.topic} ({len(model.invocations)} invocations so far); "
+            f"the invocation read model is still reading {model.topic} ({model.records_seen} records so far); "
             f"retry in a moment{hint}"
         )
     return model
@@ -253,19 +253,31 @@ async def _list_invocations(request: web.Request) -> web.Response:
         limit = -1
     if not 1 <= limit <= _MAX_LIMIT:
         raise BadRequest(f"limit={text!r} must be a whole number from 1 to {_MAX_LIMIT}")
-    statuses = [s for s in request.query.get("status", "").split(",") if s.strip()]
-    found = model.select(
-        statuses=[s.strip() for s in statuses],
+    cursor = request.query.get("cursor") or None
+    try:
+        after = None if cursor is None else decode_cursor(cursor)
+    except ValueError as exc:
+        raise BadRequest(f"{exc}; pass the next_cursor of the previous page, or no cursor for the first page") from None
+    page = await model.page(
+        limit=limit,
+        statuses=[s.strip() for s in request.query.get("status", "").split(",") if s.strip()],
         service=request.query.get("service") or None,
         deployment_id=request.query.get("deployment") or None,
+        after=after,
     )
-    return web.json_response({"invocations": [invocation_json(s) for s in found[:limit]], "total": len(found)})
+    return web.json_response(
+        {
+            "invocations": [invocation_json(s) for s in page.invocations],
+            "total": page.total,
+            "next_cursor": None if page.next_cursor is None else encode_cursor(page.next_cursor),
+        }
+    )
 
 
 async def _get_invocation(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     invocation_id = _invocation_id(request)
-    summary = _read_model(runtime).get(invocation_id)
+    summary = await _read_model(runtime).get(invocation_id)
     if summary is None:
         raise NotFound(
             f"unknown invocation {invocation_id}: it never existed, was purged, or is too new for the read model; "
@@ -293,7 +305,7 @@ async def _act(request: web.Request, action: str) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     invocation_id = _invocation_id(request)
     model = runtime.invocations
-    known = model.get(invocation_id) if model.ready else None
+    known = await model.get(invocation_id) if model.ready and model.error is None else None
     if known is not None:
         completed, how = known.completed, known.completion_status or known.status
     else:

@@ -1,143 +1,293 @@
-"""`InvocationReadModel`: invocation summaries for operators, built by following the status changelog."""
+"""`InvocationReadModel`: invocation summaries for operators, kept on disk by following the changelog."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
 
-from confluent_kafka import Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from keystate.schemas._codec import codec
 from keystate.schemas.errors import ContractError
 from keystate.server.errors import KafkaUnavailable
-from keystate.server.kafka import KafkaSettings, TopicFollower
+from keystate.server.kafka import KafkaSettings, kafka_error, watermarks
 
-__all__ = ["INVOCATION_STATUS", "InvocationSummary", "InvocationReadModel"]
+from .errors import Unavailable
+from .readmodel_store import Cursor, InvocationSummary, Page, ReadModelStore, Row
+
+__all__ = ["INVOCATION_STATUS", "InvocationReadModel", "InvocationSummary", "Page"]
 
 log = logging.getLogger(__name__)
 
 INVOCATION_STATUS = "keystate.InvocationStatus"
+# Keys of the multiplexed changelog are JSON arrays led by the table name; status rows are
+# `["status","<invocation id>"]` (keystate.processors.changelog.table_key, which the ingress may not import).
+_STATUS_KEY_PREFIX = b'["status",'
+_BATCH = 1000
+_FETCH_BYTES = 4 * 1024 * 1024
+_T = TypeVar("_T")
 
 
-@dataclass(frozen=True, slots=True)
-class InvocationSummary:
-    """What operators see of one invocation; a small part of its InvocationStatus."""
-
-    invocation_id: str
-    target: dict[str, Any]
-    status: str
-    deployment_id: str | None
-    attempt: int
-    retry_count: int
-    created_at_ms: int
-    modified_at_ms: int
-    execute_at_ms: int | None
-    completion_status: str | None
-    last_failure: dict[str, Any] | None
-    idempotency_key: str | None
-
-    @classmethod
-    def of(cls, status: dict[str, Any]) -> InvocationSummary:
-        return cls(
-            invocation_id=status["invocation_id"],
-            target=status["target"],
-            status=status["status"],
-            deployment_id=status.get("deployment_id"),
-            attempt=status["attempt"],
-            retry_count=status["retry_count"],
-            created_at_ms=status["created_at_ms"],
-            modified_at_ms=status["modified_at_ms"],
-            execute_at_ms=status.get("execute_at_ms"),
-            completion_status=status.get("completion_status"),
-            last_failure=status.get("last_failure"),
-            idempotency_key=status.get("idempotency_key"),
-        )
-
-    @property
-    def completed(self) -> bool:
-        return self.status == "COMPLETED"
+def status_key_id(key: bytes | None) -> str | None:
+    """The invocation id of a status-row key of the changelog, or None for any other key."""
+    if key is None or not key.startswith(_STATUS_KEY_PREFIX):
+        return None
+    try:
+        parts = json.loads(key)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(parts, list) and len(parts) == 2 and isinstance(parts[1], str):
+        return parts[1]
+    return None
 
 
 class InvocationReadModel:
-    """Follows `<prefix>status-changelog` from the beginning: invocation id -> `InvocationSummary`.
+    """Follows every partition of `<prefix>changelog`, keeping its status rows in a SQLite file at `path`.
 
-    Keys are JSON arrays `["<invocation id>"]`; a tombstone (purge) removes the invocation.
-    `start` returns at once; `ready` turns true when the changelog has been read to the end it had
-    at start, so a large changelog does not hold up the ingress.
+    Memory does not grow with the invocations: rows live on disk, and the offsets read are saved
+    with them, so a restart reads only what is new. The store is rebuilt from the changelog when its
+    file is missing, or the topic was recreated (other topic id, or saved offsets beyond its end).
+    `start` returns at once; `ready` turns true once the changelog has been read to the end it had
+    at start. The consumer and every SQLite call run off the event loop.
     """
 
-    def __init__(self, settings: KafkaSettings) -> None:
-        self.topic = settings.topics.changelog("status")
-        self.invocations: dict[str, InvocationSummary] = {}
+    def __init__(self, settings: KafkaSettings, path: Path) -> None:
+        self.topic = settings.topics.changelog_topic
+        self.path = path
         self.error: str | None = None
         self.ready = False
-        self._follower = TopicFollower(settings, self.topic, self._on_record, from_beginning=True)
-        self._task: asyncio.Task[None] | None = None
+        # Changelog records handed to this model since it started (of every table, before filtering).
+        self.records_seen = 0
+        self._settings = settings
+        self._store: ReadModelStore | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._caught_up: asyncio.Future[None] | None = None
 
     async def start(self, timeout: float | None = None) -> None:
         """Start reading; with `timeout`, also wait until the read model caught up (tests, tools)."""
-        self._task = asyncio.create_task(self._restore())
+        loop = asyncio.get_running_loop()
+        self._caught_up = loop.create_future()
+        self._thread = threading.Thread(target=self._run, args=(loop,), name=f"keystate-readmodel-{self.topic}", daemon=True)
+        self._thread.start()
         if timeout is not None:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            await asyncio.wait_for(asyncio.shield(self._caught_up), timeout)
 
-    async def _restore(self) -> None:
-        try:
-            await self._follower.start(timeout=None)  # type: ignore[arg-type]
-        except KafkaUnavailable as exc:
-            self.error = str(exc)
-            log.error("the invocation read model cannot follow %s: %s", self.topic, exc)
-            return
-        self.ready = True
-
-    def stop(self) -> None:
+    async def stop(self) -> None:
         self.ready = False
-        self._follower.stop()
-        if self._task is not None:
-            self._task.cancel()
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10.0)
+        if self._caught_up is not None and not self._caught_up.done():
+            self._caught_up.cancel()
 
-    def _on_record(self, msg: Message) -> None:
-        key = msg.key()
+    # ---- queries (off the loop; Unavailable if the store failed) -------------------------------
+
+    async def _ask(self, fn: Callable[[ReadModelStore], _T]) -> _T:
+        store = self._store
+        if store is None:
+            raise Unavailable(f"the invocation read model at {self.path} is not open yet; retry in a moment")
         try:
-            invocation_id = json.loads(key)[0] if key is not None else None
-        except (ValueError, IndexError, TypeError, KeyError):
-            invocation_id = None
-        value = msg.value()
-        if value is None:
-            if invocation_id is not None:
-                self.invocations.pop(invocation_id, None)
-            return
+            return await asyncio.to_thread(fn, store)
+        except sqlite3.Error as exc:
+            raise Unavailable(
+                f"the invocation read model at {self.path} failed: {exc}; check the disk, or remove the file "
+                "and restart the ingress to rebuild it from the changelog"
+            ) from exc
+
+    async def get(self, invocation_id: str) -> InvocationSummary | None:
+        return await self._ask(lambda s: s.get(invocation_id))
+
+    async def page(
+        self,
+        *,
+        limit: int,
+        statuses: Iterable[str] = (),
+        service: str | None = None,
+        deployment_id: str | None = None,
+        after: Cursor | None = None,
+    ) -> Page:
+        """Invocations matching every filter, most recently modified first; see `ReadModelStore.page`."""
+        wanted = list(statuses)
+        return await self._ask(
+            lambda s: s.page(limit=limit, statuses=wanted, service=service, deployment_id=deployment_id, after=after)
+        )
+
+    async def pinned_to(self, deployment_id: str) -> int:
+        """How many invocations that have not completed run on `deployment_id`."""
+        return await self._ask(lambda s: s.pinned_to(deployment_id))
+
+    async def count(self) -> int:
+        return await self._ask(lambda s: s.count())
+
+    # ---- the follower thread -------------------------------------------------------------------
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        lock: int | None = None
+        store: ReadModelStore | None = None
+        consumer: Consumer | None = None
         try:
-            status = codec().decode_as(INVOCATION_STATUS, value)
-        except ContractError as exc:
-            log.warning("ignoring a record on %s at offset %s: %s", self.topic, msg.offset(), exc)
-            return
-        self.apply(status)
+            lock = _lock(self.path)
+            store = ReadModelStore(self.path)
+            consumer = Consumer(self._settings.consumer_config(**{
+                "group.id": f"keystate-readmodel-{id(self)}",
+                # Small fetches and prefetch: catching up on a large changelog costs the ingress a few
+                # MiB, not librdkafka's 64 MiB+ defaults. A larger record still comes through
+                # (a fetch always returns the first batch whole, KIP-74).
+                "max.partition.fetch.bytes": _FETCH_BYTES // 4,
+                "fetch.max.bytes": _FETCH_BYTES,
+                "queued.max.messages.kbytes": _FETCH_BYTES // 1024,
+                "queued.min.messages": _BATCH,
+            }))
+            ends = self._assign(consumer, store)
+            self._store = store
+            self._follow(loop, consumer, store, ends)
+        except (KafkaException, KafkaUnavailable, sqlite3.Error, OSError) as exc:
+            reason = str(kafka_error(f"follow {self.topic}", exc) if isinstance(exc, KafkaException) else exc)
+            log.error("the invocation read model (%s) cannot follow %s: %s", self.path, self.topic, reason)
+            _threadsafe(loop, self._failed, reason)
+        finally:
+            if consumer is not None:
+                consumer.close()
+            if store is not None:
+                self._store = None
+                store.close()
+            if lock is not None:
+                os.close(lock)
 
-    def apply(self, status: dict[str, Any]) -> None:
-        self.invocations[status["invocation_id"]] = InvocationSummary.of(status)
+    def _assign(self, consumer: Consumer, store: ReadModelStore) -> dict[int, int]:
+        """Assign every partition from its saved offset; the ends (high watermarks) at start."""
+        partitions = _partitions(consumer, self.topic, self._stop)
+        if store.check_generation(self.topic, _topic_id(self._settings, self.topic)):
+            log.warning("the invocation read model %s was built from another topic than %s (recreated: its topic id changed); rebuilding it", self.path, self.topic)
+        saved = store.offsets()
+        ends: dict[int, int] = {}
+        reread: list[int] = [p for p in saved if p not in partitions]
+        assignment = []
+        for p in partitions:
+            low, high = watermarks(consumer, TopicPartition(self.topic, p))
+            start = saved.get(p, low)
+            if start > high:
+                # Offsets the topic never reached: it was recreated, so the rows of this partition are stale.
+                reread.append(p)
+                start = low
+            ends[p] = high
+            assignment.append(TopicPartition(self.topic, p, max(start, low)))
+        if reread:
+            log.warning("%s partitions %s are behind the read model's offsets (recreated?); re-reading them", self.topic, sorted(reread))
+            store.reset_partitions(reread)
+        consumer.assign(assignment)
+        log.info(
+            "invocation read model %s follows %s from offsets %s (ends %s)",
+            self.path, self.topic, {tp.partition: tp.offset for tp in assignment}, ends,
+        )
+        return {tp.partition: ends[tp.partition] for tp in assignment if tp.offset < ends[tp.partition]}
 
-    def get(self, invocation_id: str) -> InvocationSummary | None:
-        return self.invocations.get(invocation_id)
+    def _follow(self, loop: asyncio.AbstractEventLoop, consumer: Consumer, store: ReadModelStore, pending: dict[int, int]) -> None:
+        if not pending:
+            _threadsafe(loop, self._caught_up_now)
+        decode = codec().decode_as
+        while not self._stop.is_set():
+            if pending:
+                # read_committed may never show the high watermark (aborted tail): use the position.
+                for tp in consumer.position([TopicPartition(self.topic, p) for p in pending]):
+                    if tp.offset >= pending[tp.partition]:
+                        del pending[tp.partition]
+                if not pending:
+                    _threadsafe(loop, self._caught_up_now)
+            rows: list[Row] = []
+            offsets: dict[int, int] = {}
+            for msg in consumer.consume(_BATCH, 0.1):
+                err = msg.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("reading %s: %s", self.topic, err)
+                    continue
+                self.records_seen += 1
+                partition, offset = int(msg.partition() or 0), int(msg.offset() or 0)
+                offsets[partition] = offset + 1
+                invocation_id = status_key_id(msg.key())
+                if invocation_id is None:
+                    continue
+                value = msg.value()
+                if value is None:
+                    rows.append(Row(invocation_id, partition, None))
+                    continue
+                try:
+                    summary = InvocationSummary.of(decode(INVOCATION_STATUS, value))
+                except (ContractError, KeyError, TypeError) as exc:
+                    log.warning("invocation %s: ignoring its status on %s[%d] at offset %d: %s",
+                                invocation_id, self.topic, partition, offset, exc)
+                    continue
+                rows.append(Row(invocation_id, partition, summary))
+            if offsets:
+                store.apply(rows, offsets)
 
-    def select(
-        self, *, statuses: Iterable[str] = (), service: str | None = None, deployment_id: str | None = None
-    ) -> list[InvocationSummary]:
-        """Invocations matching every given filter, most recently modified first."""
-        wanted = {s.upper() for s in statuses}
-        found = [
-            s
-            for s in self.invocations.values()
-            if (not wanted or s.status in wanted or (s.completion_status or "") in wanted)
-            and (service is None or s.target["service"] == service)
-            and (deployment_id is None or s.deployment_id == deployment_id)
-        ]
-        found.sort(key=lambda s: s.modified_at_ms, reverse=True)
-        return found
+    def _caught_up_now(self) -> None:
+        self.ready = True
+        if self._caught_up is not None and not self._caught_up.done():
+            self._caught_up.set_result(None)
 
-    def pinned_to(self, deployment_id: str) -> list[InvocationSummary]:
-        """Invocations that have not completed and run on `deployment_id`."""
-        return [s for s in self.invocations.values() if s.deployment_id == deployment_id and not s.completed]
+    def _failed(self, reason: str) -> None:
+        self.error = reason
+        if self._caught_up is not None and not self._caught_up.done():
+            self._caught_up.set_exception(KafkaUnavailable(reason))
+
+
+def _lock(path: Path) -> int:
+    """An exclusive lock on the read model's directory, held while this model runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(
+            f"another ingress uses the read model in {path.parent}; give each ingress on this host its own "
+            "state directory (--state-dir or $KEYSTATE_STATE_DIR)"
+        ) from None
+    return fd
+
+
+def _partitions(consumer: Consumer, topic: str, stop: threading.Event, timeout: float = 30.0) -> list[int]:
+    """The partitions of `topic` once every one has a leader (a just-created topic takes a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
+        if meta is not None and meta.error is None and meta.partitions and all(
+            p.leader >= 0 and p.error is None for p in meta.partitions.values()
+        ):
+            return sorted(meta.partitions)
+        if time.monotonic() > deadline:
+            detail = "does not exist" if meta is None or not meta.partitions else f"is not ready ({meta.error})"
+            raise KafkaUnavailable(f"topic {topic} {detail}; create keystate's topics with `keystate topics create`")
+        if stop.wait(0.2):
+            raise KafkaUnavailable(f"stopped while waiting for topic {topic}")
+
+
+def _topic_id(settings: KafkaSettings, topic: str) -> str | None:
+    """The topic's id (it changes when the topic is recreated), or None if the broker does not say."""
+    try:
+        admin = AdminClient({"bootstrap.servers": settings.bootstrap, **settings.extra})
+        description = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=10.0)
+        return str(description.topic_id)
+    except Exception as exc:  # an old broker or a missing ACL: fall back to the offset check alone
+        log.info("no topic id for %s (%s); a recreated topic is noticed by its offsets only", topic, exc)
+        return None
+
+
+def _threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass  # the loop closed: nobody is left to tell

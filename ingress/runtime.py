@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -20,10 +23,20 @@ from .http_limits import HttpLimits, parser_options
 from .readmodel import InvocationReadModel
 from .results import ResultWaiter
 
-__all__ = ["IngressRuntime", "IngressSettings", "run_ingress"]
+__all__ = ["STATE_DIR_ENV", "IngressRuntime", "IngressSettings", "default_state_dir", "run_ingress"]
 
 log = logging.getLogger(__name__)
 
+STATE_DIR_ENV = "KEYSTATE_STATE_DIR"
+
+
+def default_state_dir() -> Path:
+    """`$KEYSTATE_STATE_DIR`, else `$XDG_STATE_HOME/keystate`, else `~/.local/state/keystate`."""
+    if os.environ.get(STATE_DIR_ENV):
+        return Path(os.environ[STATE_DIR_ENV])
+    if os.environ.get("XDG_STATE_HOME"):
+        return Path(os.environ["XDG_STATE_HOME"]) / "keystate"
+    return Path.home() / ".local" / "state" / "keystate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +56,8 @@ class IngressSettings:
     discovery_timeout: float = 10.0
     register_timeout: float = 30.0
     start_timeout: float = 30.0
+    # Where the ingress keeps local state (the admin's invocation read model); losing it costs a re-read.
+    state_dir: Path = field(default_factory=default_state_dir)
 
     def __post_init__(self) -> None:
         max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range
@@ -55,6 +70,12 @@ class IngressSettings:
     @property
     def http_limits(self) -> HttpLimits:
         return HttpLimits(self.max_url_bytes, self.max_header_bytes)
+
+    @property
+    def readmodel_path(self) -> Path:
+        """`<state_dir>/<prefix>ingress-<hash of bootstrap>/readmodel.sqlite`: one file per cluster and prefix."""
+        cluster = hashlib.sha256(self.bootstrap.encode()).hexdigest()[:12]
+        return Path(self.state_dir) / f"{self.topics.prefix}ingress-{cluster}" / "readmodel.sqlite"
 
     @property
     def kafka(self) -> KafkaSettings:
@@ -71,7 +92,7 @@ class IngressRuntime:
         self.producer: AsyncProducer | None = None
         self.meta = MetaView(settings.kafka)
         self.results = ResultWaiter(settings.kafka, max_pending=settings.max_pending_calls)
-        self.invocations = InvocationReadModel(settings.kafka)
+        self.invocations = InvocationReadModel(settings.kafka, settings.readmodel_path)
         self.log_partitions = 0
         self.http: aiohttp.ClientSession | None = None
 
@@ -106,7 +127,7 @@ class IngressRuntime:
     async def stop(self) -> None:
         self.meta.stop()
         self.results.stop()
-        self.invocations.stop()
+        await self.invocations.stop()
         if self.http is not None:
             await self.http.close()
             self.http = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -18,6 +19,7 @@ from keystate.schemas.topics import Topics
 from keystate.server.topics import TopicSettings, ensure_topics
 
 from ingress_support import Deployment
+from readmodel_support import ensure_changelog
 
 PARTITIONS = 4
 
@@ -40,12 +42,15 @@ def topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Topics:
     module = request.module.__name__.rsplit(".", 1)[-1]
     prefix = Topics(f"test.{module}.{uuid.uuid4().hex[:8]}.")
     ensure_topics(kafka_bootstrap, prefix, TopicSettings(partitions=PARTITIONS))
+    ensure_changelog(kafka_bootstrap, prefix, PARTITIONS)  # a no-op once ensure_topics creates it
     return prefix
 
 
 @pytest.fixture
-def ingress_settings(kafka_bootstrap: str, topics: Topics) -> IngressSettings:
-    return IngressSettings(kafka_bootstrap, topics, max_payload_bytes=64 * 1024, call_timeout=20.0)
+def ingress_settings(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> IngressSettings:
+    return IngressSettings(
+        kafka_bootstrap, topics, max_payload_bytes=64 * 1024, call_timeout=20.0, state_dir=tmp_path / "state"
+    )
 
 
 @pytest.fixture

@@ -3,66 +3,44 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from confluent_kafka import Producer
 
 from keystate.ingress.runtime import IngressRuntime
-from keystate.schemas._codec import codec
 from keystate.schemas.ids import InvocationId
 
 from ingress_support import Deployment, find_command, handler, manifest, service
+from readmodel_support import NOW, status as _status, write_changelog
 
 pytestmark = pytest.mark.integration
 
-NOW = 1_700_000_000_000
-
-
-def _status(invocation_id: str, status: str = "INVOKED", **fields: Any) -> dict[str, Any]:
-    return {
-        "invocation_id": invocation_id,
-        "target": {"service": "Mailer", "handler": "send", "key": None, "service_type": "SERVICE", "handler_kind": "EXCLUSIVE"},
-        "status": status,
-        "attempt": 1,
-        "journal_length": 1,
-        "waiting_on": [],
-        "deployment_id": None,
-        "headers": {},
-        "idempotency_key": None,
-        "caller": None,
-        "reply_topic": None,
-        "created_at_ms": NOW,
-        "modified_at_ms": NOW,
-        "execute_at_ms": None,
-        "result": None,
-        "completion_status": None,
-        "last_failure": None,
-        "retry_count": 0,
-        "retention_ms": 86_400_000,
-        "source": "ingress",
-        **fields,
-    }
-
 
 def _write_statuses(runtime: IngressRuntime, statuses: list[tuple[str, dict[str, Any] | None]]) -> None:
-    """Write status changelog records as a partition processor would: key ["<id>"], value or tombstone."""
-    producer = Producer({"bootstrap.servers": runtime.settings.bootstrap})
-    topic = runtime.settings.topics.changelog("status")
-    for invocation_id, status in statuses:
-        value = None if status is None else codec().encode("keystate.InvocationStatus", status)
-        partition = InvocationId.parse(invocation_id).partition(4)
-        producer.produce(topic, value, key=json.dumps([invocation_id]).encode(), partition=partition)
-    assert producer.flush(10) == 0
+    """Write status rows to the multiplexed changelog as a partition processor would (tombstone: None)."""
+    write_changelog(runtime.settings.bootstrap, runtime.settings.topics, statuses, partitions=4)
 
 
-async def _until(condition: Callable[[], bool]) -> None:
+async def _known(runtime: IngressRuntime, *ids: str) -> bool:
+    return all([await runtime.invocations.get(i) is not None for i in ids])
+
+
+async def _gone(runtime: IngressRuntime, invocation_id: str) -> bool:
+    return await runtime.invocations.get(invocation_id) is None
+
+
+async def _ready(runtime: IngressRuntime) -> bool:
+    return runtime.invocations.ready
+
+
+async def _until(condition: Callable[[], Awaitable[bool]]) -> None:
     for _ in range(300):
-        if condition():
+        if await condition():
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the read model never caught up")
@@ -88,8 +66,8 @@ async def test_the_read_model_lists_filters_and_describes_invocations(runtime: I
             (purged, None),
         ],
     )
-    model = runtime.invocations
-    await _until(lambda: {running, failing, done} <= set(model.invocations) and purged not in model.invocations)
+    await _until(lambda: _known(runtime, running, failing, done))
+    await _until(lambda: _gone(runtime, purged))
 
     listed = await (await admin.get("/invocations")).json()
     ids = [i["id"] for i in listed["invocations"]]
@@ -99,7 +77,19 @@ async def test_the_read_model_lists_filters_and_describes_invocations(runtime: I
     assert [i["id"] for i in (await (await admin.get("/invocations?service=Cart")).json())["invocations"]] == [failing]
     assert {i["id"] for i in (await (await admin.get("/invocations?status=SUCCEEDED,INVOKED")).json())["invocations"]} >= {done, running}
     one = await (await admin.get("/invocations?limit=1")).json()
-    assert len(one["invocations"]) == 1 and one["total"] >= 3
+    assert len(one["invocations"]) == 1 and one["total"] >= 3 and one["next_cursor"]
+    paged: list[str] = []
+    params = {"limit": "1"}
+    while True:  # pages of one row, each going on after the last, add up to the whole listing
+        page = await (await admin.get("/invocations", params=params)).json()
+        assert page["total"] == one["total"]
+        paged += [i["id"] for i in page["invocations"]]
+        if page["next_cursor"] is None:
+            break
+        params = {"limit": "1", "cursor": page["next_cursor"]}
+    assert paged == ids and len(ids) == one["total"]
+    bad_cursor = await admin.get("/invocations?cursor=nonsense")
+    assert bad_cursor.status == 400 and "next_cursor" in (await bad_cursor.json())["message"]
 
     described = await (await admin.get(f"/invocations/{failing}")).json()
     assert described == {
@@ -144,7 +134,7 @@ async def test_invocation_commands_go_to_the_partition_of_the_id(
     # Known to the read model (completed for a purge): the admin API appends the command at once.
     known = _status(invocation_id, "COMPLETED", completion_status="SUCCEEDED") if command == "keystate.PurgeCommand" else _status(invocation_id)
     await asyncio.to_thread(_write_statuses, runtime, [(invocation_id, known)])
-    await _until(lambda: invocation_id in runtime.invocations.invocations)
+    await _until(lambda: _known(runtime, invocation_id))
     response = await admin.request(method, path.format(id=invocation_id))
 
     assert response.status == 202
@@ -162,7 +152,7 @@ async def test_what_the_read_model_knows_for_sure_is_refused_with_409(runtime: I
         runtime,
         [(done, _status(done, "COMPLETED", completion_status="SUCCEEDED")), (running, _status(running))],
     )
-    await _until(lambda: {done, running} <= set(runtime.invocations.invocations))
+    await _until(lambda: _known(runtime, done, running))
 
     cancel = await admin.patch(f"/invocations/{done}/cancel")
     assert cancel.status == 409
@@ -190,7 +180,7 @@ async def test_a_deployment_with_pinned_invocations_is_removed_only_with_force(
             (finished, _status(finished, "COMPLETED", completion_status="SUCCEEDED", deployment_id=dp)),
         ],
     )
-    await _until(lambda: {a, b, finished} <= set(runtime.invocations.invocations))
+    await _until(lambda: _known(runtime, a, b, finished))
 
     refused = await admin.delete(f"/deployments/{dp}")
     assert refused.status == 409
@@ -204,16 +194,19 @@ async def test_a_deployment_with_pinned_invocations_is_removed_only_with_force(
     assert (await admin.get(f"/deployments/{dp}")).status == 404
 
 
-async def test_the_read_model_rebuilds_from_the_changelog(runtime: IngressRuntime, ingress_settings: Any) -> None:
+async def test_the_read_model_rebuilds_from_the_changelog(
+    runtime: IngressRuntime, ingress_settings: Any, tmp_path: Path
+) -> None:
     invocation_id = str(InvocationId.new())
     await asyncio.to_thread(_write_statuses, runtime, [(invocation_id, _status(invocation_id, "PAUSED"))])
-    await _until(lambda: invocation_id in runtime.invocations.invocations)
+    await _until(lambda: _known(runtime, invocation_id))
 
-    other = IngressRuntime(ingress_settings)
+    # Another ingress with an empty state directory reads the whole changelog.
+    other = IngressRuntime(dataclasses.replace(ingress_settings, state_dir=tmp_path / "other"))
     await other.start()
     try:
-        await _until(lambda: other.invocations.ready)
-        summary = other.invocations.get(invocation_id)
+        await _until(lambda: _ready(other))
+        summary = await other.invocations.get(invocation_id)
         assert summary is not None and summary.status == "PAUSED"
     finally:
         await other.stop()
