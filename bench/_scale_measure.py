@@ -137,10 +137,12 @@ def probe_partitions(url: str, keys: dict[int, str], expected: int, t0: float, t
         return list(pool.map(lambda pr: _probe(url, pr, t0, deadline, call_timeout), probes))
 
 
-# partition %d: restored %d changelog records (%d bytes) from offset %d in %.2f s (checkpoint|rebuilt);
+# partition %d: restored %d changelog records (%d bytes) from offset %d in %.2f s (checkpoint|rebuilt: why);
 # the older line (no bytes, offset, origin) parses too.
 _RESTORED = re.compile(
-    r"partition (\d+): restored (\d+) changelog records(?: \((\d+) bytes\))?(?: from offset (\d+))? in ([\d.]+) s(?: \((\w+)\))?"
+    r"partition (\d+): restored (\d+) changelog records(?: \((\d+) bytes\))?(?: from offset (\d+))? in ([\d.]+) s"
+    r"(?: \((checkpoint|rebuilt)(?:: ([^\n]*?))?\)(?=,|$))?",
+    re.MULTILINE,
 )
 
 
@@ -152,9 +154,10 @@ def restore_lines(log: Path) -> list[dict[str, Any]]:
     except OSError:
         return out
     for m in _RESTORED.finditer(text):
-        p, records, nbytes, offset, secs, origin = m.groups()
+        p, records, nbytes, offset, secs, origin, why = m.groups()
         out.append({"partition": int(p), "records": int(records), "bytes": None if nbytes is None else int(nbytes),
-                    "from_offset": None if offset is None else int(offset), "seconds": float(secs), "origin": origin})
+                    "from_offset": None if offset is None else int(offset), "seconds": float(secs), "origin": origin,
+                    "reason": why})
     return out
 
 

@@ -129,6 +129,7 @@ class Scale:
         served = [p.ok_after_s for p in probes if p.ok_after_s is not None]
         restored_bytes = sum(r["bytes"] or 0 for r in lines)
         restore_s = sum(r["seconds"] for r in lines)
+        longest = max((r["seconds"] for r in lines), default=0.0)  # partitions restore in parallel, one thread each
         return {
             "phase": phase,
             "first_call_s": min(served) if served else None,
@@ -140,9 +141,16 @@ class Scale:
             "restored_bytes": restored_bytes if any(r["bytes"] is not None for r in lines) else None,
             "restore_seconds_sum": round(restore_s, 3),
             "restore_mb_per_s": round(restored_bytes / MB / restore_s, 1) if restored_bytes and restore_s > 0 else None,
+            "restore_longest_s": round(longest, 3),
+            "restore_parallel_mb_per_s": round(restored_bytes / MB / longest, 1) if restored_bytes and longest > 0 else None,
+            "state_dir_bytes": dir_bytes(self.state_dir),
             "origins": dict(Counter(str(r["origin"]) for r in lines)),
             "processor_alive": proc.alive(),
         }
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def verify(bootstrap: str, topic: str, partitions: int, value_bytes: int) -> dict[str, Any]:
@@ -237,11 +245,13 @@ def print_phase(ph: dict[str, Any]) -> None:
             b = "?" if r["bytes"] is None else f"{r['bytes'] / MB:.1f} MB"
             print(f"   restore partition {r['partition']}: {r['records']} records, {b}, {r['seconds']} s, "
                   f"from offset {r['from_offset']}, {r['origin'] or '?'}")
-        rate = ph["restore_mb_per_s"]
+        rate, par = ph["restore_mb_per_s"], ph["restore_parallel_mb_per_s"]
         print(f"   restored {ph['restored_records']} records in {ph['restore_seconds_sum']} s (sum over partitions)"
-              + (f", {rate} MB/s" if rate is not None else ", MB/s n/a (no byte counts in the log)"))
+              + (f", {rate} MB/s per restore thread; all partitions in parallel: {ph['restore_longest_s']} s, {par} MB/s"
+                 if rate is not None else ", MB/s n/a (no byte counts in the log)"))
     else:
         print("   no restore lines in the processor log: timing is wall time only")
+    print(f"   state dir on disk after the phase: {ph['state_dir_bytes'] / MB:.1f} MB")
 
 
 def print_rss(rss: dict[str, dict[str, dict[str, float]]]) -> None:
