@@ -11,6 +11,7 @@ one chunk of tables in memory at a time, so its own memory does not grow with N.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -77,6 +78,12 @@ def object_keys_by_partition(partitions: int, objects: int, per_partition: int =
     return out
 
 
+def random_blob(value_bytes: int) -> bytes:
+    """A JSON string of exactly `value_bytes` bytes, random so that compression does not flatter the sizes."""
+    chars = base64.b64encode(os.urandom(value_bytes)).decode()[: max(0, value_bytes - 2)]
+    return json.dumps(chars).encode()
+
+
 class Loader:
     """Applies commands per log partition, drains every `chunk` invocations, produces the rows."""
 
@@ -137,7 +144,6 @@ class Loader:
     def load(self, invocations: int, objects: int, value_bytes: int, idempotent_share: float) -> LoadStats:
         """Load both sets; returns the stats once every record is acknowledged by the broker."""
         start = time.monotonic()
-        blob = json.dumps("x" * max(0, value_bytes - 2)).encode()  # a JSON string of value_bytes bytes
         every = round(1 / idempotent_share) if idempotent_share > 0 else 0
         for first in range(0, invocations, self.chunk):
             tables: dict[int, Tables] = {}
@@ -151,7 +157,7 @@ class Loader:
             tables = {}
             now = int(time.time() * 1000)
             for j in range(first, min(first + self.chunk, objects)):
-                self.object_with_state(tables, now, object_key(j), blob)
+                self.object_with_state(tables, now, object_key(j), random_blob(value_bytes))
             self._produce(tables)
             self.stats.objects = min(first + self.chunk, objects)
             self._report(start, "objects")

@@ -248,7 +248,8 @@ def print_phase(ph: dict[str, Any]) -> None:
         rate, par = ph["restore_mb_per_s"], ph["restore_parallel_mb_per_s"]
         print(f"   restored {ph['restored_records']} records in {ph['restore_seconds_sum']} s (sum over partitions)"
               + (f", {rate} MB/s per restore thread; all partitions in parallel: {ph['restore_longest_s']} s, {par} MB/s"
-                 if rate is not None else ", MB/s n/a (no byte counts in the log)"))
+                 if rate is not None else (", nothing to read" if ph["restored_bytes"] == 0
+                                           else ", MB/s n/a (no byte counts in the log)")))
     else:
         print("   no restore lines in the processor log: timing is wall time only")
     print(f"   state dir on disk after the phase: {ph['state_dir_bytes'] / MB:.1f} MB")
@@ -274,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a phase may take to serve every partition")
     parser.add_argument("--load-only", action="store_true", help="load, size and read back; start no processor")
     parser.add_argument("--log-level", default="INFO", help="keystate log level of the child processes (INFO: restore lines)")
+    parser.add_argument("--keep-state", action="store_true", help="keep the processor's state dir in --out (default: deleted)")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     parser.add_argument("--out", type=Path, default=BENCH / "out", help="folder for logs, the state dir and the JSON")
     args = parser.parse_args(argv)
@@ -302,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         launcher.stop()
+        if not args.keep_state:
+            shutil.rmtree(outdir / "state", ignore_errors=True)
         (outdir / "scale.json").write_text(json.dumps(report, indent=2, default=str))
     if "rss" in report:
         print_rss(report["rss"])
