@@ -110,7 +110,7 @@ class Probe:
 
     @property
     def state_ok(self) -> bool:
-        return self.answer == self.expected
+        return bool(self.answer == self.expected)
 
 
 def _probe(url: str, probe: Probe, t0: float, deadline: float, call_timeout: float) -> Probe:
@@ -148,7 +148,7 @@ _RESTORED = re.compile(
 
 def restore_lines(log: Path) -> list[dict[str, Any]]:
     """The processor's per-partition restore lines in `log`, parsed (fields it lacks are None)."""
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         text = log.read_text(errors="replace")
     except OSError:

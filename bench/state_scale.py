@@ -121,7 +121,7 @@ class Scale:
         """Start the processor and time the calls to each partition; its restore lines and RSS."""
         self.rss.enter(phase)
         t0 = time.monotonic()
-        proc = self.start_processor(phase)
+        proc = self.start_processor(phase.split()[0])  # log file processor-restore.log / processor-restart.log
         probes = probe_partitions(self.url, keys, self.args.value_bytes - 2, t0, self.args.timeout)
         wall = time.monotonic() - t0
         time.sleep(1.0)  # restore lines of partitions that served before logging are flushed by now
@@ -203,6 +203,8 @@ def run(args: argparse.Namespace, launcher: Launcher, bootstrap: str, report: di
         scale.state_dir.mkdir(parents=True)
         print("restore from an empty store...", flush=True)
         first = scale.measure("restore (empty store)", {p: k[0] for p, k in keys.items()})
+        if first["all_partitions_s"]:  # the whole changelog over the wall time to serving, restore lines or not
+            first["wall_mb_per_s"] = round(stats.bytes / MB / first["all_partitions_s"], 1)
         print_phase(first)
         assert scale.processor is not None
         scale.rss.enter("kill -9")
@@ -252,6 +254,8 @@ def print_phase(ph: dict[str, Any]) -> None:
                                            else ", MB/s n/a (no byte counts in the log)")))
     else:
         print("   no restore lines in the processor log: timing is wall time only")
+    if "wall_mb_per_s" in ph:
+        print(f"   changelog as loaded ({ph['wall_mb_per_s']} MB/s) over the wall time from spawn to every partition serving")
     print(f"   state dir on disk after the phase: {ph['state_dir_bytes'] / MB:.1f} MB")
 
 
