@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -31,11 +32,27 @@ def vm_rss(pid: int) -> int | None:
     return None
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """user + system CPU seconds of `pid` so far (/proc/<pid>/stat), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 @dataclass
 class _Series:
     max: int = 0
     last: int = 0
     samples: int = 0
+    cpu_s: float = 0.0  # CPU seconds used within the phase (summed over the pids it had)
+    _pid: int = 0
+    _cpu_at: float = 0.0  # the pid's CPU seconds at its previous sample
 
 
 class RssSampler:
@@ -45,6 +62,7 @@ class RssSampler:
         self.interval = interval
         self.phase = "setup"
         self._pids: dict[str, Callable[[], int | None]] = {}
+        self._carry: dict[tuple[str, int], float] = {}  # (name, pid) -> CPU seconds at its last sample
         self.series: dict[str, dict[str, _Series]] = {}  # phase -> process name -> series
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -80,19 +98,27 @@ class RssSampler:
         for name, get_pid in pids.items():
             pid = get_pid()
             rss = None if pid is None else vm_rss(pid)
-            if rss is None:
+            if pid is None or rss is None:
                 continue
             s = phase.setdefault(name, _Series())
             s.max, s.last, s.samples = max(s.max, rss), rss, s.samples + 1
+            cpu = cpu_seconds(pid)
+            if cpu is not None:
+                if s._pid != pid:  # first sample of this pid in the phase: CPU counts from here (or from 0 if new)
+                    s._pid, s._cpu_at = pid, self._carry.get((name, pid), 0.0)
+                s.cpu_s += cpu - s._cpu_at
+                s._cpu_at = cpu
+                self._carry[(name, pid)] = cpu
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.sample()
 
     def report(self) -> dict[str, dict[str, dict[str, float]]]:
-        """phase -> process -> {max_mib, final_mib, samples}."""
+        """phase -> process -> {max_mib, final_mib, cpu_s, samples}."""
         mib = 1024 * 1024
-        return {phase: {name: {"max_mib": round(s.max / mib, 1), "final_mib": round(s.last / mib, 1), "samples": s.samples}
+        return {phase: {name: {"max_mib": round(s.max / mib, 1), "final_mib": round(s.last / mib, 1),
+                               "cpu_s": round(s.cpu_s, 1), "samples": s.samples}
                         for name, s in procs.items()} for phase, procs in self.series.items()}
 
 

@@ -173,6 +173,9 @@ def run(args: argparse.Namespace, launcher: Launcher, bootstrap: str, report: di
     report["changelog_topic"] = {"name": topics.changelog_topic, "how": ensure_changelog(bootstrap, topics, args.partitions)}
     scale = Scale(launcher, bootstrap, prefix, args)
     report["processor_state_dir_flag"] = scale.with_state_dir
+    broker = launcher.broker_pid()
+    if broker is not None:
+        scale.rss.watch("broker", lambda: broker)
     try:
         scale.rss.enter("load")
         print(f"prefix {prefix}; bulk-loading {args.invocations} completed invocations and {args.objects} objects "
@@ -260,11 +263,11 @@ def print_phase(ph: dict[str, Any]) -> None:
 
 
 def print_rss(rss: dict[str, dict[str, dict[str, float]]]) -> None:
-    print("\n== RSS (MiB, sampled every 0.5 s)")
-    print(f"{'phase':<24} {'process':<16} {'max':>8} {'final':>8}")
+    print("\n== RSS (MiB, sampled every 0.5 s) and CPU seconds per phase")
+    print(f"{'phase':<24} {'process':<16} {'max':>8} {'final':>8} {'cpu s':>8}")
     for phase, procs in rss.items():
         for name, s in procs.items():
-            print(f"{phase:<24} {name:<16} {s['max_mib']:8.1f} {s['final_mib']:8.1f}")
+            print(f"{phase:<24} {name:<16} {s['max_mib']:8.1f} {s['final_mib']:8.1f} {s['cpu_s']:8.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
