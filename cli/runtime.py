@@ -10,7 +10,6 @@ import os
 import signal
 from pathlib import Path
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from keystate.schemas.limits import ENV_VAR, PayloadLimitError, max_payload_bytes

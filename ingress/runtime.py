@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from keystate.schemas.limits import max_payload_bytes
 from keystate.schemas.topics import Topics
 from keystate.server.kafka import AsyncProducer, KafkaSettings
 from keystate.server.meta import MetaView
+from keystate.server.state_dir import STATE_DIR_ENV, default_state_dir
 from keystate.server.topics import check_record_limits
 
 from .errors import Unavailable
@@ -26,18 +26,6 @@ from .results import ResultWaiter
 __all__ = ["STATE_DIR_ENV", "IngressRuntime", "IngressSettings", "default_state_dir", "run_ingress"]
 
 log = logging.getLogger(__name__)
-
-STATE_DIR_ENV = "KEYSTATE_STATE_DIR"
-
-
-def default_state_dir() -> Path:
-    """`$KEYSTATE_STATE_DIR`, else `$XDG_STATE_HOME/keystate`, else `~/.local/state/keystate`."""
-    if os.environ.get(STATE_DIR_ENV):
-        return Path(os.environ[STATE_DIR_ENV])
-    if os.environ.get("XDG_STATE_HOME"):
-        return Path(os.environ["XDG_STATE_HOME"]) / "keystate"
-    return Path.home() / ".local" / "state" / "keystate"
-
 
 @dataclass(frozen=True, slots=True)
 class IngressSettings:

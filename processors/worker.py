@@ -26,6 +26,7 @@ from keystate.schemas._codec import codec
 from keystate.schemas.limits import kafka_sizes
 from keystate.server.kafka import AsyncProducer, KafkaSettings, kafka_error
 from keystate.server.meta import MetaView
+from keystate.server.state_dir import default_state_dir
 
 from .effects import EffectExecutor
 from .errors import LoopStuck
@@ -79,7 +80,7 @@ class ProcessorSettings:
     # Bound of closing a session's consumer and producer.
     close_timeout_s: float = 10.0
     # Where the partition stores live: <state_dir>/<topic prefix><group id>/<instance id>/p<partition>.
-    # None: $KEYSTATE_STATE_DIR, else ~/.local/state/keystate. The changelog stays the truth: a
+    # None: `keystate.server.state_dir.default_state_dir()`. The changelog stays the truth: a
     # lost directory only costs a longer restore.
     state_dir: Path | None = None
     # Decoded rows kept in memory per partition (the rest is read from RocksDB when needed).
@@ -119,7 +120,7 @@ class ProcessorSettings:
 
     def store_root(self) -> Path:
         """The directory of this instance's partition stores."""
-        base = self.state_dir or Path(os.environ.get("KEYSTATE_STATE_DIR") or Path.home() / ".local" / "state" / "keystate")
+        base = self.state_dir or default_state_dir()
         return Path(base) / f"{self.kafka.topics.prefix}{self.group_id}" / self.instance_id
 
     @property
