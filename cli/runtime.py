@@ -30,6 +30,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help=f"largest request body, state value, ctx.run result, output or call argument in bytes; "
         f"give every processor and ingress the same (default ${ENV_VAR} or 8 MiB)",
     )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="directory of local state: the processors' partition stores and the admin's invocation read model; "
+        "deleting it costs a re-read of the changelog (default $KEYSTATE_STATE_DIR, $XDG_STATE_HOME/keystate "
+        "or ~/.local/state/keystate)",
+    )
 
 
 def _default(cls: type, name: str) -> Any:
@@ -68,9 +76,6 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
                         help="seconds without a commit while records wait before the processor rejoins (default %(default)s)")
     parser.add_argument("--sweep-interval", type=float, default=_default(ProcessorSettings, "sweep_interval_s"),
                         help="seconds between sweeps for invocations left without a live attempt (default %(default)s)")
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="directory of the partition stores (default $KEYSTATE_STATE_DIR or ~/.local/state/keystate); "
-                        "losing it only costs a longer restore")
     parser.add_argument("--store-cache-rows", type=int, default=_default(ProcessorSettings, "store_cache_rows"),
                         help="decoded rows kept in memory per partition (default %(default)s)")
     parser.add_argument("--store-block-cache-mb", type=int,
@@ -82,11 +87,6 @@ def _ingress_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="ingress port (default %(default)s)")
     parser.add_argument("--admin-port", type=int, default=9070, help="admin API port (default %(default)s)")
-    parser.add_argument(
-        "--state-dir",
-        help="directory of the ingress's local state, the admin's invocation read model; deleting it costs a "
-        "re-read of the changelog (default $KEYSTATE_STATE_DIR, $XDG_STATE_HOME/keystate or ~/.local/state/keystate)",
-    )
 
 
 def add_parsers(sub: Any, bootstrap: Callable[[argparse.Namespace], str]) -> None:
