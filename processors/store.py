@@ -140,9 +140,14 @@ def _after(prefix: bytes) -> bytes:
 
 
 def _range(db: Any, begin: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Keys in [begin, end) in byte order (a generator: its frame keeps the read options alive)."""
     opts = rocksdict.ReadOptions()
     opts.set_iterate_upper_bound(end)
-    return iter(db.items(from_key=begin, read_opt=opts))
+    for key, value in db.items(from_key=begin, read_opt=opts):
+        # The bound lives in `opts`, which this frame keeps alive; the check is cheap insurance.
+        if key >= end:
+            return
+        yield key, value
 
 
 class PartitionStore:

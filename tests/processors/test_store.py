@@ -222,3 +222,112 @@ def _real_status() -> dict[str, Any]:
 
 _STATUS_TEMPLATE = _real_status()
 _STATE_TEMPLATE: dict[str, Any] = {"value": b""}
+
+
+# ---- indexes: invoked() and due_timers() ---------------------------------------------------------
+
+
+def test_invoked_follows_puts_deletes_and_the_overlay(store: PartitionStore):
+    store.tables.status.put(("inv_a",), status("inv_a", "INVOKED"))
+    store.tables.status.put(("inv_b",), status("inv_b", "INVOKED"))
+    store.tables.status.put(("inv_c",), status("inv_c", "SUSPENDED"))
+    assert store.invoked() == ["inv_a", "inv_b"]  # the overlay counts before commit
+    commit_batch(store)
+
+    store.tables.status.put(("inv_a",), status("inv_a", "COMPLETED"))
+    store.tables.status.delete(("inv_b",))
+    store.tables.status.put(("inv_c",), status("inv_c", "INVOKED"))
+    assert store.invoked() == ["inv_c"]
+    store.discard()
+    assert store.invoked() == ["inv_a", "inv_b"]
+
+    store.tables.status.put(("inv_a",), status("inv_a", "COMPLETED"))
+    store.tables.status.delete(("inv_b",))
+    commit_batch(store)
+    assert store.invoked() == []
+
+
+def test_invoked_after_apply_takes_the_last_record_of_a_repeated_key(store: PartitionStore):
+    records = [
+        changelog.row_record("status", ("inv_a",), status("inv_a", "INVOKED")),
+        changelog.row_record("status", ("inv_b",), status("inv_b", "INVOKED")),
+        changelog.row_record("status", ("inv_a",), status("inv_a", "SUSPENDED")),
+        changelog.row_record("status", ("inv_b",), None),
+        changelog.row_record("status", ("inv_c",), status("inv_c", "SUSPENDED")),
+        changelog.row_record("status", ("inv_c",), status("inv_c", "INVOKED")),
+        changelog.row_record("status", ("inv_d",), None),
+    ]
+
+    assert store.apply(records, CP) == 7
+
+    assert store.invoked() == ["inv_c"]
+    assert store.checkpoint() == CP
+    assert set(store.tables.snapshot()["status"]) == {("inv_a",), ("inv_c",)}
+
+
+def test_records_without_index_headers_are_indexed_from_their_values(store: PartitionStore):
+    key, value, _ = changelog.row_record("status", ("inv_a",), status("inv_a", "INVOKED"))
+    tkey, tvalue, _ = changelog.row_record("timers", ("inv_a", "SLEEP", 1), timer("inv_a", 1, 300))
+
+    store.apply([(key, value, None), (tkey, tvalue, [])], None)
+
+    assert store.invoked() == ["inv_a"]
+    assert store.due_timers(300) == [(("inv_a", "SLEEP", 1), timer("inv_a", 1, 300))]
+    assert store.checkpoint() is None
+
+
+def test_due_timers_in_fire_time_order_up_to_the_bound(store: PartitionStore):
+    store.tables.timers.put(("inv_b", "SLEEP", 1), timer("inv_b", 1, 700))
+    store.tables.timers.put(("inv_a", "SLEEP", 2), timer("inv_a", 2, 200))
+    store.tables.timers.put(("inv_c", "SLEEP", 3), timer("inv_c", 3, 500))
+    assert store.due_timers(10_000) == []  # committed rows only
+    commit_batch(store)
+
+    assert [k for k, _ in store.due_timers(699)] == [("inv_a", "SLEEP", 2), ("inv_c", "SLEEP", 3)]
+    assert [k for k, _ in store.due_timers(700)] == [("inv_a", "SLEEP", 2), ("inv_c", "SLEEP", 3), ("inv_b", "SLEEP", 1)]
+    assert store.due_timers(199) == []
+
+
+def test_a_deleted_or_moved_timer_is_never_returned_by_its_old_index_entry(store: PartitionStore):
+    store.tables.timers.put(("inv_a", "SLEEP", 1), timer("inv_a", 1, 100))
+    store.tables.timers.put(("inv_b", "SLEEP", 1), timer("inv_b", 1, 200))
+    commit_batch(store)
+    store.tables.timers.delete(("inv_a", "SLEEP", 1))
+    store.tables.timers.put(("inv_b", "SLEEP", 1), timer("inv_b", 1, 900))  # re-registered later
+    commit_batch(store)
+
+    assert store.due_timers(500) == []
+    assert store.due_timers(900) == [(("inv_b", "SLEEP", 1), timer("inv_b", 1, 900))]
+    store.tables.timers.put(("inv_b", "SLEEP", 1), timer("inv_b", 1, 50))  # and earlier again
+    commit_batch(store)
+    assert store.due_timers(10_000) == [(("inv_b", "SLEEP", 1), timer("inv_b", 1, 50))]
+
+
+def test_timer_tombstones_and_repeats_in_one_apply(store: PartitionStore):
+    key = ("inv_a", "SLEEP", 1)
+    records = [
+        changelog.row_record("timers", key, timer("inv_a", 1, 100)),
+        changelog.row_record("timers", key, timer("inv_a", 1, 300)),
+        changelog.row_record("timers", ("inv_b", "SLEEP", 1), timer("inv_b", 1, 200)),
+        changelog.row_record("timers", ("inv_b", "SLEEP", 1), None),
+        changelog.row_record("timers", ("inv_c", "SLEEP", 1), None),
+        changelog.row_record("timers", ("inv_c", "SLEEP", 1), timer("inv_c", 1, 250)),
+    ]
+    store.apply(records, CP)
+
+    assert store.due_timers(10_000) == [(("inv_c", "SLEEP", 1), timer("inv_c", 1, 250)), (key, timer("inv_a", 1, 300))]
+    store = reopen(store)
+    try:
+        assert [k for k, _ in store.due_timers(10_000)] == [("inv_c", "SLEEP", 1), key]
+    finally:
+        store.close()
+
+
+def test_apply_drops_cached_rows_it_overwrites(store: PartitionStore):
+    store.tables.state.put(("S", "k", "x"), state_row(b"old"))
+    commit_batch(store)
+    assert store.tables.state.get(("S", "k", "x")) == state_row(b"old")  # now cached
+
+    store.apply([changelog.row_record("state", ("S", "k", "x"), state_row(b"new"))], None)
+
+    assert store.tables.state.get(("S", "k", "x")) == state_row(b"new")
