@@ -94,10 +94,10 @@ def _options(settings: StoreSettings) -> Any:
     opts.set_keep_log_file_num(2)
     table = rocksdict.BlockBasedOptions()
     table.set_block_cache(_block_cache(settings.block_cache_bytes))
-    # Index and filter blocks live in the bounded cache, not beside it; a bloom filter answers misses
-    # (new invocation ids, idempotency checks) without reading a data block.
-    table.set_cache_index_and_filter_blocks(True)
-    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    # Index and filter blocks stay beside the cache (about 1% of the data): inside it, data blocks evicted
+    # them and every miss re-read a whole index block (measured: 10k instead of 40-90k gets/s with
+    # 200 MB of rows and 32 MB of cache). A bloom filter answers misses (new ids, idempotency checks).
+    table.set_cache_index_and_filter_blocks(False)
     table.set_bloom_filter(10, False)
     opts.set_block_based_table_factory(table)
     return opts
@@ -168,7 +168,10 @@ class PartitionStore:
         """Open (or create) the store at directory `path`; a store of another layout version is wiped."""
         path.mkdir(parents=True, exist_ok=True)
         try:
-            db = rocksdict.Rdict(str(path), _options(settings))
+            opts = _options(settings)
+            # Naming the default column family's options stops rocksdict from reloading the ones saved
+            # by the last open (which would drop the shared block cache and the write buffer size).
+            db = rocksdict.Rdict(str(path), opts, column_families={"default": opts})
         except Exception as exc:
             if "lock" in str(exc).lower():
                 raise StoreLocked(
@@ -179,12 +182,13 @@ class PartitionStore:
             raise StoreFailed(f"cannot open the store of partition {partition} at {path}: {exc}") from exc
         store = cls(db, path, partition, settings)
         layout = db.get(_LAYOUT_KEY)
-        if layout != LAYOUT_VERSION:
-            if layout is not None or db.get(_CHECKPOINT_KEY) is not None:
-                log.warning(
-                    "store of partition %d at %s has layout %r, not %r: wiping it (it is rebuilt from the changelog)",
-                    partition, path, layout, LAYOUT_VERSION,
-                )  # fmt: skip
+        if layout is None and next(_range(db, b"", _EVERYTHING_END), None) is None:
+            db.put(_LAYOUT_KEY, LAYOUT_VERSION)  # a new store
+        elif layout != LAYOUT_VERSION:
+            log.warning(
+                "store of partition %d at %s has layout %r, not %r: wiping it (it is rebuilt from the changelog)",
+                partition, path, layout, LAYOUT_VERSION,
+            )  # fmt: skip
             store.wipe()
         else:
             data = db.get(_CHECKPOINT_KEY)

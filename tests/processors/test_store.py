@@ -331,3 +331,18 @@ def test_apply_drops_cached_rows_it_overwrites(store: PartitionStore):
     store.apply([changelog.row_record("state", ("S", "k", "x"), state_row(b"new"))], None)
 
     assert store.tables.state.get(("S", "k", "x")) == state_row(b"new")
+
+
+def test_a_reopened_store_keeps_the_configured_memory_bounds(tmp_path: Path):
+    """rocksdict reloads a store's saved options on reopen unless told otherwise; the settings must win."""
+    settings = StoreSettings(block_cache_bytes=3 << 20, write_buffer_bytes=1 << 20)
+    store = PartitionStore.open(tmp_path / "p", 0, settings)
+    store.close()
+    store = PartitionStore.open(tmp_path / "p", 0, settings)
+    try:
+        db: Any = store.tables.state._rows.db  # type: ignore[attr-defined]
+        assert db.property_int_value("rocksdb.block-cache-capacity") == 3 << 20
+        latest = max(store.path.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+        assert f"  write_buffer_size={1 << 20}\n" in latest.read_text()
+    finally:
+        store.close()
