@@ -8,6 +8,7 @@ Key spaces of one store (rows start with `[`, so the private ones below cannot c
   `\\x02` + u64 BE fire_at + key  index: a timers row by fire time (from `HEADER_FIRE_AT`); stale ones are
                                  skipped and deleted when read (the row is gone or fires at another time)
 Pure storage: no Kafka here. The processor shell restores with `apply`, commits batches with `commit`.
+A store is used by one thread at a time (its overlay and cache are plain Python objects).
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class StoreSettings:
     """RocksDB block cache shared by all partitions of a process."""
     write_buffer_bytes: int = 4 << 20
     """RocksDB memtable per partition."""
+
+    def __post_init__(self) -> None:
+        if self.cache_rows < 0:
+            raise ValueError(f"cache_rows is {self.cache_rows}: give 0 (no cache) or more rows")
+        for name in ("block_cache_bytes", "write_buffer_bytes"):
+            if getattr(self, name) < 64 << 10:
+                raise ValueError(f"{name} is {getattr(self, name)}: give at least 64 KiB ({64 << 10})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +173,12 @@ class PartitionStore:
 
     @classmethod
     def open(cls, path: Path, partition: int, settings: StoreSettings) -> PartitionStore:
-        """Open (or create) the store at directory `path`; a store of another layout version is wiped."""
-        path.mkdir(parents=True, exist_ok=True)
+        """Open (or create) the store at directory `path`; a store of another layout version is wiped.
+
+        Raises StoreLocked when another process (or another open in this one) holds it.
+        """
         try:
+            path.mkdir(parents=True, exist_ok=True)
             opts = _options(settings)
             # Naming the default column family's options stops rocksdict from reloading the ones saved
             # by the last open (which would drop the shared block cache and the write buffer size).
@@ -181,19 +192,34 @@ class PartitionStore:
                 ) from exc
             raise StoreFailed(f"cannot open the store of partition {partition} at {path}: {exc}") from exc
         store = cls(db, path, partition, settings)
-        layout = db.get(_LAYOUT_KEY)
-        if layout is None and next(_range(db, b"", _EVERYTHING_END), None) is None:
-            db.put(_LAYOUT_KEY, LAYOUT_VERSION)  # a new store
-        elif layout != LAYOUT_VERSION:
-            log.warning(
-                "store of partition %d at %s has layout %r, not %r: wiping it (it is rebuilt from the changelog)",
-                partition, path, layout, LAYOUT_VERSION,
-            )  # fmt: skip
-            store.wipe()
-        else:
-            data = db.get(_CHECKPOINT_KEY)
-            store._checkpoint = None if data is None else Checkpoint.decode(data)
+        try:
+            store._load()
+        except BaseException:
+            store.close()
+            raise
         return store
+
+    def _load(self) -> None:
+        """Read the layout version and the checkpoint; wipe a store this code cannot read."""
+        try:
+            layout = self._db.get(_LAYOUT_KEY)
+            fresh = layout is None and next(_range(self._db, b"", _EVERYTHING_END), None) is None
+            if fresh:
+                self._db.put(_LAYOUT_KEY, LAYOUT_VERSION)
+                return
+            data = self._db.get(_CHECKPOINT_KEY) if layout == LAYOUT_VERSION else None
+        except Exception as exc:
+            raise StoreFailed(f"cannot read the store of partition {self.partition} at {self.path}: {exc}") from exc
+        if layout != LAYOUT_VERSION:
+            reason = f"its layout is {layout!r}, not {LAYOUT_VERSION!r}"
+        else:
+            try:
+                self._checkpoint = None if data is None else Checkpoint.decode(data)
+                return
+            except (ValueError, KeyError, TypeError) as exc:
+                reason = f"its checkpoint {data!r} is unreadable ({exc})"
+        log.warning("wiping the store of partition %d at %s: %s; it is rebuilt from the changelog", self.partition, self.path, reason)
+        self.wipe()
 
     def checkpoint(self) -> Checkpoint | None:
         """The changelog position the committed rows reflect; None for an empty (fresh or wiped) store."""
@@ -274,21 +300,33 @@ class PartitionStore:
                 ids.discard(iid)
         return sorted(ids)
 
-    def due_timers(self, until_ms: int) -> list[tuple[Key, Any]]:
-        """Committed timer rows with fire_at_ms <= until_ms, in fire-time order, decoded."""
-        due: list[tuple[Key, Any]] = []
+    def due_timers(self, until_ms: int, limit: int | None = None) -> list[tuple[Key, Any]]:
+        """Committed timer rows with fire_at_ms <= until_ms, in fire-time order, decoded (at most `limit`)."""
+        return [(split_key(row_key)[1], value) for _, row_key, value in self._timers(until_ms, limit)]
+
+    def next_fire_at(self) -> int | None:
+        """The earliest fire time of a committed timer row; None without timers."""
+        first = self._timers(None, 1)
+        return first[0][0] if first else None
+
+    def _timers(self, until_ms: int | None, limit: int | None) -> list[tuple[int, bytes, Any]]:
+        """(fire_at_ms, row key, decoded row) from the timer index; stale entries met on the way are deleted."""
+        end = _after(_TIMERS) if until_ms is None else _TIMERS + _fire_at(until_ms + 1)
+        found: list[tuple[int, bytes, Any]] = []
         stale = rocksdict.WriteBatch(raw_mode=True)
-        for index_key, _ in _range(self._db, _TIMERS, _TIMERS + _fire_at(until_ms + 1)):
+        for index_key, _ in _range(self._db, _TIMERS, end):
+            if limit is not None and len(found) >= limit:
+                break
             fire_at = int.from_bytes(index_key[1:9], "big")
             row_key = index_key[9:]
-            value = decode_value("timers", self._db.get(row_key))
+            value: Any = decode_value("timers", self._db.get(row_key))
             if value is None or int(value["fire_at_ms"]) != fire_at:
                 stale.delete(index_key)  # the row is gone or was re-registered at another time
                 continue
-            due.append((split_key(row_key)[1], value))
+            found.append((fire_at, row_key, value))
         if not stale.is_empty():
             self._commit_batch(stale, "clean the timer index of")
-        return due
+        return found
 
     def close(self) -> None:
         """Flush and release the store (and its lock); idempotent; the store object is unusable afterwards."""

@@ -346,3 +346,73 @@ def test_a_reopened_store_keeps_the_configured_memory_bounds(tmp_path: Path):
         assert f"  write_buffer_size={1 << 20}\n" in latest.read_text()
     finally:
         store.close()
+
+
+def test_limit_and_the_next_fire_time_skip_stale_index_entries(store: PartitionStore):
+    assert store.next_fire_at() is None
+    for i, fire_at in enumerate([300, 100, 200]):
+        store.tables.timers.put((f"inv_{i}", "SLEEP", 1), timer(f"inv_{i}", 1, fire_at))
+    commit_batch(store)
+    store.tables.timers.put(("inv_1", "SLEEP", 1), timer("inv_1", 1, 900))  # 100 -> 900: the old entry is stale
+    commit_batch(store)
+
+    assert store.next_fire_at() == 200
+    assert [k[0] for k, _ in store.due_timers(10_000, limit=2)] == ["inv_2", "inv_0"]
+    assert [k[0] for k, _ in store.due_timers(10_000)] == ["inv_2", "inv_0", "inv_1"]
+
+
+def test_an_unreadable_checkpoint_wipes_the_store(store: PartitionStore):
+    store.tables.state.put(("S", "k", "x"), state_row(b"1"))
+    commit_batch(store)
+    store.tables.state._rows.db.put(b"\x00meta/checkpoint", b"{not json")  # type: ignore[attr-defined]
+
+    store = reopen(store)
+    try:
+        assert store.checkpoint() is None
+        assert store.tables.state.get(("S", "k", "x")) is None
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("bad", [{"cache_rows": -1}, {"block_cache_bytes": 0}, {"write_buffer_bytes": 1024}])
+def test_settings_out_of_range_are_refused_with_the_setting_named(bad: dict[str, int]):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        StoreSettings(**bad)
+
+
+KILLED_WRITER = """
+import sys
+from pathlib import Path
+from keystate.processors import changelog
+from keystate.processors.store import Checkpoint, PartitionStore, StoreSettings
+
+store = PartitionStore.open(Path(sys.argv[1]), 0, StoreSettings())
+offset = 0
+while True:
+    batch = [changelog.row_record("state", ("S", "k", f"{i:08d}"), {"value": b"x" * 500}) for i in range(offset, offset + 300)]
+    offset += len(batch)
+    store.commit(batch, Checkpoint("gen", offset, 0))
+    if offset == 3_000:
+        print("written", flush=True)
+"""
+
+
+def test_a_kill_9_mid_write_leaves_exactly_the_rows_of_the_checkpoint(tmp_path: Path):
+    """Rows and checkpoint share one WriteBatch: after kill -9 the store holds the rows below the
+    checkpoint's offset and none above it, so a restore from that offset neither skips nor repeats."""
+    path = tmp_path / "p0"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"written\n"
+    finally:
+        child.kill()  # SIGKILL while it keeps writing
+        child.wait(timeout=30)
+
+    store = PartitionStore.open(path, 0, StoreSettings())
+    try:
+        checkpoint = store.checkpoint()
+        assert checkpoint is not None and checkpoint.offset >= 3_000
+        keys = [k[2] for k, _ in store.tables.state.scan(("S", "k"))]
+        assert keys == [f"{i:08d}" for i in range(checkpoint.offset)]
+    finally:
+        store.close()
