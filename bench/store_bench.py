@@ -8,6 +8,9 @@ Prints:
   a checkpoint each: MB/s of key + value bytes and records/s. This is the restore-from-empty path.
 - point get rate: random committed rows read through `tables.state.get` (RocksDB + Avro decode +
   the LRU cache of 2,000 rows, so mostly misses) and through RocksDB alone.
+- state machine batches: invocations of a virtual object (invoke, get and set state, output; 24 h
+  retention) in batches of 100 commands, each batch drained, coalesced and encoded into changelog
+  records, then committed: commands/s on in-memory `Tables` and on a `PartitionStore`.
 - RSS: a fresh process opens `--partitions` stores holding `--rows` rows in total and reads 10,000
   rows from each; its RSS before and after (the stores' memory is bounded by StoreSettings, not rows).
 """
@@ -22,9 +25,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from keystate.processors.changelog import encode_value, row_record, table_key
+from keystate.processors.state_machine import Config, Tables, apply
 from keystate.processors.store import Checkpoint, PartitionStore, Record, StoreSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.state_machine import builders as b  # noqa: E402  (the command builders of the state machine tests)
 
 CHUNK = 5_000
 
@@ -95,6 +103,45 @@ def bench_apply_and_get(root: Path, count: int, value_bytes: int) -> None:
         store.close()
 
 
+def invocation_commands(n: int) -> list[Any]:
+    """The commands of `n` invocations of Counter/<key>.add that read and write state, then end."""
+    commands: list[Any] = []
+    for i in range(n):
+        target = b.object_target("Counter", f"user-{i % 5_000}", "add")
+        iid = b.new_id(target, i + 1)
+        commands += [
+            b.invoke(target, iid, b"1"),
+            b.append(iid, 1, 1, b.get_state("count", b"41")),
+            b.append(iid, 1, 2, b.set_state("count", b"42")),
+            b.append(iid, 1, 3, b.output(b"42")),
+        ]
+    return commands
+
+
+def bench_state_machine(root: Path, invocations: int) -> None:
+    commands = invocation_commands(invocations)
+    cfg = Config(completion_retention_ms=86_400_000)
+    store = PartitionStore.open(root / "machine", 0, StoreSettings())
+    try:
+        for label, tables, done in [("in-memory Tables", Tables(), None), ("PartitionStore", store.tables, store)]:
+            t = time.perf_counter()
+            offset = 0
+            for start in range(0, len(commands), 100):
+                for command in commands[start : start + 100]:
+                    apply(tables, command, 1_000 + start, cfg)  # type: ignore[arg-type]
+                final = {(name, key): value for name, key, value in tables.drain()}
+                batch = [row_record(name, key, value) for (name, key), value in final.items()]
+                offset += len(batch)
+                if done is not None:
+                    done.commit(batch, Checkpoint("bench", offset, 0))
+            spent = time.perf_counter() - t
+            completed = sum(1 for _, s in tables.status.items() if s["status"] == "COMPLETED")
+            print(f"state machine on {label}: {len(commands) / spent:,.0f} commands/s "
+                  f"({completed:,} invocations completed, {offset:,} changelog records)")  # fmt: skip
+    finally:
+        store.close()
+
+
 def bench_rss(root: Path, rows: int, partitions: int, value_bytes: int) -> None:
     rnd = random.Random(2)
     per = rows // partitions
@@ -144,11 +191,14 @@ def main() -> None:
     parser.add_argument("--value-bytes", type=int, default=1_000)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows over all partitions for the RSS probe (0: skip)")
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--invocations", type=int, default=20_000, help="for the state machine batches (0: skip)")
     parser.add_argument("--dir", type=Path, default=None, help="where the stores go (default: a temporary directory)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         print(f"cpus: {os.cpu_count()}, stores under {tmp}")
         bench_apply_and_get(Path(tmp), args.records, args.value_bytes)
+        if args.invocations:
+            bench_state_machine(Path(tmp), args.invocations)
         if args.rows:
             bench_rss(Path(tmp), args.rows, args.partitions, args.value_bytes)
 

@@ -120,10 +120,15 @@ class StoreTable:
             cached = self._cache.get(self.name, key)
             found[key] = cached if cached is not None and cached is not _ABSENT else decode_value(self.name, data)
         if prefix:
-            # `scan_prefix` ends in `,`, so it misses the row whose key IS the prefix; InMemoryTable includes it.
-            whole = self._committed(prefix)
-            if whole is not None:
-                found[prefix] = whole
+            # `scan_prefix` ends in `,`, so it misses the row whose key IS the prefix; InMemoryTable includes
+            # it. Read past the cache: most prefixes are no row at all (the bloom filter answers those).
+            cached = self._cache.get(self.name, prefix)
+            if cached is not None and cached is not _ABSENT:
+                found[prefix] = cached
+            elif cached is None:
+                whole = decode_value(self.name, self._rows.read(table_key(self.name, prefix)))
+                if whole is not None:
+                    found[prefix] = whole
         n = len(prefix)
         for key, value in self.overlay.items():
             if key[:n] == prefix:
