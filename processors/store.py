@@ -1,15 +1,4 @@
-"""A persistent store per log partition: the changelog's rows in RocksDB, checkpointed against changelog offsets.
-
-Key spaces of one store (rows start with `[`, so the private ones below cannot collide with them):
-  `["table",part,...]`          a row: the changelog key; value: the changelog record's Avro bytes
-  `\\x00meta/layout`             the layout version of this store (another version: the store is wiped)
-  `\\x00meta/checkpoint`         JSON `Checkpoint`: the changelog generation and the next offset not in the store
-  `\\x01` + status row key       index: the invocation is INVOKED (from the `HEADER_STATUS` header)
-  `\\x02` + u64 BE fire_at + key  index: a timers row by fire time (from `HEADER_FIRE_AT`); stale ones are
-                                 skipped and deleted when read (the row is gone or fires at another time)
-Pure storage: no Kafka here. The processor shell restores with `apply`, commits batches with `commit`.
-A store is used by one thread at a time (its overlay and cache are plain Python objects).
-"""
+"""A persistent store per log partition: the changelog's rows in RocksDB, checkpointed against changelog offsets."""
 
 from __future__ import annotations
 
@@ -23,7 +12,7 @@ from typing import Any
 
 import rocksdict
 
-from .changelog import HEADER_FIRE_AT, HEADER_STATUS, decode_value, split_key
+from .changelog import HEADER_FIRE_AT, HEADER_STATUS, decode_value, scan_prefix, split_key
 from .errors import StoreFailed, StoreLocked
 from .state_machine.tables import Key
 from .store_tables import RowCache, StoreTables
@@ -33,18 +22,26 @@ __all__ = ["LAYOUT_VERSION", "Checkpoint", "PartitionStore", "Record", "StoreSet
 log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = b"1"
-"""Bump when the key spaces above change: an older store is then wiped and rebuilt from the changelog."""
+"""Bump when the key spaces below change: an older store is then wiped and rebuilt from the changelog."""
 
 Record = tuple[bytes, bytes | None, Sequence[tuple[str, bytes]] | None]
 """A changelog record: (key, value or None for a tombstone, headers)."""
 
+# Key spaces of one store. Rows start with `[`, so the private spaces below cannot collide with them.
+#   `["table",part,...]`           a row: its changelog key; value: the changelog record's Avro bytes
+#   `\x00meta/layout`              the layout version (another version: the store is wiped on open)
+#   `\x00meta/checkpoint`          JSON `Checkpoint`, written in the same WriteBatch as the rows it covers
+#   `\x01` + status row key        the invocation is INVOKED (from the `HEADER_STATUS` header)
+#   `\x02` + u64 BE fire_at + key  a timers row by fire time (from `HEADER_FIRE_AT`); an entry whose row is
+#                                  gone or fires at another time is stale: skipped and deleted when read
+# Pure storage: no Kafka here. The shell restores with `apply` and commits batches with `commit`. A store
+# is used by one thread at a time (its overlay and cache are plain Python objects).
 _LAYOUT_KEY = b"\x00meta/layout"
 _CHECKPOINT_KEY = b"\x00meta/checkpoint"
 _INVOKED = b"\x01"
 _TIMERS = b"\x02"
-_STATUS_ROW = b'["status",'
-_TIMERS_ROW = b'["timers",'
-_ROWS, _ROWS_END = b"[", b"\\"  # `\\` is the byte after `[`: the end of the rows' key space
+_STATUS_ROW = scan_prefix("status", ())
+_TIMERS_ROW = scan_prefix("timers", ())
 _EVERYTHING_END = b"\xff"  # no key of any space starts with 0xff
 _INVOKED_STATE = b"INVOKED"
 
