@@ -231,8 +231,10 @@ class PartitionStore:
 
         For restore: values are not decoded; the cache is dropped, since any row may have changed.
         """
-        self._cache.clear()
-        return self._write(records, checkpoint)
+        count = self._write(records, checkpoint)
+        if count:
+            self._cache.clear()
+        return count
 
     def commit(self, records: Iterable[Record], checkpoint: Checkpoint | None) -> None:
         """The batch's transaction committed: write its changelog records, then the overlay becomes cached rows."""
@@ -301,21 +303,22 @@ class PartitionStore:
                 ids.discard(iid)
         return sorted(ids)
 
-    def due_timers(self, until_ms: int, limit: int | None = None) -> list[tuple[Key, Any]]:
-        """Committed timer rows with fire_at_ms <= until_ms, in fire-time order, decoded (at most `limit`)."""
-        return [(split_key(row_key)[1], value) for _, row_key, value in self._timers(until_ms, limit)]
+    def due_timers(self, until_ms: int, limit: int | None = None, after_ms: int | None = None) -> list[tuple[Key, Any]]:
+        """Committed timer rows with after_ms < fire_at_ms <= until_ms, in fire-time order, decoded (at most `limit`)."""
+        return [(split_key(row_key)[1], value) for _, row_key, value in self._timers(after_ms, until_ms, limit)]
 
     def next_fire_at(self) -> int | None:
         """The earliest fire time of a committed timer row; None without timers."""
-        first = self._timers(None, 1)
+        first = self._timers(None, None, 1)
         return first[0][0] if first else None
 
-    def _timers(self, until_ms: int | None, limit: int | None) -> list[tuple[int, bytes, Any]]:
+    def _timers(self, after_ms: int | None, until_ms: int | None, limit: int | None) -> list[tuple[int, bytes, Any]]:
         """(fire_at_ms, row key, decoded row) from the timer index; stale entries met on the way are deleted."""
+        begin = _TIMERS if after_ms is None else _TIMERS + _fire_at(after_ms + 1)
         end = _after(_TIMERS) if until_ms is None else _TIMERS + _fire_at(until_ms + 1)
         found: list[tuple[int, bytes, Any]] = []
         stale = rocksdict.WriteBatch(raw_mode=True)
-        for index_key, _ in _range(self._db, _TIMERS, end):
+        for index_key, _ in _range(self._db, begin, end):
             if limit is not None and len(found) >= limit:
                 break
             fire_at = int.from_bytes(index_key[1:9], "big")

@@ -359,6 +359,8 @@ def test_limit_and_the_next_fire_time_skip_stale_index_entries(store: PartitionS
     assert store.next_fire_at() == 200
     assert [k[0] for k, _ in store.due_timers(10_000, limit=2)] == ["inv_2", "inv_0"]
     assert [k[0] for k, _ in store.due_timers(10_000)] == ["inv_2", "inv_0", "inv_1"]
+    assert [k[0] for k, _ in store.due_timers(10_000, after_ms=200)] == ["inv_0", "inv_1"]
+    assert [k[0] for k, _ in store.due_timers(899, after_ms=199)] == ["inv_2", "inv_0"]
 
 
 def test_an_unreadable_checkpoint_wipes_the_store(store: PartitionStore):
