@@ -140,6 +140,9 @@ class Pair:
                 assert restored.tables.snapshot() == live
                 assert restored.invoked() == self.store.invoked()
                 assert restored.due_timers(1 << 62) == self.store.due_timers(1 << 62)
+                restored.apply(records[half:], None)  # a tail read twice changes nothing
+                assert restored.tables.snapshot() == live
+                assert restored.checkpoint() == Checkpoint("gen", len(records), 0)
             finally:
                 restored.close()
 
