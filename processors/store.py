@@ -135,8 +135,8 @@ class _Rows:
     def read(self, key: bytes) -> bytes | None:
         return self.db.get(key)
 
-    def iterate(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        return _range(self.db, prefix, _after(prefix))
+    def range(self, begin: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return _range(self.db, begin, end)
 
 
 def _after(prefix: bytes) -> bytes:

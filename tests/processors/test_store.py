@@ -418,3 +418,23 @@ def test_a_kill_9_mid_write_leaves_exactly_the_rows_of_the_checkpoint(tmp_path: 
         assert keys == [f"{i:08d}" for i in range(checkpoint.offset)]
     finally:
         store.close()
+
+
+def test_a_scan_by_a_number_does_not_match_a_longer_number(store: PartitionStore):
+    for key in [("inv_1", 1), ("inv_1", 10), ("inv_1", 11)]:
+        store.tables.journal.put(key, _JOURNAL_ROW)
+    commit_batch(store)
+
+    assert [k for k, _ in store.tables.journal.scan(("inv_1", 1))] == [("inv_1", 1)]
+    assert [k for k, _ in store.tables.journal.scan(("inv_1",))] == [("inv_1", 1), ("inv_1", 10), ("inv_1", 11)]
+
+
+def _real_journal_row() -> dict[str, Any]:
+    tables = Tables()
+    target = b.service_target()
+    apply(tables, b.invoke(target, b.new_id(target, 1)), 1_000, Config())
+    ((_, row), *_) = tables.journal.items()
+    return dict(row)
+
+
+_JOURNAL_ROW = _real_journal_row()

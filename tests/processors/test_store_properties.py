@@ -49,7 +49,7 @@ def _harvest() -> dict[str, list[Any]]:
 VALUES = _harvest()
 assert all(VALUES.values()), {name: len(v) for name, v in VALUES.items()}
 FIRST_PARTS = ["a", "a1", "b"]  # "a" is a prefix of "a1": a scan of "a" must not see "a1"
-OTHER_PARTS = ["a", "x", 2, 10, None]  # mixed types at one position; 10 sorts after 2
+OTHER_PARTS = ["a", "x", 1, 2, 10, None]  # mixed types at one position; 10 sorts after 2 and starts like 1
 
 
 @st.composite
