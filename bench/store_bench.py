@@ -99,6 +99,13 @@ def bench_apply_and_get(root: Path, count: int, value_bytes: int) -> None:
         t = time.perf_counter()
         due = store.due_timers(count)
         print(f"due_timers over {len(due):,} timers: {time.perf_counter() - t:.3f} s")
+        t = time.perf_counter()
+        store.close()
+        store = PartitionStore.open(root / "apply", 0, StoreSettings())
+        print(f"close and reopen: {time.perf_counter() - t:.3f} s")
+        t = time.perf_counter()
+        store.wipe()
+        print(f"wipe of {n:,} records: {time.perf_counter() - t:.3f} s")
     finally:
         store.close()
 

@@ -297,7 +297,7 @@ class PartitionStore:
         """Ids of the invocations whose status is INVOKED (committed rows and the open batch's overlay)."""
         ids = {split_key(key[1:])[1][0] for key, _ in _range(self._db, _INVOKED, _after(_INVOKED))}
         for (iid,), value in self.tables.status.pending():
-            if value is not None and str(value["status"]) == "INVOKED":
+            if value is not None and value["status"] == "INVOKED":  # also a (str, Enum) member
                 ids.add(iid)
             else:
                 ids.discard(iid)
