@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from .changelog import decode_value, scan_prefix, split_key, table_key
+from .changelog import decode_value, split_key, table_key
 from .state_machine.tables import LAYOUT, Change, Key
 
 __all__ = ["RowCache", "RowSource", "StoreTable", "StoreTables"]
@@ -22,7 +22,7 @@ class RowSource(Protocol):
 
     def read(self, key: bytes) -> bytes | None: ...
 
-    def iterate(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
+    def range(self, begin: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]: ...
 
 
 class RowCache:
@@ -115,15 +115,17 @@ class StoreTable:
 
     def _merged(self, prefix: Key) -> list[tuple[Key, Any]]:
         found: dict[Key, Any] = {}
-        for data_key, data in self._rows.iterate(scan_prefix(self.name, prefix)):
+        # Keys under the prefix start with `["t",p1,...,pn,` (`scan_prefix`); the row whose key IS the
+        # prefix is `["t",p1,...,pn]`. After a part comes `,` or `]`, so one range [`...,`, `...]`] holds
+        # both; a numeric pn also lets `pn0`.. through (`1` -> `10`), which the check drops.
+        whole = table_key(self.name, prefix)
+        under = whole[:-1] + b","
+        for data_key, data in self._rows.range(under, whole + b"\x00"):
+            if data_key != whole and not data_key.startswith(under):
+                continue
             key = split_key(data_key)[1]
             cached = self._cache.get(self.name, key)
             found[key] = cached if cached is not None and cached is not _ABSENT else decode_value(self.name, data)
-        if prefix:
-            # `scan_prefix` ends in `,`, so it misses the row whose key IS the prefix; InMemoryTable includes it.
-            whole = self._committed(prefix)
-            if whole is not None:
-                found[prefix] = whole
         n = len(prefix)
         for key, value in self.overlay.items():
             if key[:n] == prefix:
