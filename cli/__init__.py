@@ -29,6 +29,15 @@ def _topics(args: argparse.Namespace) -> int:
             replication_factor=args.replication_factor,
             max_payload_bytes=max_payload_bytes(args.max_payload_bytes),
         )
+        if args.action == "migrate":
+            from .migrate import migrate_changelogs
+
+            copied = migrate_changelogs(bootstrap, Topics(args.prefix), settings)
+            if not copied:
+                print(f"nothing to migrate: no per-table changelogs under the prefix {args.prefix!r}")
+            for table, count in copied.items():
+                print(f"{table}: {count} records copied")
+            return 0
         created = ensure_topics(bootstrap, Topics(args.prefix), settings)
     except (ServerError, PayloadLimitError) as exc:
         print(f"keystate topics: {exc}", file=sys.stderr)
@@ -43,8 +52,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("kafka", help="start|stop|status of a local KRaft broker (no Docker needed)", add_help=False)
 
-    topics = sub.add_parser("topics", help="create keystate's topics (idempotent)")
-    topics.add_argument("action", choices=["create"])
+    topics = sub.add_parser("topics", help="create keystate's topics (idempotent), or migrate an older version's")
+    topics.add_argument("action", choices=["create", "migrate"],
+                        help="create: create or check the topics; migrate: copy an older version's per-table changelogs "
+                        "into the one changelog topic (processors stopped)")
     topics.add_argument("--bootstrap", help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or %(default)s)")
     topics.add_argument("--prefix", default="keystate.", help="topic name prefix (default %(default)s)")
     topics.add_argument("--partitions", type=int, default=8, help="partitions of the log and changelogs (default %(default)s)")

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import signal
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +68,14 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
                         help="seconds without a commit while records wait before the processor rejoins (default %(default)s)")
     parser.add_argument("--sweep-interval", type=float, default=_default(ProcessorSettings, "sweep_interval_s"),
                         help="seconds between sweeps for invocations left without a live attempt (default %(default)s)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="directory of the partition stores (default $KEYSTATE_STATE_DIR or ~/.local/state/keystate); "
+                        "losing it only costs a longer restore")
+    parser.add_argument("--store-cache-rows", type=int, default=_default(ProcessorSettings, "store_cache_rows"),
+                        help="decoded rows kept in memory per partition (default %(default)s)")
+    parser.add_argument("--store-block-cache-mb", type=int,
+                        default=_default(ProcessorSettings, "store_block_cache_bytes") >> 20,
+                        help="RocksDB block cache of the process, MiB (default %(default)s)")
 
 
 def _ingress_args(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +139,9 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, in
             completion_retention_ms=int(args.retention * 1000),
             watchdog_stall_s=args.watchdog_stall,
             sweep_interval_s=args.sweep_interval,
+            state_dir=args.state_dir,
+            store_cache_rows=args.store_cache_rows,
+            store_block_cache_bytes=args.store_block_cache_mb << 20,
             invoker=InvokerSettings(
                 inactivity_timeout_s=args.inactivity_timeout,
                 abort_timeout_s=args.abort_timeout,

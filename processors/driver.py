@@ -2,15 +2,19 @@
 
 Feed it records; it runs the same batch step and the same isolation logic as the Kafka session,
 against an in-memory transaction that can be told to refuse given records. Committed records are
-kept per topic (aborted ones vanish), partitions restore from the committed changelogs, and the
-log can be fed back in, so a test reads as: given these records, when this batch, then these
-records, effects and dead letters.
+kept per topic (aborted ones vanish), partitions keep their tables in real partition stores (RocksDB
+in a temporary directory unless given one) and restore from the committed changelog, and the log
+can be fed back in, so a test reads as: given these records, when this batch, then these records,
+effects and dead letters.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from keystate.schemas._codec import codec
@@ -22,9 +26,11 @@ from .errors import BatchFailed
 from .partition import PartitionProcessor
 from .quarantine import Quarantine
 from .records import DeliveryFailure, InRecord, OutKind, OutRecord
+from .state_machine import RegisterTimer
 from .runner import run_batch
-from .state_machine import Config, Tables
+from .state_machine import Config
 from .step import BatchStep, Effect, StepLookups, StepSettings
+from .store import Checkpoint, PartitionStore, StoreSettings, StoreTables
 
 __all__ = ["BatchOutput", "ProcessorDriver", "RecordFailure"]
 
@@ -57,10 +63,12 @@ class _MemoryTransaction:
     open: list[OutRecord] = field(default_factory=list)
     begun: int = 0
     aborted: int = 0
+    last: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def begin(self) -> None:
         self.begun += 1
         self.open = []
+        self.last = {}
 
     def produce(self, records: Sequence[OutRecord]) -> list[DeliveryFailure]:
         out: list[DeliveryFailure] = []
@@ -77,9 +85,17 @@ class _MemoryTransaction:
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         for record in self.open:
-            self.topics.setdefault(record.topic, []).append(record)
+            written = self.topics.setdefault(record.topic, [])
+            written.append(record)
+            if record.partition is not None:
+                # Offsets within the partition, as Kafka would give them.
+                where = (record.topic, record.partition)
+                self.last[where] = sum(1 for r in written if r.partition == record.partition) - 1
         self.offsets.update(offsets)
         self.open = []
+
+    def delivered(self) -> Mapping[tuple[str, int], int]:
+        return self.last
 
     def abort(self) -> None:
         self.aborted += 1
@@ -99,6 +115,7 @@ class ProcessorDriver:
         max_record_bytes: int = 1024 * 1024,
         existing_topics: set[str] | None = None,
         now_ms: int = 1_000_000,
+        state_dir: Path | None = None,
     ) -> None:
         self.topics_names = topics or Topics()
         self.meta = meta or MetaState()
@@ -114,18 +131,41 @@ class ProcessorDriver:
         self.txn = _MemoryTransaction(self.committed, self.failures, self.offsets)
         self._log_read: dict[int, int] = {}
         self._request_offsets: dict[int, int] = {}
+        self._own_dir = state_dir is None
+        self.state_dir = Path(tempfile.mkdtemp(prefix="keystate-driver-")) if state_dir is None else state_dir
+        self.stores: dict[int, PartitionStore] = {}
+        self.step.changelog_id = "driver"
+
+    def close(self) -> None:
+        """Close the stores (and remove their directory if the driver made it)."""
+        for store in self.stores.values():
+            store.close()
+        self.stores.clear()
+        if self._own_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def __enter__(self) -> ProcessorDriver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ---- group membership ---------------------------------------------------------------------
     def assign(self, *partitions: int) -> list[Effect]:
         """Take over partitions, restored from the committed changelogs; returns their timers to schedule."""
         effects: list[Effect] = []
         for p in partitions:
-            _, timers = self.step.adopt(self._restore_one(p), self.now_ms)
-            effects.extend(timers)
+            proc = self._restore_one(p)
+            self.step.adopt(proc, self.now_ms)
+            effects.extend((p, RegisterTimer(k, int(r["fire_at_ms"]), r)) for k, r in proc.store.due_timers(2**62))
         return effects
 
     def revoke(self, *partitions: int) -> None:
         self.step.forget_partitions(set(partitions))
+        for p in partitions:
+            store = self.stores.pop(p, None)
+            if store is not None:
+                store.close()
 
     # ---- failures -----------------------------------------------------------------------------
     def fail_records(
@@ -173,7 +213,7 @@ class ProcessorDriver:
     def pipe(self, records: Sequence[InRecord]) -> BatchOutput:
         """Run one batch through one (re-run as needed) transaction; what it committed."""
         before = {t: len(rs) for t, rs in self.committed.items()}
-        result, quarantine = run_batch(self.step, list(records), self.now_ms, self.txn, self._restore)
+        result, quarantine = run_batch(self.step, list(records), self.now_ms, self.txn)
         for r in records:
             if r.topic == self.topics_names.log and r.partition in self.step.partitions:
                 self._log_read[r.partition] = max(self._log_read.get(r.partition, 0), r.offset + 1)
@@ -206,7 +246,7 @@ class ProcessorDriver:
             if r.value is not None and (partition is None or r.partition == partition)
         ]
 
-    def tables(self, partition: int) -> Tables:
+    def tables(self, partition: int) -> StoreTables:
         return self.step.partitions[partition].tables
 
     # ---- internals ----------------------------------------------------------------------------
@@ -217,15 +257,13 @@ class ProcessorDriver:
         ]
 
     def _restore_one(self, partition: int) -> PartitionProcessor:
-        proc = PartitionProcessor(partition, self.config)
-        for table in Tables.names():
-            for r in self.committed.get(self.topics_names.changelog(table), []):
-                if r.partition == partition and r.key is not None:
-                    proc.restore_record(table, r.key, r.value)
-        proc.restored()
-        return proc
-
-    def _restore(self, partitions: set[int]) -> None:
-        for p in partitions:
-            if p in self.step.partitions:
-                self.step.partitions[p] = self._restore_one(p)
+        """The partition's store, brought up to the end of its committed changelog records."""
+        store = self.stores.get(partition)
+        if store is None:
+            store = self.stores[partition] = PartitionStore.open(self.state_dir / f"p{partition}", partition, StoreSettings())
+        written = [r for r in self.committed.get(self.topics_names.changelog_topic, []) if r.partition == partition]
+        checkpoint = store.checkpoint()
+        start = 0 if checkpoint is None else checkpoint.offset
+        rows = [(r.key or b"", r.value, r.headers) for r in written[start:]]
+        store.apply(rows, Checkpoint("driver", len(written), self.now_ms))
+        return PartitionProcessor(partition, self.config, store)

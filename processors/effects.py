@@ -26,7 +26,9 @@ class InvokerPort(Protocol):
 
     def stop(self, invocation_id: str) -> None: ...
 
-    def stop_where(self, predicate: Callable[[str], bool]) -> None: ...
+    def stop_where(self, predicate: Callable[[str], bool]) -> list[asyncio.Task[None]]: ...
+
+    async def flush(self, timeout_s: float) -> int: ...
 
 
 class TimersPort(Protocol):
@@ -56,13 +58,28 @@ class EffectExecutor:
     def backlog(self) -> int:
         return len(self._queue)
 
-    def drop_partitions(self, partitions: list[int]) -> None:
-        """The partitions are no longer ours: stop their attempts, timers and queued effects."""
+    def drop_partitions(self, partitions: list[int]) -> list[asyncio.Task[None]]:
+        """The partitions are no longer ours: stop their attempts, timers and queued effects; the attempts' tasks."""
         wanted = set(partitions)
         self._queue = deque(e for e in self._queue if e[0] not in wanted)
-        self._invoker.stop_where(lambda iid: InvocationId.parse(iid).partition(self._partitions) in wanted)
+        tasks = self._invoker.stop_where(lambda iid: InvocationId.parse(iid).partition(self._partitions) in wanted)
         for p in partitions:
             self._timers.cancel_partition(p)
+        return tasks
+
+    async def hand_over(self, partitions: list[int], timeout_s: float) -> tuple[int, int]:
+        """Drop the partitions, wait until their attempts ended and their commands are on the log.
+
+        Then a new owner's restart of an invocation lands on the log after everything the stopped
+        attempt appended, so no step it journaled runs twice. (attempts still running, commands not flushed)
+        """
+        tasks = self.drop_partitions(partitions)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+        unflushed = await self._invoker.flush(max(0.1, deadline - loop.time()))
+        return sum(not t.done() for t in tasks), unflushed
 
     def _drain(self) -> None:
         self._scheduled = False

@@ -7,6 +7,8 @@ ProcessorError
  |    +-- CallAbandoned       a client call did not return within its bound; that client is abandoned
  +-- InstanceFenced           another process runs with this --instance-id; this one exits
  +-- LoopStuck                the partition loop is stuck inside a client call; the process exits
+ +-- StoreFailed              a partition's local store (RocksDB) could not be opened, read or written
+      +-- StoreLocked         another process holds the store open (same --instance-id/--state-dir)
 (Kafka failures elsewhere surface as `keystate.server.errors.KafkaUnavailable`.)
 """
 
@@ -48,3 +50,11 @@ class InstanceFenced(ProcessorError):
 
 class LoopStuck(ProcessorError):
     """The partition loop did not return from a blocking client call within its bound."""
+
+
+class StoreFailed(ProcessorError):
+    """RocksDB refused an operation on a partition's local store; the message names the store's path."""
+
+
+class StoreLocked(StoreFailed):
+    """Another process (or another open in this one) holds the store's lock."""

@@ -168,9 +168,19 @@ class Invoker:
         if attempt is not None and attempt.task is not None and attempt.task is not asyncio.current_task():
             attempt.task.cancel()
 
-    def stop_where(self, predicate: Callable[[str], bool]) -> None:
+    def stop_where(self, predicate: Callable[[str], bool]) -> list[asyncio.Task[None]]:
+        """Stop the attempts of the matching invocations; their tasks (to wait for them to end)."""
+        tasks = []
         for iid in [i for i in self._live if predicate(i)]:
+            attempt = self._live.get(iid)
+            if attempt is not None and attempt.task is not None:
+                tasks.append(attempt.task)
             self.stop(iid)
+        return tasks
+
+    async def flush(self, timeout_s: float) -> int:
+        """Wait until the commands appended so far are on the log; how many are not."""
+        return await asyncio.to_thread(self._producer.flush, timeout_s)
 
     def _partition_of(self, invocation_id: str) -> int:
         return int(InvocationId.parse(invocation_id).partition(self._partitions))

@@ -67,8 +67,10 @@ class KafkaTransaction:
         self._timeout = timeout_s
         self._caller = caller
         self.commit_s = 0.0  # time spent in send_offsets + commit, for the session's stats
+        self._delivered: dict[tuple[str, int], int] = {}
 
     def begin(self) -> None:
+        self._delivered = {}
         try:
             self._producer.begin_transaction()
         except KafkaException as exc:
@@ -78,7 +80,7 @@ class KafkaTransaction:
         failures: list[DeliveryFailure] = []
         refused: list[tuple[int, KafkaError]] = []
         for i, record in enumerate(records):
-            kwargs: dict[str, Any] = {"key": record.key, "headers": record.headers, "on_delivery": partial(_delivered, refused, i)}
+            kwargs: dict[str, Any] = {"key": record.key, "headers": record.headers, "on_delivery": partial(_delivered, refused, self._delivered, i)}
             if record.partition is not None:
                 kwargs["partition"] = record.partition
             if not self._produce_one(record, kwargs, failures, i):
@@ -140,6 +142,10 @@ class KafkaTransaction:
         finally:
             self.commit_s += time.perf_counter() - started
 
+    def delivered(self) -> dict[tuple[str, int], int]:
+        """The highest offset written per (topic, partition) by the current (just committed) transaction."""
+        return self._delivered
+
     def abort(self) -> None:
         with self._watchdog.calling("abort_transaction", self._timeout):
             try:
@@ -154,7 +160,19 @@ class KafkaTransaction:
             pass  # the session replaces this producer anyway
 
 
-def _delivered(refused: list[tuple[int, KafkaError]], index: int, error: KafkaError | None, msg: Message) -> None:
+def _delivered(
+    refused: list[tuple[int, KafkaError]],
+    offsets: dict[tuple[str, int], int],
+    index: int,
+    error: KafkaError | None,
+    msg: Message,
+) -> None:
     # Only keep it: while flush() has a fatal error pending, calling the error's methods raises SystemError.
     if error is not None:
         refused.append((index, error))
+        return
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    if topic is not None and partition is not None and offset is not None and offset >= 0:
+        where = (topic, partition)
+        if offset > offsets.get(where, -1):
+            offsets[where] = offset

@@ -1,13 +1,14 @@
 """One batch through one transaction, isolating any record that makes the transaction fail.
 
 Transport-agnostic: the Kafka session and the broker-free test driver each provide a
-`Transaction` and a way to restore partitions; the isolation logic is the same code for both.
+`Transaction`; a void run's writes are dropped from the stores' overlays (nothing reached disk), and
+the isolation logic is the same code for both.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from .errors import BatchFailed
@@ -33,13 +34,16 @@ class Transaction(Protocol):
 
     def abort(self) -> None: ...
 
+    def delivered(self) -> Mapping[tuple[str, int], int]:
+        """The highest offset written per (topic, partition) by the transaction just committed."""
+        ...
+
 
 def run_batch(
     step: BatchStep,
     records: list[InRecord],
     now_ms: int,
     txn: Transaction,
-    restore: Callable[[set[int]], None],
 ) -> tuple[StepResult, Quarantine]:
     """Apply and commit `records`; a record to blame is quarantined and the batch re-run without it.
 
@@ -53,16 +57,22 @@ def run_batch(
             origin, reason = result.rejected
             previous = quarantine.get(origin)
             quarantine[origin] = Drop(reason) if isinstance(previous, (Reject, Drop)) else Reject(reason)
-            restore(result.touched)
+            step.discard(result.touched)
             continue
         if not result.produced and not result.offsets:
-            step.committed(result)
+            step.committed(result, {}, now_ms)
             return result, quarantine
         txn.begin()
-        failures = txn.produce(result.produced)
+        try:
+            failures = txn.produce(result.produced)
+            if not failures:
+                txn.commit(result.offsets)
+        except BaseException:
+            # Whether it committed is unknown: the stores drop the batch and catch up from the changelog.
+            step.discard(result.touched)
+            raise
         if not failures:
-            txn.commit(result.offsets)
-            step.committed(result)
+            step.committed(result, txn.delivered(), now_ms)
             return result, quarantine
         txn.abort()
         blamed = [f for f in failures if f.record_fault]
@@ -80,5 +90,5 @@ def run_batch(
                 failure.error,
             )
             quarantine[out.origin] = verdict_for(out, f"Kafka refused it: {failure.error}", quarantine.get(out.origin))
-        restore(result.touched)
+        step.discard(result.touched)
     raise BatchFailed(f"could not isolate the failing records of a batch of {len(records)}")

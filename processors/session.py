@@ -15,9 +15,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -28,10 +28,13 @@ from .bounded import BoundedCaller
 from .errors import CallAbandoned, InstanceFenced, ProcessorError, TransactionFailed
 from .kafka_txn import FENCING, KafkaTransaction, describe, transaction_failed
 from .records import InRecord
-from .restore import restore_partition
+from .partition import PartitionProcessor
+from .restore import ChangelogInfo, RestoreReport, restore_store
+from .restorer import Restorer, StoreRegistry
 from .runner import run_batch
 from .state_machine import Config
 from .step import BatchStep, Effect
+from .timer_window import TimerWindow
 from .watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -47,9 +50,12 @@ class LoopHooks:
     """What the loop thread may do on the event loop side; every callable is safe to call from the thread."""
 
     submit_effects: Callable[[list[Effect]], None]
+    # Stops the attempts, timers and effects of the partitions and waits (bounded) until their
+    # attempts have ended and their commands are flushed: the new owner starts them only after.
     drop_partitions: Callable[[list[int]], None]
     backlogged_partitions: Callable[[], frozenset[int]]
     is_live: Callable[[str], bool]
+    changelog_info: Callable[[], ChangelogInfo]
 
 
 @dataclass(slots=True)
@@ -62,6 +68,7 @@ class SessionStats:
     resets: int = 0
     dead_lettered: int = 0
     dropped_unowned: int = 0
+    restores: list[RestoreReport] = field(default_factory=list)
 
 
 class _Reset(ProcessorError):
@@ -79,6 +86,7 @@ class Session:
         hooks: LoopHooks,
         watchdog: Watchdog,
         stop: threading.Event,
+        stores: StoreRegistry,
     ) -> None:
         self.settings = settings
         self.topics = settings.kafka.topics
@@ -91,6 +99,12 @@ class Session:
         self.reset_requested = threading.Event()
         self.gate = PauseGate(settings.backpressure_max_pause_s, settings.backpressure_min_resume_s)
         self._requests_owned: set[int] = set()
+        self.stores = stores
+        self.restorer = Restorer(self._restore_partition)
+        self.timers = TimerWindow(settings.timer_horizon_ms)
+        # Log partitions assigned to this session: restoring (paused) or owned by the step.
+        self._assigned_log: set[int] = set()
+        self._changelog: ChangelogInfo | None = None
         self._joined_at: float | None = None
         # The consumer whose rebalance callbacks count; a closing one's late callbacks are ignored.
         self._live_consumer: Consumer | None = None
@@ -140,6 +154,8 @@ class Session:
         caller = BoundedCaller(f"{self._name} transactional producer", self.settings.call_grace_s)
         consumer: Consumer | None = None
         try:
+            self._changelog = self.hooks.changelog_info()
+            self.step.changelog_id = self._changelog.topic_id
             with self.watchdog.calling("init_transactions", bound):
                 try:
                     caller.call("init_transactions", bound, partial(producer.init_transactions, bound))
@@ -152,7 +168,9 @@ class Session:
             while not self.stop.is_set():
                 if self.reset_requested.is_set():
                     raise _Reset("the watchdog saw no progress with work pending")
+                self._adopt_restored(consumer)
                 self._batch(consumer, txn)
+                self._refill_timers()
                 self._sweep()
                 self._backpressure(consumer)
         finally:
@@ -190,6 +208,9 @@ class Session:
                     # Static membership: a restarted process with the same id gets its partitions
                     # back at once instead of after a rebalance through the session timeout.
                     "group.instance.id": f"keystate-processor-{s.instance_id}",
+                    # Incremental rebalancing: only partitions that move are revoked; the others keep
+                    # their stores and running attempts. Every processor of a group must use it.
+                    "partition.assignment.strategy": "cooperative-sticky",
                 }
             )
         )
@@ -227,58 +248,87 @@ class Session:
 
     # ---- rebalance ------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Incremental: `partitions` are the ones added. Log partitions stay paused until restored."""
         if consumer is not self._live_consumer:
             return  # a closing consumer of an ended session
-        now = int(time.time() * 1000)
+        consumer.incremental_assign(partitions)
+        log_tps = [tp for tp in partitions if tp.topic == self.topics.log]
+        if log_tps:
+            consumer.pause(log_tps)
         for tp in partitions:
             if tp.topic == self.topics.requests:
                 self._requests_owned.add(tp.partition)
-                continue
-            if tp.topic != self.topics.log:
-                continue
-            started = time.monotonic()
-            proc, restored = self._restore_one(tp.partition)
-            resumed, timers = self.step.adopt(proc, now)
-            self.hooks.submit_effects(timers)
-            log.info(
-                "partition %d: restored %d changelog records in %.2f s, resuming %d invocations, %d timers",
-                tp.partition,
-                restored,
-                time.monotonic() - started,
-                resumed,
-                len(timers),
-            )
+        for tp in log_tps:
+            self._assigned_log.add(tp.partition)
+            self.restorer.start(tp.partition)
+        if log_tps:
+            log.info("%s: assigned log partitions %s; restoring them", self._name, sorted(tp.partition for tp in log_tps))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Incremental: only the partitions that move. Their attempts stop before the new owner gets them."""
         if consumer is not self._live_consumer:
             return  # a closing consumer of an ended session: `_release_all` dropped everything already
         self._requests_owned -= {tp.partition for tp in partitions if tp.topic == self.topics.requests}
-        dropped = [tp.partition for tp in partitions if tp.topic == self.topics.log and tp.partition in self.step.partitions]
-        self.step.forget_partitions(set(dropped))
-        self.gate.forget(set(dropped))
-        if dropped:
-            self.hooks.drop_partitions(dropped)
-            log.info("partitions %s revoked", dropped)
+        moved = {tp.partition for tp in partitions if tp.topic == self.topics.log}
+        self._assigned_log -= moved
+        for p in moved:
+            self.restorer.cancel(p)  # a cancelled job closes its own store
+        dropped = [p for p in sorted(moved) if p in self.step.partitions]
+        self._drop(dropped)
+        if moved:
+            log.info("%s: log partitions %s revoked", self._name, sorted(moved))
+
+    def _drop(self, partitions: list[int]) -> None:
+        if not partitions:
+            return
+        self.step.forget_partitions(set(partitions))
+        self.gate.forget(set(partitions))
+        self.timers.forget(partitions)
+        self.hooks.drop_partitions(partitions)
+        for p in partitions:
+            self.stores.close(p)
 
     def _release_all(self) -> None:
-        dropped = list(self.step.partitions)
-        self.step.forget_partitions(set(dropped))
+        self.restorer.cancel_all(wait_s=self.settings.close_timeout_s)
+        self._assigned_log.clear()
+        self._drop(list(self.step.partitions))
         self.step.pending.clear()
-        self.gate.forget(set(dropped))
         self._requests_owned.clear()
-        if dropped:
-            self.hooks.drop_partitions(dropped)
 
-    def _restore_one(self, partition: int) -> tuple[Any, int]:
-        bound = self.settings.restore_timeout_s
-        with self.watchdog.calling(f"restore of partition {partition}", bound):
-            return restore_partition(partition, self.config, self.settings.kafka, bound)
+    def _restore_partition(self, partition: int, cancelled: threading.Event) -> RestoreReport:
+        """On a restore thread: bring the partition's store up to the end of its changelog."""
+        info = self._changelog
+        assert info is not None
+        store = self.stores.open(partition)
+        try:
+            return restore_store(store, partition, info, self.settings.kafka, cancelled)
+        except BaseException:
+            self.stores.close(partition)
+            raise
 
-    def _restore(self, partitions: set[int]) -> None:
-        """After an aborted re-run: tables back to what is committed."""
-        for p in partitions:
-            if p in self.step.partitions:
-                self.step.partitions[p], _ = self._restore_one(p)
+    def _adopt_restored(self, consumer: Consumer) -> None:
+        """Hand restored partitions to the step and resume them; retry failed restores."""
+        for partition, outcome in self.restorer.finished():
+            if partition not in self._assigned_log:
+                self.stores.close(partition)  # revoked while it restored
+                continue
+            if isinstance(outcome, BaseException):
+                log.error("%s: restore of partition %d failed: %s; retrying", self._name, partition, outcome)
+                self.restorer.start(partition)
+                continue
+            now = int(time.time() * 1000)
+            proc = PartitionProcessor(partition, self.config, self.stores.open(partition))
+            resumed = self.step.adopt(proc, now)
+            timers = self.timers.load(proc, now)
+            self.hooks.submit_effects(timers)
+            consumer.resume([TopicPartition(self.topics.log, partition)])
+            self.stats.restores.append(outcome)
+            log.info("%s, resuming %d invocations, %d timers", outcome.describe(), resumed, len(timers))
+
+    def _refill_timers(self) -> None:
+        effects = self.timers.refill(self.step.partitions.values(), int(time.time() * 1000))
+        if effects:
+            self.hooks.submit_effects(effects)
 
     # ---- one batch ------------------------------------------------------------------------------
     def _batch(self, consumer: Consumer, txn: KafkaTransaction) -> None:
@@ -294,7 +344,7 @@ class Session:
             return
         self.watchdog.work_seen()
         started, committing = time.perf_counter(), txn.commit_s
-        result, _ = run_batch(self.step, records, int(time.time() * 1000), txn, self._restore)
+        result, _ = run_batch(self.step, records, int(time.time() * 1000), txn)
         self.watchdog.committed()
         stats = self.stats
         stats.batches += 1
@@ -304,8 +354,9 @@ class Session:
         stats.apply_s += time.perf_counter() - started - (txn.commit_s - committing)
         stats.dead_lettered += result.dead_lettered
         stats.dropped_unowned += result.dropped_unowned
-        if result.effects:
-            self.hooks.submit_effects(result.effects)
+        effects = self.timers.admit(result.effects)
+        if effects:
+            self.hooks.submit_effects(effects)
 
     def _records(self, messages: list[Message]) -> list[InRecord]:
         records = []

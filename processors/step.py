@@ -8,7 +8,7 @@ remembers the consumed record that caused it, so one that Kafka refuses can be i
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from keystate.schemas._codec import Codec
@@ -22,7 +22,8 @@ from .partition import PartitionProcessor
 from .quarantine import Drop, Quarantine, Reject, SkipPublish
 from .records import PENDING_TOPIC, InRecord, Origin, OutKind, OutRecord
 from .router import Invalid, TopicExists, route_request
-from .state_machine import Action, Publish, RegisterTimer, SendToPartition
+from .state_machine import Action, Publish, SendToPartition
+from .store import Checkpoint
 
 __all__ = ["BatchStep", "Effect", "StepLookups", "StepResult", "StepSettings", "retry_command"]
 
@@ -62,6 +63,8 @@ class StepResult:
     # raised or produced an oversized record. The tables of `touched` are dirty: restore, re-run.
     rejected: tuple[Origin, str] | None = None
     pending_used: int = 0
+    # partition -> changelog key -> index in `produced` of the row's one record in this batch
+    rows: dict[int, dict[bytes, int]] = field(default_factory=dict)
     dropped_unowned: int = 0
     dead_lettered: int = 0
 
@@ -84,6 +87,8 @@ class BatchStep:
         self.pending: list[OutRecord] = []
         self._seq = 0
         self._now = 0
+        # Identity of the changelog topic (its topic id), written with every checkpoint.
+        self.changelog_id = ""
 
     # ---- commands the shell appends on its own --------------------------------------------------
     def append(self, name: str, record: dict[str, object], target: dict[str, object] | None = None) -> None:
@@ -92,8 +97,8 @@ class BatchStep:
         self._seq += 1
         self.pending.append(self._command(out, (PENDING_TOPIC, out.partition, self._seq)))
 
-    def adopt(self, proc: PartitionProcessor, now_ms: int) -> tuple[int, list[Effect]]:
-        """Take over a restored partition: queue a resume of every INVOKED invocation; its timers to schedule.
+    def adopt(self, proc: PartitionProcessor, now_ms: int) -> int:
+        """Take over a restored partition: queue a resume of every INVOKED invocation; how many.
 
         The resume goes through the log so it lands after whatever the previous owner's attempt appended.
         """
@@ -102,20 +107,39 @@ class BatchStep:
         for iid, status in proc.unfinished():
             self.append("keystate.TimerFiredCommand", retry_command(iid, status["attempt"], now_ms), status["target"])
             resumed += 1
-        timers: list[Effect] = [(proc.partition, RegisterTimer(k, r["fire_at_ms"], r)) for k, r in proc.timers()]
-        return resumed, timers
+        return resumed
 
     def forget_partitions(self, partitions: set[int]) -> None:
-        """Drop the partitions and their queued commands (revoked or lost)."""
+        """Drop the partitions and their queued commands (revoked or lost); their stores drop the open batch."""
         for p in partitions:
             proc = self.partitions.pop(p, None)
             if proc is not None:
-                proc.close()
+                proc.store.discard()
         self.pending = [r for r in self.pending if r.partition not in partitions]
 
-    def committed(self, result: StepResult) -> None:
-        """The result's transaction committed: its queued commands are written."""
+    def discard(self, partitions: set[int]) -> None:
+        """The run is void (aborted or to be re-run): the stores of `partitions` drop what it wrote."""
+        for p in partitions:
+            proc = self.partitions.get(p)
+            if proc is not None:
+                proc.store.discard()
+
+    def committed(self, result: StepResult, delivered: Mapping[tuple[str, int], int], now_ms: int) -> None:
+        """The result's transaction committed: its queued commands are written, its rows go to the stores.
+
+        `delivered` holds the highest offset the transaction wrote per (topic, partition): the store's
+        checkpoint moves past its own rows, so a restart reads the changelog only after them.
+        """
         del self.pending[: result.pending_used]
+        topic = self.settings.topics.changelog_topic
+        for p in result.touched:
+            proc = self.partitions.get(p)
+            if proc is None:
+                continue
+            rows = [(r.key or b"", r.value, r.headers) for r in result.produced if r.kind is OutKind.CHANGELOG and r.partition == p]
+            last = delivered.get((topic, p))
+            checkpoint = None if last is None else Checkpoint(self.changelog_id, last + 1, now_ms)
+            proc.store.commit(rows, checkpoint)
 
     # ---- the step ---------------------------------------------------------------------------------
     def run(self, records: list[InRecord], now_ms: int, quarantine: Quarantine) -> StepResult:
@@ -167,19 +191,27 @@ class BatchStep:
         except Exception as exc:
             raise _Rerun(record.origin, f"applying {command[0]} for invocation {iid} raised {exc!r}") from exc
         for table, key, value in proc.drain():
-            self._emit(
-                OutRecord(
-                    OutKind.CHANGELOG,
-                    self.settings.topics.changelog(table),
-                    record.partition,
-                    changelog.encode_key(key),
-                    changelog.encode_value(table, value),
-                    None,
-                    record.origin,
-                    iid,
-                ),
-                result,
+            row_key, row_value, headers = changelog.row_record(table, key, value)
+            out = OutRecord(
+                OutKind.CHANGELOG,
+                self.settings.topics.changelog_topic,
+                record.partition,
+                row_key,
+                row_value,
+                headers,
+                record.origin,
+                iid,
             )
+            self._check_size(out)
+            # One changelog record per row per batch: a later write of the row replaces the earlier one
+            # (blamed on its own command if Kafka refuses it).
+            where = result.rows.setdefault(record.partition, {})
+            index = where.get(row_key)
+            if index is None:
+                where[row_key] = len(result.produced)
+                result.produced.append(out)
+            else:
+                result.produced[index] = out
         for action in actions:
             self._act(record, action, skip, verdict, result)
 
@@ -205,6 +237,10 @@ class BatchStep:
             result.effects.append((record.partition, action))
 
     def _emit(self, out: OutRecord, result: StepResult) -> None:
+        self._check_size(out)
+        result.produced.append(out)
+
+    def _check_size(self, out: OutRecord) -> None:
         size = out.size()
         if size > self.settings.max_record_bytes:
             assert out.origin is not None
@@ -213,7 +249,6 @@ class BatchStep:
                 f"{_type(out)} for {out.topic} is {size} bytes, over the record size limit of "
                 f"{self.settings.max_record_bytes} bytes; keep values smaller, or {SETTING_HINT}",
             )
-        result.produced.append(out)
 
     def _route(self, record: InRecord, now_ms: int, verdict: object, result: StepResult) -> None:
         result.offsets[(record.topic, record.partition)] = record.offset + 1

@@ -10,15 +10,17 @@ lookups (registered services, topics) and watches the loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource, TopicCollection
 
 from keystate.schemas._codec import codec
 from keystate.schemas.limits import kafka_sizes
@@ -28,9 +30,12 @@ from keystate.server.meta import MetaView
 from .effects import EffectExecutor
 from .errors import LoopStuck
 from .invoker import Invoker, InvokerSettings
+from .restore import ChangelogInfo
+from .restorer import StoreRegistry
 from .session import LoopHooks, Session, SessionStats
 from .state_machine import Config, RetryPolicy
 from .step import BatchStep, Effect, StepLookups, StepSettings
+from .store import StoreSettings
 from .timers import TimerService
 from .topic_cache import TopicCache
 from .watchdog import GiveUp, Stalled, Stuck, Watchdog
@@ -73,7 +78,19 @@ class ProcessorSettings:
     call_grace_s: float = 5.0
     # Bound of closing a session's consumer and producer.
     close_timeout_s: float = 10.0
-    restore_timeout_s: float = 300.0
+    # Where the partition stores live: <state_dir>/<topic prefix><group id>/<instance id>/p<partition>.
+    # None: $KEYSTATE_STATE_DIR, else ~/.local/state/keystate. The changelog stays the truth: a
+    # lost directory only costs a longer restore.
+    state_dir: Path | None = None
+    # Decoded rows kept in memory per partition (the rest is read from RocksDB when needed).
+    store_cache_rows: int = 2_000
+    # RocksDB block cache shared by the partitions of this process, and each partition's memtable.
+    store_block_cache_bytes: int = 32 << 20
+    store_write_buffer_bytes: int = 4 << 20
+    # Timers due within this window are in memory; later ones wait in the stores (see timer_window.py).
+    timer_horizon_ms: int = 60_000
+    # On revoke: how long to wait for the moved partitions' attempts to end and their commands to flush.
+    handover_timeout_s: float = 10.0
     # No commit for this long while records wait: drop the session and rejoin with new clients.
     watchdog_stall_s: float = 120.0
     # Inside one client call this long past its own bound: log CRITICAL and exit the process.
@@ -99,6 +116,11 @@ class ProcessorSettings:
     # Also the group's rebalance timeout: how long a rebalance waits for a member that does not rejoin.
     max_poll_interval_ms: int = 300_000
 
+
+    def store_root(self) -> Path:
+        """The directory of this instance's partition stores."""
+        base = self.state_dir or Path(os.environ.get("KEYSTATE_STATE_DIR") or Path.home() / ".local" / "state" / "keystate")
+        return Path(base) / f"{self.kafka.topics.prefix}{self.group_id}" / self.instance_id
 
     @property
     def record_limit(self) -> int:
@@ -164,7 +186,11 @@ class Worker:
             StepLookups(meta=lambda: self.meta.state, topic_exists=topic_cache.exists),
             self._codec,
         )
-        self.session = Session(self.settings, step, config, self._hooks(), self.watchdog, self._stop)
+        s = self.settings
+        self.stores = StoreRegistry(
+            s.store_root(), StoreSettings(s.store_cache_rows, s.store_block_cache_bytes, s.store_write_buffer_bytes)
+        )
+        self.session = Session(self.settings, step, config, self._hooks(), self.watchdog, self._stop, self.stores)
         self._thread = threading.Thread(target=self._thread_main, name="keystate-partition-loop", daemon=True)
         self._thread.start()
         # Its own thread: it must see a stuck loop even when the event loop is stalled too.
@@ -182,6 +208,8 @@ class Worker:
             await self.invoker.close()
             await asyncio.to_thread(self._producer.close)  # it waits for deliveries: not on the loop
             self.meta.stop()
+            if not self._thread.is_alive():
+                self.stores.close_all()
         if self._failure is not None:
             raise self._failure
 
@@ -191,6 +219,7 @@ class Worker:
             drop_partitions=self._drop,
             backlogged_partitions=self.invoker.backlogged_partitions,
             is_live=self.invoker.is_live,
+            changelog_info=self._changelog_info,
         )
 
     def _watch(self) -> None:
@@ -275,7 +304,40 @@ class Worker:
             self._to_loop(self.executor.submit, effects)
 
     def _drop(self, partitions: list[int]) -> None:
-        self._to_loop(self.executor.drop_partitions, partitions)
+        """On the partition-loop thread: stop the partitions' attempts and wait until they ended (bounded)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        bound = self.settings.handover_timeout_s
+        future = asyncio.run_coroutine_threadsafe(self.executor.hand_over(partitions, bound), loop)
+        try:
+            running, unflushed = future.result(bound + 5.0)
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError, RuntimeError) as exc:
+            log.warning("processor %s: handing over partitions %s: %r", self.settings.instance_id, partitions, exc)
+            return
+        if running or unflushed:
+            log.warning(
+                "processor %s: handing over partitions %s: %d attempts still running and %d commands not "
+                "flushed after %g s; their new owner may repeat a step they did not journal",
+                self.settings.instance_id,
+                partitions,
+                running,
+                unflushed,
+                bound,
+            )
+
+    def _changelog_info(self) -> ChangelogInfo:
+        """The changelog topic's id and tombstone retention (blocking; once per session)."""
+        topic = self.topics.changelog_topic
+        with self.watchdog.calling("describe changelog", 30.0):
+            try:
+                described = self._admin.describe_topics(TopicCollection([topic]), request_timeout=20.0)[topic].result()
+                resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+                configs = self._admin.describe_configs([resource], request_timeout=20.0)[resource].result()
+            except KafkaException as exc:
+                raise kafka_error(f"describe {topic} (create keystate's topics with `keystate topics create`)", exc) from exc
+        retention = configs.get("delete.retention.ms")
+        return ChangelogInfo(topic, str(described.topic_id), int(retention.value) if retention is not None else 86_400_000)
 
     def _to_loop(self, fn: Any, *args: Any) -> None:
         loop = self._loop

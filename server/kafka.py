@@ -206,6 +206,13 @@ class AsyncProducer:
             )
         return len(info.partitions)
 
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait until what was produced so far is delivered (up to `timeout`); how many are not. Blocks."""
+        deadline = time.monotonic() + timeout
+        while self._overflow and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.01)  # the poll thread drains the overflow queue
+        return int(self._producer.flush(max(0.0, deadline - time.monotonic()))) + len(self._overflow)
+
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued (up to `timeout`), then stop the poll thread. Blocks: call it off the loop."""
         deadline = time.monotonic() + timeout

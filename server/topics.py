@@ -14,12 +14,35 @@ from keystate.schemas.topics import Topics
 
 from .errors import KafkaUnavailable, TopicConfigError
 
-__all__ = ["MAX_MESSAGE_BYTES", "TopicSettings", "TopicSpec", "check_record_limits", "ensure_topics", "topic_specs"]
+__all__ = [
+    "CHANGELOG_COMPACTION",
+    "MAX_MESSAGE_BYTES",
+    "TopicSettings",
+    "TopicSpec",
+    "check_record_limits",
+    "ensure_topics",
+    "refuse_legacy_changelogs",
+    "topic_specs",
+]
 
 log = logging.getLogger(__name__)
 
 _DAY_MS = 24 * 3600 * 1000
 MAX_MESSAGE_BYTES = "max.message.bytes"
+
+# The changelog's cleaner settings: keep it close to live state, so a rebuild reads little more than
+# what is live. The broker's defaults (1 GiB segments rolled weekly, cleaned at 50 % dirty) leave
+# almost everything in the active segment, which is never compacted. Segments roll every 15 minutes
+# or 64 MiB, and are cleaned at 10 % dirty, and at the latest 6 hours after a write. Deletes
+# (tombstones) stay a day: a store whose checkpoint is older than that is rebuilt (processors/restore.py).
+CHANGELOG_COMPACTION: Mapping[str, str] = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(15 * 60 * 1000),
+    "segment.bytes": str(64 << 20),
+    "min.cleanable.dirty.ratio": "0.1",
+    "max.compaction.lag.ms": str(6 * 3600 * 1000),
+    "delete.retention.ms": str(_DAY_MS),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +103,7 @@ def topic_specs(topics: Topics, settings: TopicSettings) -> list[TopicSpec]:
         ),
         # One partition keeps registrations in one order for every reader.
         TopicSpec(topics.meta, 1, compact),
-        *(TopicSpec(name, n, compact) for name in topics.changelogs),
+        TopicSpec(topics.changelog_topic, n, {**durable, **CHANGELOG_COMPACTION}),
     ]
 
 
@@ -90,8 +113,12 @@ def ensure_topics(
     settings: TopicSettings | None = None,
     *,
     timeout: float = 30.0,
+    migrating: bool = False,
 ) -> list[str]:
-    """Create missing topics; check existing ones. Returns the names it created."""
+    """Create missing topics; check existing ones. Returns the names it created.
+
+    Refuses while the per-table changelogs of an older version exist, unless `migrating` them.
+    """
     topics = topics or Topics()
     settings = settings or TopicSettings()
     specs = topic_specs(topics, settings)
@@ -101,6 +128,8 @@ def ensure_topics(
     except KafkaException as exc:
         raise KafkaUnavailable(f"cannot list topics on {bootstrap}: {exc}") from exc
 
+    if not migrating:
+        refuse_legacy_changelogs(topics, set(existing))
     problems = [
         f"{spec.name} has {len(existing[spec.name].partitions)} partitions, keystate is configured "
         f"for {spec.partitions}"
@@ -118,6 +147,7 @@ def ensure_topics(
         )
 
     _raise_record_limits(admin, [s for s in specs if s.name in existing], bootstrap, timeout)
+    _check_compaction(admin, topics.changelog_topic if topics.changelog_topic in existing else None, bootstrap, timeout)
     missing = [s for s in specs if s.name not in existing]
     if not missing:
         return []
@@ -150,8 +180,13 @@ def check_record_limits(bootstrap: str, topics: Topics, max_payload_bytes: int, 
     Processes call this at start: a record refused by the broker inside a transaction would fail it.
     """
     need = kafka_sizes(max_payload_bytes).topic_max_message_bytes
-    names = [topics.log, topics.requests, topics.requests_dlq, topics.results, topics.meta, *topics.changelogs]
+    names = [topics.log, topics.requests, topics.requests_dlq, topics.results, topics.meta, topics.changelog_topic]
     admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot list topics on {bootstrap}: {exc}") from exc
+    refuse_legacy_changelogs(topics, existing)
     low = _below(admin, dict.fromkeys(names, need), bootstrap, timeout)
     if low:
         listing = "; ".join(f"{name} takes {current}" for name, (current, _) in sorted(low.items()))
@@ -218,3 +253,49 @@ def _raise_record_limits(admin: AdminClient, specs: list[TopicSpec], bootstrap: 
             + f". Raise it with `kafka-configs --alter --entity-type topics --entity-name <topic> --add-config "
             f"{MAX_MESSAGE_BYTES}=<bytes>`, or lower the payload limit ({ENV_VAR} / --max-payload-bytes)"
         )
+
+
+def refuse_legacy_changelogs(topics: Topics, existing: set[str]) -> None:
+    """Raise `TopicConfigError` when the per-table changelogs of keystate before 0.2 exist.
+
+    Their state is not in the one changelog topic this version reads; running on would lose it.
+    """
+    legacy = sorted(name for name in topics.changelogs if name in existing)
+    if legacy:
+        raise TopicConfigError(
+            f"this cluster has keystate's per-table changelog topics of an older version ({', '.join(legacy)}); "
+            f"this version keeps all tables in {topics.changelog_topic}. Stop every processor, then run "
+            f"`keystate topics migrate --prefix {topics.prefix}` to copy them over (it deletes the old topics "
+            "when done), or delete them if their state is not needed"
+        )
+
+
+def _check_compaction(admin: AdminClient, topic: str | None, bootstrap: str, timeout: float) -> None:
+    """Give an existing changelog keystate's cleaner settings where it runs on the broker's defaults.
+
+    A setting an operator chose for the topic is kept, with a warning saying what keystate would use.
+    """
+    if topic is None:
+        return
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    try:
+        current = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot read the configs of {topic} on {bootstrap}: {exc}") from exc
+    to_set = []
+    for name, wanted in CHANGELOG_COMPACTION.items():
+        entry = current.get(name)
+        if entry is not None and entry.value == wanted:
+            continue
+        if entry is not None and not entry.is_default and name != "cleanup.policy":
+            log.warning("%s has %s=%s set on the topic; keystate would use %s", topic, name, entry.value, wanted)
+            continue
+        to_set.append(ConfigEntry(name, wanted, incremental_operation=AlterConfigOpType.SET))
+    if not to_set:
+        return
+    altered = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=to_set)
+    try:
+        admin.incremental_alter_configs([altered], request_timeout=timeout)[altered].result(timeout)
+    except KafkaException as exc:
+        raise TopicConfigError(f"cannot set the cleaner settings of {topic}: {exc.args[0]}") from exc
+    log.info("set %s on %s", ", ".join(f"{e.name}={e.value}" for e in to_set), topic)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-__all__ = ["Change", "InMemoryTable", "Key", "Table", "Tables"]
+__all__ = ["LAYOUT", "Change", "InMemoryTable", "Key", "Table", "Tables"]
 
 Key = tuple[Any, ...]
 Change = tuple[str, Key, Any]
@@ -94,6 +94,8 @@ _LAYOUT = {
     "promises": 2,  # (service, key, name) -> PromiseValue
     "idempotency": 3,  # (service, key or "", handler, idempotency key) -> IdempotencyValue
 }
+LAYOUT = _LAYOUT
+"""Table name -> key parts that group a scan; persistent stores apply the same scan rule."""
 
 
 class Tables:

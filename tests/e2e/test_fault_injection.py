@@ -196,7 +196,7 @@ def _busiest_leader(bootstrap: str, topics: Topics) -> int:
     transaction timeout while the coordinator stays up to abort it and fence the producer."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     coordinator = admin.describe_consumer_groups([GROUP_ID])[GROUP_ID].result(30).coordinator.id
-    written = {topics.log, topics.results, *topics.changelogs}
+    written = {topics.log, topics.results, topics.changelog_topic}
     led: dict[int, int] = {}
     for name, topic in admin.list_topics(timeout=30).topics.items():
         if name in written:

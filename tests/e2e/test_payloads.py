@@ -133,6 +133,6 @@ async def test_a_process_with_a_limit_the_topics_cannot_take_refuses_to_start(
 
 def _max_message_bytes(bootstrap: str, topics: Topics) -> set[int]:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    names = [topics.log, topics.requests, topics.requests_dlq, topics.results, topics.meta, *topics.changelogs]
+    names = [topics.log, topics.requests, topics.requests_dlq, topics.results, topics.meta, topics.changelog_topic]
     futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, n) for n in names])
     return {int(f.result(30)["max.message.bytes"].value) for f in futures.values()}

@@ -117,7 +117,11 @@ class _Invoker:
 
     def stop(self, invocation_id: str) -> None: ...
 
-    def stop_where(self, predicate: Any) -> None: ...
+    def stop_where(self, predicate: Any) -> list[asyncio.Task[None]]:
+        return []
+
+    async def flush(self, timeout_s: float) -> int:
+        return 0
 
 
 async def test_executor_schedules_thousands_of_timers_in_chunks_in_order() -> None:
