@@ -132,7 +132,9 @@ def test_one_two_one_processors_under_load(stack: Stack, tmp_path: Path) -> None
         _progress(stack, load, 20, 90, "after b joined")
         time.sleep(3)  # a second rebalance round of the cooperative protocol, if any, has settled
         b_got = _once_each(restores(b), "b")
-        assert b_got and b_got != ALL, f"b got {sorted(b_got)} of {PARTITIONS} partitions"
+        # Two members share the log partitions; b taking none or all of them leaves a idle (or b)
+        # and leaves nothing for the unmoved-partition checks below.
+        assert b_got and b_got != ALL, f"b got log partitions {sorted(b_got)} of {sorted(ALL)}: the log is not shared"
         a_during = restores(a, a_joined)
         assert not a_during, f"a restored while b joined (it should only give partitions away): {a_during}"
 

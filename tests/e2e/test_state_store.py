@@ -173,6 +173,8 @@ def test_kill_9_between_commit_and_store_write_loses_no_acknowledged_add(
         a = processor(stack, "a", state)
         found = _by_partition(wait_restores(stack, a, since, ALL))
         assert {r.mode for r in found.values()} <= {"checkpoint", "rebuilt"}, found
+        # The batch whose store write was killed is committed: the restart must read it again.
+        assert sum(r.records for r in found.values()) > 0, found
         assert load.wait_acks(50, 120), f"no progress after the restart (first error {load.first_error})\n{stack.logs()}"
     finally:
         load.stop(drain_timeout=90)
