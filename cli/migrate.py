@@ -83,7 +83,7 @@ def _copy(consumer: Consumer, producer: Producer, table: str, tp: TopicPartition
             headers = changelog.row_headers(table, decoded)
             while True:
                 try:
-                    producer.produce(target, value, key=key, partition=tp.partition, headers=headers)
+                    producer.produce(target, value, key=key, partition=tp.partition, headers=headers)  # type: ignore[arg-type]
                     break
                 except BufferError:
                     producer.poll(0.1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,14 +136,12 @@ class ProcessorDriver:
         self.state_dir = Path(tempfile.mkdtemp(prefix="keystate-driver-")) if state_dir is None else state_dir
         self.stores: dict[int, PartitionStore] = {}
         self.step.changelog_id = "driver"
+        # A driver nobody closes still releases its stores and temporary directory when collected.
+        self._finalizer = weakref.finalize(self, _release, self.stores, self.state_dir if self._own_dir else None)
 
     def close(self) -> None:
         """Close the stores (and remove their directory if the driver made it)."""
-        for store in self.stores.values():
-            store.close()
-        self.stores.clear()
-        if self._own_dir:
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+        self._finalizer()
 
     def __enter__(self) -> ProcessorDriver:
         return self
@@ -267,3 +266,11 @@ class ProcessorDriver:
         rows = [(r.key or b"", r.value, r.headers) for r in written[start:]]
         store.apply(rows, Checkpoint("driver", len(written), self.now_ms))
         return PartitionProcessor(partition, self.config, store)
+
+
+def _release(stores: dict[int, PartitionStore], directory: Path | None) -> None:
+    for store in stores.values():
+        store.close()
+    stores.clear()
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)

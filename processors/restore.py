@@ -144,7 +144,7 @@ def _read(
             if key is None:
                 continue  # keystate writes every changelog record with a key; a keyless one restores nothing
             value = msg.value()
-            batch.append((key, value, msg.headers()))
+            batch.append((key, value, msg.headers()))  # type: ignore[arg-type]  # keystate writes bytes header values
             size += len(key) + (len(value) if value is not None else 0)
         # Control records (transaction markers) take offsets too: the position, not the last record, says how far.
         position = max(position, consumer.position([tp])[0].offset)

@@ -140,9 +140,18 @@ def _after(prefix: bytes) -> bytes:
 
 
 def _range(db: Any, begin: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Keys in [begin, end). A generator: its frame keeps `opts` and `end` alive while it iterates.
+
+    rocksdict does not keep the upper bound alive for the iterator: returned from a plain function,
+    the bound was freed and reused, and a journal scan ran on into the state rows. The explicit
+    check makes the range exact whatever the bound does.
+    """
     opts = rocksdict.ReadOptions()
     opts.set_iterate_upper_bound(end)
-    return iter(db.items(from_key=begin, read_opt=opts))
+    for key, value in db.items(from_key=begin, read_opt=opts):
+        if key >= end:
+            return
+        yield key, value
 
 
 class PartitionStore:
