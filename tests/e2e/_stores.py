@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from keystate.schemas.topics import Topics
+from keystate.server.errors import ServerError
 from keystate.server.topics import TopicSettings, ensure_topics
 
 from harness import Proc, Stack
@@ -127,7 +128,7 @@ def recreate_topics(bootstrap: str, prefix: str, partitions: int, timeout: float
         try:
             ensure_topics(bootstrap, Topics(prefix), TopicSettings(partitions=partitions))
             return
-        except Exception:
+        except ServerError:  # KafkaUnavailable: "marked for deletion" until the broker is done
             if time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
