@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .restore import RestoreReport
+from .restore import RestoreCancelled, RestoreReport
 from .store import PartitionStore, StoreSettings
 
 __all__ = ["Restorer", "StoreRegistry"]
@@ -61,10 +61,12 @@ class _Job:
 class Restorer:
     """Runs `restore(partition, cancelled)` per assigned partition on a thread; hands back the outcomes."""
 
-    def __init__(self, restore: Callable[[int, threading.Event], RestoreReport]) -> None:
+    def __init__(self, restore: Callable[[int, threading.Event], RestoreReport], parallel: int = 2) -> None:
         self._restore = restore
         self._jobs: dict[int, _Job] = {}
         self._lock = threading.Lock()
+        # Restores at once: more only add memory (each has a consumer and a write batch) once the cores are busy.
+        self._slots = threading.Semaphore(max(1, parallel))
 
     def start(self, partition: int) -> None:
         with self._lock:
@@ -114,7 +116,10 @@ class Restorer:
     def _run(self, job: _Job, previous: _Job | None) -> None:
         if previous is not None and previous.thread is not None:
             previous.thread.join()
-        try:
-            job.outcome = self._restore(job.partition, job.cancelled)
-        except BaseException as exc:  # handed back to the session, which logs and retries
-            job.outcome = exc
+        with self._slots:
+            try:
+                if job.cancelled.is_set():
+                    raise RestoreCancelled(f"partition {job.partition} was revoked before its restore started")
+                job.outcome = self._restore(job.partition, job.cancelled)
+            except BaseException as exc:  # handed back to the session, which logs and retries
+                job.outcome = exc

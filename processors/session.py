@@ -100,7 +100,7 @@ class Session:
         self.gate = PauseGate(settings.backpressure_max_pause_s, settings.backpressure_min_resume_s)
         self._requests_owned: set[int] = set()
         self.stores = stores
-        self.restorer = Restorer(self._restore_partition)
+        self.restorer = Restorer(self._restore_partition, settings.parallel_restores)
         self.timers = TimerWindow(settings.timer_horizon_ms)
         # Log partitions assigned to this session: restoring (paused) or owned by the step.
         self._assigned_log: set[int] = set()

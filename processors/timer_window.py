@@ -23,21 +23,26 @@ __all__ = ["TimerWindow"]
 class TimerWindow:
     """Per partition, the fire time up to which its timers are in the timer service."""
 
-    def __init__(self, horizon_ms: int = 60_000, refill_every_ms: int = 10_000) -> None:
+    def __init__(self, horizon_ms: int = 60_000, refill_every_ms: int = 10_000, page: int = 20_000) -> None:
         self.horizon_ms = horizon_ms
         self.refill_every_ms = refill_every_ms
+        # At most this many timers per partition per load: after a long outage the overdue ones
+        # come in slices, one per refill (2,000 a second), instead of all into memory at once.
+        self.page = page
         self._loaded_until: dict[int, int] = {}
         self._next_refill_ms = 0
 
     def load(self, proc: PartitionProcessor, now_ms: int) -> list[Effect]:
-        """The partition's committed timers due within the horizon and not loaded yet."""
+        """The partition's committed timers due within the horizon and not loaded yet (at most a page)."""
         until = now_ms + self.horizon_ms
         after = self._loaded_until.get(proc.partition)
-        effects: list[Effect] = []
-        for key, row in proc.store.due_timers(until):
-            fire_at = int(row["fire_at_ms"])
-            if after is None or fire_at > after:
-                effects.append((proc.partition, RegisterTimer(key, fire_at, row)))
+        rows = proc.store.due_timers(until, limit=self.page, after_ms=after)
+        effects: list[Effect] = [(proc.partition, RegisterTimer(key, int(row["fire_at_ms"]), row)) for key, row in rows]
+        if len(rows) == self.page:
+            # Full page: more may be due at the last fire time; the next load starts just before it
+            # (a timer scheduled twice fires once: the heap keeps one entry per row).
+            last = int(rows[-1][1]["fire_at_ms"])
+            until = max(last - 1, after if after is not None else last - 1)
         self._loaded_until[proc.partition] = until
         return effects
 

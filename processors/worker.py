@@ -88,6 +88,8 @@ class ProcessorSettings:
     # RocksDB block cache shared by the partitions of this process, and each partition's memtable.
     store_block_cache_bytes: int = 32 << 20
     store_write_buffer_bytes: int = 4 << 20
+    # Partitions restored at once (each on its own thread with its own consumer).
+    parallel_restores: int = 2
     # Timers due within this window are in memory; later ones wait in the stores (see timer_window.py).
     timer_horizon_ms: int = 60_000
     # On revoke: how long to wait for the moved partitions' attempts to end and their commands to flush.
