@@ -59,10 +59,16 @@ class KafkaTransaction:
     """
 
     def __init__(
-        self, producer: Producer, consumer: Consumer, watchdog: Watchdog, timeout_s: float, caller: BoundedCaller
+        self,
+        producer: Producer,
+        consumers: Mapping[str, Consumer],
+        watchdog: Watchdog,
+        timeout_s: float,
+        caller: BoundedCaller,
     ) -> None:
         self._producer = producer
-        self._consumer = consumer
+        # topic -> the consumer (and so the group) whose offsets of that topic the transaction commits
+        self._consumers = consumers
         self._watchdog = watchdog
         self._timeout = timeout_s
         self._caller = caller
@@ -123,9 +129,13 @@ class KafkaTransaction:
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         started = time.perf_counter()
         try:
-            if offsets:
-                positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                group = self._consumer.consumer_group_metadata()
+            by_consumer: dict[int, tuple[Consumer, list[TopicPartition]]] = {}
+            for (topic, partition), offset in offsets.items():
+                consumer = self._consumers[topic]
+                by_consumer.setdefault(id(consumer), (consumer, []))[1].append(TopicPartition(topic, partition, offset))
+            # One call per consumer group (KIP-447 allows several groups in one transaction).
+            for consumer, positions in by_consumer.values():
+                group = consumer.consumer_group_metadata()
                 with self._watchdog.calling("send_offsets_to_transaction", self._timeout):
                     self._caller.call(
                         "send_offsets_to_transaction",

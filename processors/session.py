@@ -1,8 +1,10 @@
 """The Kafka session of the partition loop: clients, assign/revoke, pause/resume, batches, rejoin.
 
-Runs on its own thread (confluent-kafka blocks). A session is one consumer plus one transactional
-producer; any failure of either (fencing, a fatal producer error, a broker restart, a watchdog
-reset) ends the session and a new one starts with new clients, restoring the partitions it gets.
+Runs on its own thread (confluent-kafka blocks). A session is two consumers (the processors' group
+over keystate.log, the routers' group over keystate.requests; both cooperative-sticky with static
+membership) plus one transactional producer; any failure of one (fencing, a fatal producer error, a
+broker restart, a watchdog reset) ends the session and a new one starts with new clients, restoring
+the partitions it gets (from each store's checkpoint, on restore threads, off the callbacks).
 Only repeated fencing right after joining (`fenced_exit_after` times in a row) — another process with the
 same instance id — stops it.
 Every call that waits for the broker is bounded for real (`bounded.py`): a call librdkafka never
@@ -71,6 +73,10 @@ class SessionStats:
     restores: list[RestoreReport] = field(default_factory=list)
 
 
+# How long each consumer waits in turn when there is nothing to do.
+_IDLE_POLL_S = 0.02
+
+
 class _Reset(ProcessorError):
     """End this session and start a new one (the watchdog asked, or a client failed)."""
 
@@ -108,6 +114,7 @@ class Session:
         self._joined_at: float | None = None
         # The consumer whose rebalance callbacks count; a closing one's late callbacks are ignored.
         self._live_consumer: Consumer | None = None
+        self._live_router: Consumer | None = None
         self._next_sweep = time.monotonic() + settings.sweep_interval_s
         self._name = f"processor {settings.instance_id}"
 
@@ -153,6 +160,7 @@ class Session:
         producer = self._producer()
         caller = BoundedCaller(f"{self._name} transactional producer", self.settings.call_grace_s)
         consumer: Consumer | None = None
+        router: Consumer | None = None
         try:
             self._changelog = self.hooks.changelog_info()
             self.step.changelog_id = self._changelog.topic_id
@@ -162,20 +170,25 @@ class Session:
                 except KafkaException as exc:
                     raise transaction_failed("init_transactions", exc) from exc
             consumer = self._live_consumer = self._consumer()
+            router = self._live_router = self._router()
             self._joined_at = time.monotonic()
             self.watchdog.progress()
-            txn = KafkaTransaction(producer, consumer, self.watchdog, bound, caller)
+            txn = KafkaTransaction(
+                producer, {self.topics.log: consumer, self.topics.requests: router}, self.watchdog, bound, caller
+            )
             while not self.stop.is_set():
                 if self.reset_requested.is_set():
                     raise _Reset("the watchdog saw no progress with work pending")
                 self._adopt_restored(consumer)
-                self._batch(consumer, txn)
+                self._batch(consumer, router, txn)
                 self._refill_timers()
                 self._sweep()
                 self._backpressure(consumer)
         finally:
             self._live_consumer = None
+            self._live_router = None
             self._release_all()
+            self._close(router, None, None)
             self._close(consumer, producer, caller)
 
     def _producer(self) -> Producer:
@@ -195,31 +208,46 @@ class Session:
         )
 
     def _consumer(self) -> Consumer:
+        """The member of the processors' group over keystate.log."""
+        consumer = self._group_member(self.settings.group_id, f"keystate-processor-{self.settings.instance_id}")
+        consumer.subscribe([self.topics.log], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        return consumer
+
+    def _router(self) -> Consumer:
+        """The member of the routers' group over keystate.requests.
+
+        A group of its own: the sticky assignor balances partition counts, not topics, so one
+        group over both topics gave a joining processor every log partition and left the other
+        with the requests. Its offsets commit in the same transaction (one call per group).
+        """
+        router = self._group_member(f"{self.settings.group_id}.router", f"keystate-router-{self.settings.instance_id}")
+        router.subscribe(
+            [self.topics.requests], on_assign=self._on_assign_router, on_revoke=self._on_revoke_router, on_lost=self._on_revoke_router
+        )
+        return router
+
+    def _group_member(self, group_id: str, member: str) -> Consumer:
         s = self.settings
-        consumer = Consumer(
+        return Consumer(
             s.kafka.consumer_config(
                 **{
-                    "group.id": s.group_id,
+                    "group.id": group_id,
                     "auto.offset.reset": "earliest",
-                    "client.id": f"keystate-processor-{s.instance_id}",
+                    "client.id": member,
                     "max.poll.interval.ms": s.max_poll_interval_ms,
                     "session.timeout.ms": s.session_timeout_ms,
                     "heartbeat.interval.ms": max(500, s.session_timeout_ms // 5),
                     # Static membership: a restarted process with the same id gets its partitions
                     # back at once instead of after a rebalance through the session timeout.
-                    "group.instance.id": f"keystate-processor-{s.instance_id}",
+                    "group.instance.id": member,
                     # Incremental rebalancing: only partitions that move are revoked; the others keep
                     # their stores and running attempts. Every processor of a group must use it.
                     "partition.assignment.strategy": "cooperative-sticky",
                 }
             )
         )
-        consumer.subscribe(
-            [self.topics.log, self.topics.requests], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
-        )
-        return consumer
 
-    def _close(self, consumer: Consumer | None, producer: Producer, caller: BoundedCaller) -> None:
+    def _close(self, consumer: Consumer | None, producer: Producer | None, caller: BoundedCaller | None) -> None:
         """Close the clients, each bounded; their errors (a fenced producer's flush) must not replace why we reset.
 
         An abandoned producer is left alone: purge, flush and close could block like the stuck call,
@@ -236,6 +264,8 @@ class Session:
             except Exception as exc:
                 log.warning("%s: closing the consumer: %s", self._name, exc)
             closer.close()
+        if producer is None or caller is None:
+            return
         if caller.abandoned is not None:
             log.warning("%s: leaving the transactional producer stuck in %s to its helper thread", self._name, caller.abandoned)
             return
@@ -255,9 +285,6 @@ class Session:
         log_tps = [tp for tp in partitions if tp.topic == self.topics.log]
         if log_tps:
             consumer.pause(log_tps)
-        for tp in partitions:
-            if tp.topic == self.topics.requests:
-                self._requests_owned.add(tp.partition)
         for tp in log_tps:
             self._assigned_log.add(tp.partition)
             self.restorer.start(tp.partition)
@@ -268,7 +295,6 @@ class Session:
         """Incremental: only the partitions that move. Their attempts stop before the new owner gets them."""
         if consumer is not self._live_consumer:
             return  # a closing consumer of an ended session: `_release_all` dropped everything already
-        self._requests_owned -= {tp.partition for tp in partitions if tp.topic == self.topics.requests}
         moved = {tp.partition for tp in partitions if tp.topic == self.topics.log}
         self._assigned_log -= moved
         for p in moved:
@@ -277,6 +303,17 @@ class Session:
         self._drop(dropped)
         if moved:
             log.info("%s: log partitions %s revoked", self._name, sorted(moved))
+
+    def _on_assign_router(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._live_router:
+            return
+        consumer.incremental_assign(partitions)
+        self._requests_owned |= {tp.partition for tp in partitions}
+
+    def _on_revoke_router(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._live_router:
+            return
+        self._requests_owned -= {tp.partition for tp in partitions}
 
     def _drop(self, partitions: list[int]) -> None:
         if not partitions:
@@ -331,13 +368,18 @@ class Session:
             self.hooks.submit_effects(effects)
 
     # ---- one batch ------------------------------------------------------------------------------
-    def _batch(self, consumer: Consumer, txn: KafkaTransaction) -> None:
+    def _batch(self, consumer: Consumer, router: Consumer, txn: KafkaTransaction) -> None:
         s = self.settings
         with self.watchdog.calling("poll", s.op_timeout_s):
-            first = consumer.poll(0.1)
-            messages: list[Message] = [] if first is None else [first]
-            if first is not None and s.batch_max_records > 1:
-                messages.extend(consumer.consume(s.batch_max_records - 1, s.batch_linger_ms / 1000))
+            # Two consumers, polled in turn with short waits: a request waits at most about one of them.
+            messages: list[Message] = router.consume(s.batch_max_records, 0)
+            first = consumer.poll(0 if messages else _IDLE_POLL_S)
+            if first is not None:
+                messages.append(first)
+                if s.batch_max_records > 1:
+                    messages.extend(consumer.consume(s.batch_max_records - 1, s.batch_linger_ms / 1000))
+            elif not messages:
+                messages = router.consume(s.batch_max_records, _IDLE_POLL_S)
         records = self._records(messages)
         if not records and not self.step.pending:
             self.watchdog.progress()
