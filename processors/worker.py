@@ -31,6 +31,7 @@ from keystate.server.state_dir import default_state_dir
 from .effects import EffectExecutor
 from .errors import LoopStuck
 from .invoker import Invoker, InvokerSettings
+from .memory import limit_malloc_arenas
 from .restore import ChangelogInfo
 from .restorer import StoreRegistry
 from .session import LoopHooks, Session, SessionStats
@@ -166,6 +167,7 @@ class Worker:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Process until `stop` is set (or the partition loop fails, which is raised)."""
         self._loop = asyncio.get_running_loop()
+        limit_malloc_arenas()  # before the restore, client and RocksDB threads start
         await self.meta.start()
         self._producer = AsyncProducer(self.settings.kafka, **{"client.id": f"keystate-invoker-{self.settings.instance_id}"})
         self.log_partitions = self._producer.partitions(self.topics.log)
