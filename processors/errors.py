@@ -5,6 +5,7 @@ ProcessorError
  +-- BatchFailed              a transaction failed for no single record's fault; the session rejoins
  +-- TransactionFailed        the transactional producer refused an operation (fatal: a new producer)
  |    +-- CallAbandoned       a client call did not return within its bound; that client is abandoned
+ |    +-- GroupMoved          the group rebalanced under the batch's offsets: aborted, read again
  +-- InstanceFenced           another process runs with this --instance-id; this one exits
  +-- LoopStuck                the partition loop is stuck inside a client call; the process exits
  +-- StoreFailed              a partition's local store (RocksDB) could not be opened, read or written
@@ -42,6 +43,13 @@ class CallAbandoned(TransactionFailed):
     def __init__(self, message: str, *, operation: str) -> None:
         super().__init__(message, fatal=True)
         self.operation = operation
+
+
+class GroupMoved(TransactionFailed):
+    """The consumer group's generation changed before the batch's offsets were committed.
+
+    The transaction was aborted; the session reads the batch's records again (no new clients).
+    """
 
 
 class InstanceFenced(ProcessorError):

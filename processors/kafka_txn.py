@@ -10,7 +10,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from .bounded import BoundedCaller
-from .errors import TransactionFailed
+from .errors import GroupMoved, TransactionFailed
 from .records import DeliveryFailure, OutRecord
 from .watchdog import Watchdog
 
@@ -31,6 +31,8 @@ RECORD_FAULTS = frozenset(
         KafkaError._INVALID_ARG,
     }
 )
+# The group moved on (a rebalance) while a batch was open: its offsets belong to an old generation.
+GROUP_MOVED = frozenset({KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.UNKNOWN_MEMBER_ID})
 # Another producer or group member took this process's transactional id or static member id.
 FENCING = frozenset(
     {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.FENCED_INSTANCE_ID}
@@ -148,6 +150,9 @@ class KafkaTransaction:
             failed = transaction_failed("commit", exc)
             if not failed.fatal:
                 self._abort_quietly()
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and error.code() in GROUP_MOVED:
+                    raise GroupMoved(str(failed)) from exc
             raise failed from exc
         finally:
             self.commit_s += time.perf_counter() - started

@@ -27,7 +27,7 @@ from keystate.server.errors import ServerError
 
 from .backpressure import PauseGate
 from .bounded import BoundedCaller
-from .errors import CallAbandoned, InstanceFenced, ProcessorError, TransactionFailed
+from .errors import CallAbandoned, GroupMoved, InstanceFenced, ProcessorError, TransactionFailed
 from .kafka_txn import FENCING, KafkaTransaction, describe, transaction_failed
 from .records import InRecord
 from .partition import PartitionProcessor
@@ -386,7 +386,16 @@ class Session:
             return
         self.watchdog.work_seen()
         started, committing = time.perf_counter(), txn.commit_s
-        result, _ = run_batch(self.step, records, int(time.time() * 1000), txn)
+        try:
+            result, _ = run_batch(self.step, records, int(time.time() * 1000), txn)
+        except GroupMoved as exc:
+            # A rebalance moved the group on mid-batch. Kafka Streams treats this as "task migrated"
+            # and rejoins; here the session stays (a static member rejoining under the same id did
+            # not get the second cooperative round, and partitions stayed unowned): the transaction is
+            # aborted, the stores dropped the batch, and the records are read again where still ours.
+            log.info("%s: %s; the batch of %d records is aborted and read again", self._name, exc, len(records))
+            self._rewind(consumer, router, records)
+            return
         self.watchdog.committed()
         stats = self.stats
         stats.batches += 1
@@ -399,6 +408,18 @@ class Session:
         effects = self.timers.admit(result.effects)
         if effects:
             self.hooks.submit_effects(effects)
+
+    def _rewind(self, consumer: Consumer, router: Consumer, records: list[InRecord]) -> None:
+        """Seek each still-owned partition of `records` back to its first record of the batch."""
+        starts: dict[tuple[str, int], int] = {}
+        for r in records:
+            key = (r.topic, r.partition)
+            starts[key] = min(starts.get(key, r.offset), r.offset)
+        for (topic, partition), offset in starts.items():
+            if topic == self.topics.log and partition in self._assigned_log:
+                consumer.seek(TopicPartition(topic, partition, offset))
+            elif topic == self.topics.requests and partition in self._requests_owned:
+                router.seek(TopicPartition(topic, partition, offset))
 
     def _records(self, messages: list[Message]) -> list[InRecord]:
         records = []

@@ -127,3 +127,39 @@ def test_watchdog_forgets_old_setbacks_of_an_idle_loop_and_stalls_still_reset() 
     dog.work_seen()
     clock.now += 121
     assert isinstance(dog.check(), Stalled)
+
+
+class _MovedGroupProducer:
+    """A producer whose send_offsets_to_transaction fails as the broker does while the group rebalances."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin_transaction")
+
+    def send_offsets_to_transaction(self, positions: Any, group: Any, timeout: float) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        self.calls.append("send_offsets_to_transaction")
+        raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION, "Broker: Specified group generation id is not valid"))
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.calls.append("commit_transaction")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort_transaction")
+
+
+def test_offsets_of_an_old_group_generation_abort_the_batch_without_a_new_producer() -> None:
+    from keystate.processors.errors import GroupMoved
+
+    producer = _MovedGroupProducer()
+    caller = BoundedCaller("producer", grace_s=0.1)
+    txn = KafkaTransaction(producer, {"log": _Group()}, Watchdog(stall_reset_s=60, stuck_grace_s=30), 5.0, caller)  # type: ignore[dict-item, arg-type]
+    txn.begin()
+    with pytest.raises(GroupMoved) as raised:
+        txn.commit({("log", 0): 5})
+    assert not raised.value.fatal and not raised.value.fenced  # the session keeps its clients and reads the batch again
+    assert producer.calls == ["begin_transaction", "send_offsets_to_transaction", "abort_transaction"]
+    caller.close()
