@@ -157,12 +157,13 @@ def test_one_two_one_processors_under_load(stack: Stack, tmp_path: Path) -> None
 
     # Effects: each step of each invocation exactly once; attempts 1 where the partition never moved.
     lines = effects.read_text().split("\n")
-    runs = Counter(tuple(line.split()[1:]) for line in lines if line.startswith("run "))
+    runs = Counter(tuple(line.split()[1:3]) for line in lines if line.startswith("run "))
     attempts = Counter(line.split()[1] for line in lines if line.startswith("attempt "))
     assert set(inv for inv, _ in runs) == invocations, "effects of invocations no client was answered for"
     wrong = {(inv, int(step)): n for (inv, step), n in runs.items() if n != 1}
     missing = [(inv, s) for inv in invocations for s in range(STEPS) if (inv, str(s)) not in runs]
-    assert not wrong and not missing, f"steps run more than once: {wrong}; never run: {missing[:10]}"
+    told = "\n".join(line for line in lines if any(inv in line for inv, _ in wrong))  # with their times
+    assert not wrong and not missing, f"steps run more than once: {wrong}; never run: {missing[:10]}\n{told}\n{stack.logs()}"
     unmoved = ALL - b_got
     restarted = {inv: n for inv, n in attempts.items() if n > 1 and _partition_of(inv) in unmoved}
     assert not restarted, f"invocations of partitions {sorted(unmoved)} (never moved) were restarted: {restarted}"
