@@ -22,7 +22,7 @@ import pytest
 from keystate.schemas.ids import InvocationId, partition_for_hash
 
 from _rebalance_services import STEPS
-from _stores import Restore, log_size, processor, restores, wait_restores
+from _stores import Restore, dump_stacks, log_size, processor, restores, wait_restores
 from harness import Proc, Stack, free_port, http
 
 pytestmark = pytest.mark.integration
@@ -127,7 +127,7 @@ def test_one_two_one_processors_under_load(stack: Stack, tmp_path: Path) -> None
         # b restores what it gets: wait for its first restore line, then for progress with it.
         deadline = time.monotonic() + 90
         while not restores(b):
-            assert b.alive() and time.monotonic() < deadline, f"b restored nothing\n{stack.logs()}"
+            assert b.alive() and time.monotonic() < deadline, f"b restored nothing\n{stack.logs()}\n{dump_stacks(b)}"
             time.sleep(0.2)
         _progress(stack, load, 20, 90, "after b joined")
         time.sleep(3)  # a second rebalance round of the cooperative protocol, if any, has settled
