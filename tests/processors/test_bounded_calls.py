@@ -86,7 +86,7 @@ def test_a_commit_stuck_in_send_offsets_fails_fatally_and_leaves_the_producer_al
     producer = _StuckProducer()
     dog = Watchdog(stall_reset_s=60, stuck_grace_s=30)
     caller = BoundedCaller("stuck producer", grace_s=0.1)
-    txn = KafkaTransaction(producer, _Group(), dog, 0.2, caller)  # type: ignore[arg-type]
+    txn = KafkaTransaction(producer, {"log": _Group()}, dog, 0.2, caller)  # type: ignore[dict-item]
     txn.begin()
     try:
         with pytest.raises(CallAbandoned) as raised:
