@@ -1,8 +1,8 @@
 """The deployment of the rebalance test: `python _rebalance_services.py PORT` with $KEYSTATE_TEST_EFFECTS.
 
 `Effects/steps` runs STEPS `ctx.run` steps, pausing between them outside the steps. Every side effect
-appends one line to the effects file: `attempt <invocation id>` when an attempt enters the handler,
-`run <invocation id> <step>` when a step's action runs (not when a replay skips it).
+appends one line to the effects file: `attempt <invocation id> <unix time>` when an attempt enters the
+handler, `run <invocation id> <step> <unix time>` when a step's action runs (not when a replay skips it).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from datetime import timedelta
 
 import keystate
@@ -26,7 +27,7 @@ def _record(line: str) -> None:
     # One write(2) on an O_APPEND file: lines of concurrent steps never interleave.
     fd = os.open(os.environ["KEYSTATE_TEST_EFFECTS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, (line + "\n").encode())
+        os.write(fd, f"{line} {time.time():.3f}\n".encode())
     finally:
         os.close(fd)
 

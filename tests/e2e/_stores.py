@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -84,9 +87,24 @@ def wait_restores(stack: Stack, proc: Proc, since: int, partitions: set[int], ti
         if time.monotonic() > deadline:
             raise AssertionError(
                 f"{proc.name} restored only {sorted(r.partition for r in found)} of {sorted(partitions)} within "
-                f"{timeout:.0f} s\n{stack.logs()}"
+                f"{timeout:.0f} s\n{stack.logs()}\n{dump_stacks(proc)}"
             )
         time.sleep(0.2)
+
+
+def dump_stacks(proc: Proc) -> str:
+    """Kill a hung processor with SIGABRT so that faulthandler prints its threads' stacks; that output."""
+    if not proc.alive():
+        return ""
+    since = log_size(proc)
+    os.kill(proc.pid, signal.SIGABRT)
+    try:
+        proc.popen.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill9()
+    with proc.log_path.open("rb") as f:
+        f.seek(since)
+        return f"== stacks of {proc.name} ==\n" + f.read().decode(errors="replace")[-12000:]
 
 
 def processor(stack: Stack, instance: str, state_dir: Path, *extra: str, env: dict[str, str] | None = None,
@@ -95,6 +113,8 @@ def processor(stack: Stack, instance: str, state_dir: Path, *extra: str, env: di
     args = ["processor", "--bootstrap", stack.bootstrap, "--prefix", stack.prefix,
             "--instance-id", f"{stack.prefix}{instance}", "--state-dir", str(state_dir), *extra]
     head = [launcher] if launcher is not None else ["-m", "keystate.cli"]
+    # faulthandler: `dump_stacks` makes a hung processor print every thread's stack into its log.
+    env = {"PYTHONFAULTHANDLER": "1", **(env or {})}
     proc = Proc(f"processor-{instance}", [sys.executable, *head, *args], stack.workdir / f"processor-{instance}.log", env)
     stack.procs.append(proc)
     return proc

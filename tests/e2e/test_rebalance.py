@@ -22,7 +22,7 @@ import pytest
 from keystate.schemas.ids import InvocationId, partition_for_hash
 
 from _rebalance_services import STEPS
-from _stores import Restore, log_size, processor, restores, wait_restores
+from _stores import Restore, dump_stacks, log_size, processor, restores, wait_restores
 from harness import Proc, Stack, free_port, http
 
 pytestmark = pytest.mark.integration
@@ -127,7 +127,7 @@ def test_one_two_one_processors_under_load(stack: Stack, tmp_path: Path) -> None
         # b restores what it gets: wait for its first restore line, then for progress with it.
         deadline = time.monotonic() + 90
         while not restores(b):
-            assert b.alive() and time.monotonic() < deadline, f"b restored nothing\n{stack.logs()}"
+            assert b.alive() and time.monotonic() < deadline, f"b restored nothing\n{stack.logs()}\n{dump_stacks(b)}"
             time.sleep(0.2)
         _progress(stack, load, 20, 90, "after b joined")
         time.sleep(3)  # a second rebalance round of the cooperative protocol, if any, has settled
@@ -157,12 +157,13 @@ def test_one_two_one_processors_under_load(stack: Stack, tmp_path: Path) -> None
 
     # Effects: each step of each invocation exactly once; attempts 1 where the partition never moved.
     lines = effects.read_text().split("\n")
-    runs = Counter(tuple(line.split()[1:]) for line in lines if line.startswith("run "))
+    runs = Counter(tuple(line.split()[1:3]) for line in lines if line.startswith("run "))
     attempts = Counter(line.split()[1] for line in lines if line.startswith("attempt "))
     assert set(inv for inv, _ in runs) == invocations, "effects of invocations no client was answered for"
     wrong = {(inv, int(step)): n for (inv, step), n in runs.items() if n != 1}
     missing = [(inv, s) for inv in invocations for s in range(STEPS) if (inv, str(s)) not in runs]
-    assert not wrong and not missing, f"steps run more than once: {wrong}; never run: {missing[:10]}"
+    told = "\n".join(line for line in lines if any(inv in line for inv, _ in wrong))  # with their times
+    assert not wrong and not missing, f"steps run more than once: {wrong}; never run: {missing[:10]}\n{told}\n{stack.logs()}"
     unmoved = ALL - b_got
     restarted = {inv: n for inv, n in attempts.items() if n > 1 and _partition_of(inv) in unmoved}
     assert not restarted, f"invocations of partitions {sorted(unmoved)} (never moved) were restarted: {restarted}"
