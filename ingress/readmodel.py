@@ -148,6 +148,8 @@ class InvocationReadModel:
                 "fetch.max.bytes": _FETCH_BYTES,
                 "queued.max.messages.kbytes": _FETCH_BYTES // 1024,
                 "queued.min.messages": _BATCH,
+                # Without it a full small queue idles the fetcher for librdkafka's default 1 s each time.
+                "fetch.queue.backoff.ms": 5,
             }))
             ends = self._assign(consumer, store)
             self._store = store

@@ -28,12 +28,15 @@ log = logging.getLogger(__name__)
 # The restore consumer prefetches less than the processor's (whose fetch sizes follow the payload
 # limit: 8.7 MB per partition, 64 MB queued by default): several restores run at once, and their
 # buffers would otherwise dominate the processor's memory. A record larger than a fetch still comes.
+# With a small queue, librdkafka's default fetch.queue.backoff.ms (1 s) idles the fetcher each time the
+# queue is full: 1 KB rows restored at 18 MB/s with it and at 184 MB/s with 5 ms (bench/README.md).
 _RESTORE_CONSUMER = {
     "enable.partition.eof": True,
     "fetch.wait.max.ms": 100,
     "max.partition.fetch.bytes": 1 << 20,
     "fetch.max.bytes": 4 << 20,
     "queued.max.messages.kbytes": 8192,
+    "fetch.queue.backoff.ms": 5,
 }
 _STATUS_ROW = b'["status",'
 _TIMERS_ROW = b'["timers",'
