@@ -111,6 +111,8 @@ class Session:
         # Log partitions assigned to this session: restoring (paused) or owned by the step.
         self._assigned_log: set[int] = set()
         self._changelog: ChangelogInfo | None = None
+        # partition -> (monotonic time of the next try, failures in a row) of restores that failed
+        self._restore_retries: dict[int, tuple[float, int]] = {}
         self._joined_at: float | None = None
         # The consumer whose rebalance callbacks count; a closing one's late callbacks are ignored.
         self._live_consumer: Consumer | None = None
@@ -328,6 +330,7 @@ class Session:
     def _release_all(self) -> None:
         self.restorer.cancel_all(wait_s=self.settings.close_timeout_s)
         self._assigned_log.clear()
+        self._restore_retries.clear()
         self._drop(list(self.step.partitions))
         self.step.pending.clear()
         self._requests_owned.clear()
@@ -344,15 +347,27 @@ class Session:
             raise
 
     def _adopt_restored(self, consumer: Consumer) -> None:
-        """Hand restored partitions to the step and resume them; retry failed restores."""
+        """Hand restored partitions to the step and resume them; retry failed restores with backoff."""
+        now_s = time.monotonic()
+        for partition, (due, _) in list(self._restore_retries.items()):
+            if partition not in self._assigned_log:
+                del self._restore_retries[partition]
+            elif now_s >= due:
+                self.restorer.start(partition)
         for partition, outcome in self.restorer.finished():
             if partition not in self._assigned_log:
                 self.stores.close(partition)  # revoked while it restored
                 continue
             if isinstance(outcome, BaseException):
-                log.error("%s: restore of partition %d failed: %s; retrying", self._name, partition, outcome)
-                self.restorer.start(partition)
+                failures = self._restore_retries.get(partition, (0.0, 0))[1] + 1
+                wait = min(30.0, 0.5 * 2 ** min(failures, 6))
+                self._restore_retries[partition] = (now_s + wait, failures)
+                log.error(
+                    "%s: restore of partition %d failed (%d in a row): %s; retrying in %.1f s",
+                    self._name, partition, failures, outcome, wait,
+                )  # fmt: skip
                 continue
+            self._restore_retries.pop(partition, None)
             now = int(time.time() * 1000)
             proc = PartitionProcessor(partition, self.config, self.stores.open(partition))
             resumed = self.step.adopt(proc, now)
