@@ -73,8 +73,8 @@ class SessionStats:
     restores: list[RestoreReport] = field(default_factory=list)
 
 
-# How long each consumer waits in turn when there is nothing to do.
-_IDLE_POLL_S = 0.02
+# How long the log's poll waits when there is nothing to do (also how late an idle loop sees a request).
+_IDLE_POLL_S = 0.01
 
 
 class _Reset(ProcessorError):
@@ -386,15 +386,14 @@ class Session:
     def _batch(self, consumer: Consumer, router: Consumer, txn: KafkaTransaction) -> None:
         s = self.settings
         with self.watchdog.calling("poll", s.op_timeout_s):
-            # Two consumers, polled in turn with short waits: a request waits at most about one of them.
+            # Two consumers: only the log's poll waits (a log record wakes it at once); the router's
+            # never does, so a request waits at most one idle poll of the log (_IDLE_POLL_S).
             messages: list[Message] = router.consume(s.batch_max_records, 0)
             first = consumer.poll(0 if messages else _IDLE_POLL_S)
             if first is not None:
                 messages.append(first)
                 if s.batch_max_records > 1:
                     messages.extend(consumer.consume(s.batch_max_records - 1, s.batch_linger_ms / 1000))
-            elif not messages:
-                messages = router.consume(s.batch_max_records, _IDLE_POLL_S)
         records = self._records(messages)
         if not records and not self.step.pending:
             self.watchdog.progress()
