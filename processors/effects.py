@@ -71,7 +71,8 @@ class EffectExecutor:
         """Drop the partitions, wait until their attempts ended and their commands are on the log.
 
         Then a new owner's restart of an invocation lands on the log after everything the stopped
-        attempt appended, so no step it journaled runs twice. (attempts still running, commands not flushed)
+        attempt appended, so no step it journaled runs twice. Returns (attempts still running,
+        commands not flushed) when `timeout_s` ran out first.
         """
         tasks = self.drop_partitions(partitions)
         loop = asyncio.get_running_loop()

@@ -120,7 +120,6 @@ class ProcessorSettings:
     # Also the group's rebalance timeout: how long a rebalance waits for a member that does not rejoin.
     max_poll_interval_ms: int = 300_000
 
-
     def store_root(self) -> Path:
         """The directory of this instance's partition stores."""
         base = self.state_dir or default_state_dir()
