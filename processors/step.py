@@ -136,7 +136,8 @@ class BatchStep:
             proc = self.partitions.get(p)
             if proc is None:
                 continue
-            rows = [(r.key or b"", r.value, r.headers) for r in result.produced if r.kind is OutKind.CHANGELOG and r.partition == p]
+            written = (result.produced[i] for i in result.rows.get(p, {}).values())
+            rows = [(r.key or b"", r.value, r.headers) for r in written]
             last = delivered.get((topic, p))
             checkpoint = None if last is None else Checkpoint(self.changelog_id, last + 1, now_ms)
             proc.store.commit(rows, checkpoint)
