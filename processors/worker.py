@@ -31,7 +31,7 @@ from keystate.server.state_dir import default_state_dir
 from .effects import EffectExecutor
 from .errors import LoopStuck
 from .invoker import Invoker, InvokerSettings
-from .memory import limit_malloc_arenas
+from .memory import limit_malloc_arenas, tune_gc
 from .restore import ChangelogInfo
 from .restorer import StoreRegistry
 from .session import LoopHooks, Session, SessionStats
@@ -167,6 +167,7 @@ class Worker:
         """Process until `stop` is set (or the partition loop fails, which is raised)."""
         self._loop = asyncio.get_running_loop()
         limit_malloc_arenas()  # before the restore, client and RocksDB threads start
+        tune_gc()
         await self.meta.start()
         self._producer = AsyncProducer(self.settings.kafka, **{"client.id": f"keystate-invoker-{self.settings.instance_id}"})
         self.log_partitions = self._producer.partitions(self.topics.log)
