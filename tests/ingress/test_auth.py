@@ -6,6 +6,7 @@ from the (empty) meta view; the end-to-end flow with a broker is in test_auth_ka
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -166,3 +167,15 @@ async def test_a_listener_without_a_token_stays_open(tmp_path: Path) -> None:
     async for ingress, admin in _clients(_settings(tmp_path, admin=None, ingress=None)):
         assert (await admin.get("/deployments")).status == 200
         assert (await ingress.post("/Greeter/greet", json="Ann")).status == 404
+
+
+async def test_run_ingress_refuses_a_non_loopback_listener_without_a_token_before_connecting(tmp_path: Path) -> None:
+    from keystate.ingress.auth import AuthSetupError
+    from keystate.ingress.runtime import run_ingress
+
+    open_admin = _settings(tmp_path, admin=None)
+    # Bootstrap 127.0.0.1:1 has no broker: the refusal comes before any Kafka client starts.
+    with pytest.raises(AuthSetupError, match="refusing to serve the admin API on 0.0.0.0"):
+        await asyncio.wait_for(run_ingress(open_admin, "127.0.0.1", admin_host="0.0.0.0"), 5)
+    with pytest.raises(AuthSetupError, match="refusing to serve the ingress on ::"):
+        await asyncio.wait_for(run_ingress(_settings(tmp_path, ingress=None), "::"), 5)
