@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -168,3 +170,46 @@ def test_a_token_or_insecure_listen_allows_a_non_loopback_listener(caplog: pytes
     assert insecure.insecure and insecure.ingress_host == "0.0.0.0"
     # The loud warning is run_ingress's, when it binds (tests/ingress/test_auth_settings.py).
     assert "refusing" not in caplog.text
+
+
+@pytest.mark.integration
+def test_keystate_ingress_takes_its_tokens_from_the_file_and_the_environment(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    from keystate.schemas.topics import Topics
+    from keystate.server.topics import TopicSettings, ensure_topics
+    from tests.e2e.harness import Proc, free_port, http, wait_http
+
+    prefix = f"test.cliauth.{uuid.uuid4().hex[:8]}."
+    ensure_topics(kafka_bootstrap, Topics(prefix), TopicSettings(partitions=1))
+    admin_file = tmp_path / "admin.token"
+    admin_file.write_text(SECRET + "\n")
+    admin_file.chmod(0o600)
+    ingress_secret = "cli-ingress-token-0123456789abcdef"
+    port, admin_port = free_port(), free_port()
+    proc = Proc(
+        "ingress",
+        [sys.executable, "-m", "keystate.cli", "ingress", "--bootstrap", kafka_bootstrap, "--prefix", prefix,
+         "--port", str(port), "--admin-port", str(admin_port), "--admin-token-file", str(admin_file),
+         "--state-dir", str(tmp_path / "state")],
+        tmp_path / "ingress.log",
+        {"KEYSTATE_INGRESS_TOKEN": ingress_secret, "KEYSTATE_ADMIN_TOKEN": ""},  # the file wins over the variable
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{admin_port}/health", proc=proc)
+        admin = f"http://127.0.0.1:{admin_port}/deployments"
+        ingress = f"http://127.0.0.1:{port}/Greeter/greet"
+
+        assert http("GET", admin).status == 401
+        assert http("GET", admin, headers={"Authorization": f"Bearer {ingress_secret}"}).status == 401
+        assert http("GET", admin, headers={"Authorization": f"Bearer {SECRET}"}).status == 200
+        assert http("POST", ingress, "Ann").status == 401
+        assert http("POST", ingress, "Ann", headers={"Authorization": f"Bearer {SECRET}"}).status == 401
+        # Past authentication: no such service is registered.
+        assert http("POST", ingress, "Ann", headers={"Authorization": f"Bearer {ingress_secret}"}).status == 404
+    finally:
+        proc.stop()
+    log = proc.log_path.read_text()
+    assert f"bearer token from --admin-token-file {admin_file}" in log
+    assert "bearer token from $KEYSTATE_INGRESS_TOKEN" in log
+    assert SECRET not in log and ingress_secret not in log
