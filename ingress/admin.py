@@ -46,7 +46,7 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     """The admin application; `runtime` must be started before it serves requests."""
     authenticate = auth_middlewares(runtime.settings.admin_token, ADMIN, open_paths=_OPEN_PATHS)
     app = web.Application(
-        client_max_size=_MAX_REQUEST_BYTES, middlewares=[error_middleware, *authenticate, limits_middleware]
+        client_max_size=_MAX_REQUEST_BYTES, middlewares=[error_middleware, limits_middleware, *authenticate]
     )
     app[RUNTIME_KEY] = runtime
     app[HTTP_LIMITS_KEY] = runtime.settings.http_limits

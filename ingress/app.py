@@ -71,7 +71,7 @@ def ingress_app(runtime: IngressRuntime) -> web.Application:
     authenticate = auth_middlewares(runtime.settings.ingress_token, INGRESS)
     app = web.Application(
         client_max_size=runtime.settings.max_body_bytes,
-        middlewares=[error_middleware, *authenticate, limits_middleware],
+        middlewares=[error_middleware, limits_middleware, *authenticate],
     )
     app[RUNTIME_KEY] = runtime
     app[HTTP_LIMITS_KEY] = runtime.settings.http_limits

@@ -190,7 +190,8 @@ def auth_middlewares(
 ) -> list[Middleware]:
     """The middleware requiring `Authorization: Bearer <token>` on every path but GET `open_paths`; none without a token.
 
-    Place it after `error_middleware`, so refusals are JSON, and before any other.
+    Handlers then see the request without its Authorization header. Place it after `error_middleware`
+    (refusals are JSON) and `limits_middleware` (it vouches for the headers being UTF-8), before any other.
     """
     if token is None:
         return []
@@ -223,6 +224,8 @@ def auth_middlewares(
             # RFC 6750: a token that is not valid is 401 invalid_token (403 would mean a valid token lacking rights).
             raise refuse(request, "wrong bearer token",
                          f"the bearer token is not the {listener.name} token; {how}", "invalid_token")
-        return await handler(request)
+        # The token is keystate's credential, used up here: no handler sees it, no record stores it.
+        headers = [(name, value) for name, value in request.headers.items() if name.lower() != "authorization"]
+        return await handler(request.clone(headers=headers))
 
     return [bearer_auth]

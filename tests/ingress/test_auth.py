@@ -179,3 +179,23 @@ async def test_run_ingress_refuses_a_non_loopback_listener_without_a_token_befor
         await asyncio.wait_for(run_ingress(open_admin, "127.0.0.1", admin_host="0.0.0.0"), 5)
     with pytest.raises(AuthSetupError, match="refusing to serve the ingress on ::"):
         await asyncio.wait_for(run_ingress(_settings(tmp_path, ingress=None), "::"), 5)
+
+
+async def test_a_header_that_is_not_utf8_is_400_with_or_without_the_token(both: tuple[TestClient, TestClient]) -> None:
+    ingress, _ = both
+    answers = []
+    for auth in (b"", f"Authorization: Bearer {INGRESS_SECRET}\r\n".encode()):
+        # Raw bytes on the socket: HTTP clients would encode the value for us.
+        reader, writer = await asyncio.open_connection(ingress.host, ingress.port)
+        writer.write(
+            b"POST /Greeter/greet HTTP/1.1\r\nHost: x\r\n" + auth
+            + b"X-Name: caf\xe9\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        answers.append(await reader.read())
+        writer.close()
+        await writer.wait_closed()
+
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+        assert b"is not valid UTF-8" in answer

@@ -15,7 +15,7 @@ from keystate.cli.deployments import main as deployments_main
 from keystate.ingress.auth import ADMIN, INGRESS, BearerToken
 from keystate.ingress.runtime import IngressSettings, run_ingress
 
-from ingress_support import GREETER, Deployment, manifest
+from ingress_support import GREETER, Deployment, manifest, read_log_record
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +60,7 @@ async def served(ingress_settings: IngressSettings) -> AsyncIterator[tuple[str, 
 
 async def test_cli_registers_with_the_token_and_callers_need_the_ingress_token(
     served: tuple[str, str],
+    ingress_settings: IngressSettings,
     deployment: Deployment,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -86,5 +87,13 @@ async def test_cli_registers_with_the_token_and_callers_need_the_ingress_token(
         async with http.post(send, json="Ann", headers={"Authorization": f"Bearer {INGRESS_SECRET}"}) as accepted:
             assert accepted.status == 202, await accepted.text()
             assert (await accepted.json())["status"] == "Accepted"
+            invocation_id = (await accepted.json())["invocationId"]
         async with http.get(f"{admin_url}/services", headers={"Authorization": f"Bearer {INGRESS_SECRET}"}) as crossed:
             assert crossed.status == 401
+
+    # The ingress token is keystate's credential: it reaches neither the handler nor the log.
+    record = await asyncio.to_thread(
+        read_log_record, ingress_settings.bootstrap, ingress_settings.topics.log, invocation_id
+    )
+    assert INGRESS_SECRET.encode() not in record.value()
+    assert all(INGRESS_SECRET.encode() not in value for _, value in record.headers() or [])
