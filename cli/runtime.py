@@ -135,8 +135,8 @@ def ingress_listen(args: argparse.Namespace, environ: Mapping[str, str] | None =
     if args.host is not None:
         log.warning("--host is deprecated: it sets both --ingress-host and --admin-host, so exposing the ingress "
                     "exposes the admin API too; use those two instead")
-    ingress_host = args.ingress_host or args.host or LOOPBACK
-    admin_host = args.admin_host or args.host or LOOPBACK
+    ingress_host = next(h for h in (args.ingress_host, args.host, LOOPBACK) if h is not None)
+    admin_host = next(h for h in (args.admin_host, args.host, LOOPBACK) if h is not None)
     ingress_token = load_token(INGRESS, args.ingress_token_file, environ)
     admin_token = load_token(ADMIN, args.admin_token_file, environ)
     if not args.insecure_listen:

@@ -155,8 +155,8 @@ async def run_ingress(
     runtime = IngressRuntime(settings)
     await runtime.start()
     runners: list[web.AppRunner] = []
-    listeners = ((ingress_app(runtime), ingress_host, port), (admin_app(runtime), admin_host, admin_port))
     try:
+        listeners = ((ingress_app(runtime), ingress_host, port), (admin_app(runtime), admin_host, admin_port))
         for app, host, app_port in listeners:
             runner = web.AppRunner(app, access_log=None, **parser_options(settings.http_limits))
             await runner.setup()

@@ -213,3 +213,10 @@ def test_keystate_ingress_takes_its_tokens_from_the_file_and_the_environment(
     assert f"bearer token from --admin-token-file {admin_file}" in log
     assert "bearer token from $KEYSTATE_INGRESS_TOKEN" in log
     assert SECRET not in log and ingress_secret not in log
+
+
+def test_an_empty_host_means_every_address_and_is_refused_without_a_token() -> None:
+    from keystate.ingress.auth import AuthSetupError
+
+    with pytest.raises(AuthSetupError, match="refusing to serve the ingress on every address"):
+        _listen("--ingress-host", "")
