@@ -14,6 +14,7 @@ from keystate.schemas.ids import InvalidIdError, InvocationId
 from keystate.server.discovery import discover
 from keystate.server.meta import register, unregister
 
+from .auth import ADMIN, auth_middlewares
 from .commands import produce_command
 from .errors import BadRequest, Conflict, NotFound, Unavailable, error_middleware
 from .http_limits import HTTP_LIMITS_KEY, limits_middleware
@@ -27,6 +28,8 @@ __all__ = ["admin_app", "deployment_json", "invocation_json", "service_json"]
 
 RUNTIME_KEY = web.AppKey("admin_runtime", IngressRuntime)
 _MAX_REQUEST_BYTES = 1024 * 1024
+# Open without a token: liveness probes carry none, and it tells no more than whether the admin is up.
+_OPEN_PATHS = ("/health",)
 _DEFAULT_LIMIT = 100
 _MAX_LIMIT = 10_000
 _PAST = {"cancel": "cancelled", "kill": "killed", "resume": "resumed"}
@@ -41,7 +44,10 @@ _ACTIONS = {
 
 def admin_app(runtime: IngressRuntime) -> web.Application:
     """The admin application; `runtime` must be started before it serves requests."""
-    app = web.Application(client_max_size=_MAX_REQUEST_BYTES, middlewares=[error_middleware, limits_middleware])
+    authenticate = auth_middlewares(runtime.settings.admin_token, ADMIN, open_paths=_OPEN_PATHS)
+    app = web.Application(
+        client_max_size=_MAX_REQUEST_BYTES, middlewares=[error_middleware, limits_middleware, *authenticate]
+    )
     app[RUNTIME_KEY] = runtime
     app[HTTP_LIMITS_KEY] = runtime.settings.http_limits
     app.router.add_post("/deployments", _register)

@@ -16,6 +16,7 @@ from aiohttp import web
 from keystate.schemas.ids import HandlerKind, InvocationId, InvocationTarget, ServiceType, idempotency_partition_key
 from keystate.schemas.limits import MAX_DELAY_MS, headers_size, payload_too_large
 
+from .auth import INGRESS, auth_middlewares
 from .commands import (
     IDEMPOTENCY_EXPIRES_HEADER,
     JSON,
@@ -67,8 +68,10 @@ _HOP_BY_HOP = frozenset(
 
 def ingress_app(runtime: IngressRuntime) -> web.Application:
     """The ingress application; `runtime` must be started before it serves requests."""
+    authenticate = auth_middlewares(runtime.settings.ingress_token, INGRESS)
     app = web.Application(
-        client_max_size=runtime.settings.max_body_bytes, middlewares=[error_middleware, limits_middleware]
+        client_max_size=runtime.settings.max_body_bytes,
+        middlewares=[error_middleware, limits_middleware, *authenticate],
     )
     app[RUNTIME_KEY] = runtime
     app[HTTP_LIMITS_KEY] = runtime.settings.http_limits
