@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from keystate.schemas.headers import redact_headers
 from keystate.schemas.limits import max_payload_bytes
 from keystate.schemas.topics import Topics
 from keystate.server.kafka import AsyncProducer, KafkaSettings
@@ -46,6 +47,8 @@ class IngressSettings:
     start_timeout: float = 30.0
     # Where the ingress keeps local state (the admin's invocation read model); losing it costs a re-read.
     state_dir: Path = field(default_factory=default_state_dir)
+    # Secret headers never stored nor forwarded (keystate.schemas.headers; $KEYSTATE_REDACT_HEADERS).
+    redact_headers: frozenset[str] = field(default_factory=redact_headers)
 
     def __post_init__(self) -> None:
         max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range
