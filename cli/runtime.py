@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from keystate.schemas.errors import ContractError
+from keystate.schemas.headers import DEFAULT_REDACT_HEADERS, REDACT_HEADERS_ENV, redact_headers
 from keystate.schemas.limits import ENV_VAR, PayloadLimitError, max_payload_bytes
 from keystate.schemas.topics import Topics
 from keystate.server.errors import ServerError
@@ -43,6 +45,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="directory of local state: the processors' partition stores and the admin's invocation read model; "
         "deleting it costs a re-read of the changelog (default $KEYSTATE_STATE_DIR, $XDG_STATE_HOME/keystate "
         "or ~/.local/state/keystate)",
+    )
+    parser.add_argument(
+        "--redact-headers",
+        default=None,
+        help="comma-separated request headers never stored in Kafka nor forwarded to handlers, unless a service "
+        f"asks for them with forward_headers; empty = none (default ${REDACT_HEADERS_ENV} or "
+        f"{','.join(sorted(DEFAULT_REDACT_HEADERS))})",
     )
 
 
@@ -174,7 +183,8 @@ def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: 
 
     try:
         args.max_payload_bytes = max_payload_bytes(args.max_payload_bytes)
-    except PayloadLimitError as exc:
+        args.redact_headers = redact_headers(args.redact_headers)
+    except (PayloadLimitError, ContractError) as exc:
         log.error("%s", exc)
         return 2
     listen = None
@@ -226,6 +236,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
                 max_concurrent_attempts_per_deployment=args.max_concurrent_attempts,
                 max_queued_attempts=args.max_queued_attempts,
             ),
+            redact_headers=args.redact_headers,
         )
         tasks.append(asyncio.create_task(Worker(settings).run(stop), name="processor"))
     if listen is not None:
@@ -237,6 +248,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             max_payload_bytes=args.max_payload_bytes,
             ingress_token=listen.ingress_token,
             admin_token=listen.admin_token,
+            redact_headers=args.redact_headers,
         )
         if args.state_dir:
             ingress_settings = dataclasses.replace(ingress_settings, state_dir=Path(args.state_dir))

@@ -77,6 +77,7 @@ def service_json(service: dict[str, Any], deployment_id: str) -> dict[str, Any]:
                 "input_content_type": h.get("input_content_type"),
                 "output_content_type": h.get("output_content_type"),
                 "retry_policy": h.get("retry_policy"),
+                "ingress_private": bool(h.get("ingress_private", False)),
             }
             for h in service["handlers"]
         ],
@@ -84,6 +85,8 @@ def service_json(service: dict[str, Any], deployment_id: str) -> dict[str, Any]:
         "inactivity_timeout_ms": service.get("inactivity_timeout_ms"),
         "abort_timeout_ms": service.get("abort_timeout_ms"),
         "journal_retention_ms": service.get("retention_ms"),
+        "ingress_private": bool(service.get("ingress_private", False)),
+        "forward_headers": list(service.get("forward_headers", [])),
     }
 
 

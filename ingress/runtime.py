@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from keystate.schemas.headers import redact_headers
 from keystate.schemas.limits import max_payload_bytes
 from keystate.schemas.topics import Topics
 from keystate.server.kafka import AsyncProducer, KafkaSettings
@@ -50,6 +51,8 @@ class IngressSettings:
     # Bearer tokens callers must send (ingress.auth); None: that listener needs none (loopback only).
     ingress_token: BearerToken | None = None
     admin_token: BearerToken | None = None
+    # Secret headers never stored nor forwarded (keystate.schemas.headers; $KEYSTATE_REDACT_HEADERS).
+    redact_headers: frozenset[str] = field(default_factory=redact_headers)
 
     def __post_init__(self) -> None:
         max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range

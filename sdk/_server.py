@@ -82,6 +82,11 @@ def _service_manifest(svc: AnyService) -> dict[str, Any]:
         out["abortTimeout"] = _ms(svc.abort_timeout)
     if svc.journal_retention is not None:
         out["journalRetention"] = _ms(svc.journal_retention)
+    if svc.ingress_private:
+        out["ingressPrivate"] = True
+    if svc.forward_headers:
+        # keystate's own field: which redacted headers (the secret deny-list) this service still gets.
+        out["forwardHeaders"] = list(svc.forward_headers)
     return out
 
 
@@ -98,6 +103,8 @@ def _handler_manifest(handler: Handler) -> dict[str, Any]:
     }
     if handler.retry_policy is not None:
         out["retryPolicy"] = _retry_policy_manifest(handler.retry_policy)
+    if handler.ingress_private is not None:
+        out["ingressPrivate"] = handler.ingress_private
     return out
 
 

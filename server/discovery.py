@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -233,10 +234,11 @@ def _service(spec: object, where: str) -> dict[str, Any]:
         raise MetaError(f"{where}: field 'handlers' must be a list of handlers")
     if not handlers:
         raise MetaError(f"{where} has no handlers; a service needs at least one handler to be invoked")
+    private = _optional_bool(spec, "ingressPrivate", where)
     converted = []
     seen: set[str] = set()
     for index, handler in enumerate(handlers):
-        meta = _handler(handler, ty, f"{where}: handlers[{index}]")
+        meta = _handler(handler, ty, bool(private), f"{where}: handlers[{index}]")
         if meta["name"] in seen:
             raise MetaError(f"{where} declares handler {meta['name']!r} twice; handler names must be unique")
         seen.add(meta["name"])
@@ -256,10 +258,33 @@ def _service(spec: object, where: str) -> dict[str, Any]:
         "retention_ms": _optional_ms(spec, "journalRetention", where),
         "inactivity_timeout_ms": _optional_ms(spec, "inactivityTimeout", where),
         "abort_timeout_ms": _optional_ms(spec, "abortTimeout", where),
+        "ingress_private": bool(private),
+        "forward_headers": _forward_headers(spec.get("forwardHeaders"), where),
     }
 
 
-def _handler(spec: object, service_type: str, where: str) -> dict[str, Any]:
+def _optional_bool(spec: Mapping[str, Any], field: str, where: str) -> bool | None:
+    value = spec.get(field)
+    if value is not None and not isinstance(value, bool):
+        raise MetaError(f"{where}: field {field!r} must be true or false, got {value!r}")
+    return value
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _forward_headers(value: object, where: str) -> list[str]:
+    """`forwardHeaders` (keystate's extension): names of redacted headers the service still wants."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and _HEADER_NAME.fullmatch(v) for v in value):
+        raise MetaError(
+            f"{where}: field 'forwardHeaders' must be a list of HTTP header names like [\"authorization\"], got {value!r}"
+        )
+    return sorted({v.lower() for v in value})
+
+
+def _handler(spec: object, service_type: str, service_private: bool, where: str) -> dict[str, Any]:
     if not isinstance(spec, Mapping):
         raise MetaError(f"{where} must be an object with 'name' and 'ty'")
     name = _name(spec.get("name"), where, "handler")
@@ -286,7 +311,13 @@ def _handler(spec: object, service_type: str, where: str) -> dict[str, Any]:
         "input_content_type": _content_type(spec.get("input"), where, "input"),
         "output_content_type": _content_type(spec.get("output"), where, "output"),
         "retry_policy": _retry_policy(spec.get("retryPolicy"), where),
+        # Restate's rule: the handler's own ingressPrivate, else the service's.
+        "ingress_private": _resolved(_optional_bool(spec, "ingressPrivate", where), service_private),
     }
+
+
+def _resolved(own: bool | None, inherited: bool) -> bool:
+    return inherited if own is None else own
 
 
 def _content_type(spec: object, where: str, field: str) -> str | None:
