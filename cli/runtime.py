@@ -38,6 +38,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "deleting it costs a re-read of the changelog (default $KEYSTATE_STATE_DIR, $XDG_STATE_HOME/keystate "
         "or ~/.local/state/keystate)",
     )
+    parser.add_argument(
+        "--identity-key-file",
+        type=Path,
+        default=None,
+        help="ed25519 private key (PKCS#8 PEM) that requests to deployments are signed with; give every processor "
+        "and the admin the same one (default $KEYSTATE_IDENTITY_KEY_FILE, else <state dir>/identity.pem, "
+        "generated at the first start)",
+    )
 
 
 def _default(cls: type, name: str) -> Any:
@@ -130,6 +138,11 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, in
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = []
+    from keystate.server.identity import load_identity
+
+    identity = await asyncio.to_thread(load_identity, args.identity_key_file, args.state_dir)
+    if not processor:  # a processor logs it as its invoker starts
+        log.info("discovery requests are signed with the identity key %s (%s)", identity.public_key, identity.path)
     if processor:
         from keystate.processors.invoker import InvokerSettings
         from keystate.processors.worker import ProcessorSettings, Worker
@@ -154,13 +167,16 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, in
                 max_payload_bytes=args.max_payload_bytes,
                 max_concurrent_attempts_per_deployment=args.max_concurrent_attempts,
                 max_queued_attempts=args.max_queued_attempts,
+                identity=identity,
             ),
         )
         tasks.append(asyncio.create_task(Worker(settings).run(stop), name="processor"))
     if ingress:
         from keystate.ingress.runtime import IngressSettings, run_ingress
 
-        ingress_settings = IngressSettings(bootstrap=bootstrap, topics=topics, max_payload_bytes=args.max_payload_bytes)
+        ingress_settings = IngressSettings(
+            bootstrap=bootstrap, topics=topics, max_payload_bytes=args.max_payload_bytes, identity=identity
+        )
         if args.state_dir:
             ingress_settings = dataclasses.replace(ingress_settings, state_dir=Path(args.state_dir))
         tasks.append(
