@@ -40,7 +40,7 @@ _FIX = (
     "on the admin API)"
 )
 _MAX_VERIFIED = 1024
-_KID_CHARS = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz_")
+_BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
 
 
 class IdentityRejected(Exception):
@@ -153,8 +153,9 @@ def _is_number(value: object) -> bool:
 def _kid(header: Mapping[str, Any]) -> str:
     """The token's key id for the message, if it is a well-formed public key string (never anything else)."""
     kid = header.get("kid")
-    if isinstance(kid, str) and kid.startswith(PUBLIC_KEY_PREFIX) and len(kid) <= 64 and set(kid) <= _KID_CHARS:
-        return kid
+    if isinstance(kid, str) and kid.startswith(PUBLIC_KEY_PREFIX) and len(kid) <= 64:
+        if set(kid[len(PUBLIC_KEY_PREFIX) :]) <= _BASE58:
+            return kid
     return "another key"
 
 

@@ -59,7 +59,7 @@ KEY_FILE_NAME = "identity.pem"
 # 10 s of the 60 s validity still leave 50 s for a deployment clock running ahead of ours.
 _REUSE_S = 10
 _MAX_CACHED = 1024
-_GENERATE_HINT = "create one with `keystate identity create --identity-key-file PATH` or `openssl genpkey -algorithm ed25519 -out PATH`"
+_GENERATE_HINT = "create one with `keystate identity create --identity-key-file {path}` or `openssl genpkey -algorithm ed25519 -out {path}`"
 
 
 class IdentityError(ServerError):
@@ -94,6 +94,7 @@ class RequestIdentity:
     def from_pem(cls, data: bytes, path: Path | None = None) -> RequestIdentity:
         """The identity of a PKCS#8 PEM private key; IdentityError if it is not an unencrypted ed25519 key."""
         where = f"identity key file {path}" if path is not None else "the identity key"
+        hint = _GENERATE_HINT.format(path=path or "PATH")
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except TypeError:
@@ -101,9 +102,9 @@ class RequestIdentity:
                 f"{where} is encrypted; keystate needs it unencrypted (protect it with file mode 0600)"
             ) from None
         except (ValueError, UnsupportedAlgorithm):
-            raise IdentityError(f"{where} is not a PEM private key; {_GENERATE_HINT}") from None
+            raise IdentityError(f"{where} is not a PEM private key; {hint}") from None
         if not isinstance(key, Ed25519PrivateKey):
-            raise IdentityError(f"{where} holds a {type(key).__name__}, keystate signs with ed25519; {_GENERATE_HINT}")
+            raise IdentityError(f"{where} holds another kind of key than ed25519, the one keystate signs with; {hint}")
         return cls(key, path)
 
     def pem(self) -> bytes:
@@ -162,7 +163,7 @@ def load_identity(key_file: Path | str | None = None, state_dir: Path | None = N
     if not path.exists():
         raise IdentityError(
             f"identity key file {path} (from --identity-key-file or ${KEY_FILE_ENV}) does not exist; "
-            f"{_GENERATE_HINT.replace('PATH', str(path))}, or unset it to use the key keystate generates in its state dir"
+            f"{_GENERATE_HINT.format(path=path)}, or unset it to use the key keystate generates in its state dir"
         )
     return _read(path)
 
@@ -193,7 +194,7 @@ def create_key_file(path: Path) -> RequestIdentity:
     except OSError as exc:
         raise IdentityError(
             f"cannot create the identity key file {path}: {exc}; make its directory writable, or point "
-            f"--identity-key-file / ${KEY_FILE_ENV} at an existing key ({_GENERATE_HINT})"
+            f"--identity-key-file / ${KEY_FILE_ENV} at an existing key ({_GENERATE_HINT.format(path='PATH')})"
         ) from exc
     log.info("generated the request identity key %s in %s (mode 0600)", identity.public_key, path)
     return RequestIdentity(identity._key, path)
