@@ -15,6 +15,7 @@ from typing import Any
 from keystate.schemas.limits import ENV_VAR, PayloadLimitError, max_payload_bytes
 from keystate.schemas.topics import Topics
 from keystate.server.errors import ServerError
+from keystate.server.identity import load_identity
 from keystate.server.kafka import KafkaSettings
 
 __all__ = ["add_parsers"]
@@ -138,8 +139,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, in
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = []
-    from keystate.server.identity import load_identity
-
+    # One key for the process: the processor signs attempts with it, the admin discovery requests.
     identity = await asyncio.to_thread(load_identity, args.identity_key_file, args.state_dir)
     if not processor:  # a processor logs it as its invoker starts
         log.info("discovery requests are signed with the identity key %s (%s)", identity.public_key, identity.path)

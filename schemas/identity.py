@@ -11,7 +11,7 @@ a key from a Restate setup reads the same here. Pure: the signing and verifying 
 
 from __future__ import annotations
 
-from .errors import ContractError
+from .errors import PublicKeyError
 
 __all__ = [
     "JWT_ALGORITHM",
@@ -40,10 +40,6 @@ VALIDITY_S = 60
 _KEY_BYTES = 32
 _ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # Bitcoin's base58
 _DIGIT = {c: i for i, c in enumerate(_ALPHABET)}
-
-
-class PublicKeyError(ContractError, ValueError):
-    """A public key string that is not `publickeyv1_` and the base58 of 32 bytes."""
 
 
 def b58encode(data: bytes) -> str:

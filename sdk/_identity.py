@@ -30,6 +30,8 @@ from keystate.schemas.identity import (
     parse_public_key,
 )
 
+from .errors import IdentityRejected
+
 __all__ = ["IdentityRejected", "IdentityVerifier", "identity_middleware"]
 
 log = logging.getLogger("keystate.sdk")
@@ -41,10 +43,6 @@ _FIX = (
 )
 _MAX_VERIFIED = 1024
 _BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
-
-
-class IdentityRejected(Exception):
-    """A request without a valid signature; the message is the 401 answer."""
 
 
 def _b64url_decode(text: str) -> bytes:

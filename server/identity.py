@@ -37,7 +37,7 @@ from keystate.schemas.identity import (
     public_key_text,
 )
 
-from .errors import ServerError
+from .errors import IdentityError
 from .state_dir import default_state_dir
 
 __all__ = [
@@ -60,10 +60,6 @@ KEY_FILE_NAME = "identity.pem"
 _REUSE_S = 10
 _MAX_CACHED = 1024
 _GENERATE_HINT = "create one with `keystate identity create --identity-key-file {path}` or `openssl genpkey -algorithm ed25519 -out {path}`"
-
-
-class IdentityError(ServerError):
-    """The identity key file is missing, unreadable or not an ed25519 key; the message says how to fix it."""
 
 
 def _b64url(data: bytes) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -117,3 +118,10 @@ async def test_a_token_for_one_handler_does_not_open_another(unsigned: TestClien
 def test_identity_keys_are_checked_when_the_app_is_built() -> None:
     with pytest.raises(ValueError, match="does not start with 'publickeyv1_'"):
         keystate.app([signed_svc], identity_keys=["AAAA"])
+
+
+def test_without_cryptography_identity_keys_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.asymmetric.ed25519", None)
+    with pytest.raises(ImportError, match=r"pip install 'keystate\[identity\]'"):
+        keystate.app([signed_svc], identity_keys=[PROCESSOR.public_key])
+    keystate.app([signed_svc])  # without identity_keys the SDK needs no cryptography
