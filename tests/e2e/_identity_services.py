@@ -1,7 +1,8 @@
 """A deployment that verifies request signatures: `python _identity_services.py PORT`.
 
 $KEYSTATE_TEST_IDENTITY_KEYS: the accepted public keys, comma-separated; every handler run is
-appended to $KEYSTATE_TEST_LEDGER, so a test can tell that a refused attempt ran nothing.
+appended to $KEYSTATE_TEST_LEDGER, so a test can tell that a refused attempt ran nothing;
+$KEYSTATE_TEST_TRANSPORTS: the transports offered (default both).
 """
 
 from __future__ import annotations
@@ -30,4 +31,5 @@ async def hello(ctx: Context, name: str) -> str:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     keys = os.environ["KEYSTATE_TEST_IDENTITY_KEYS"].split(",")
-    keystate.serve([signed], port=int(sys.argv[1]), identity_keys=keys)
+    transports = os.environ.get("KEYSTATE_TEST_TRANSPORTS", "websocket,request-response").split(",")
+    keystate.serve([signed], port=int(sys.argv[1]), transports=transports, identity_keys=keys)

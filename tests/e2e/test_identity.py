@@ -23,13 +23,11 @@ def _keystate(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "keystate.cli", *args], capture_output=True, text=True, timeout=60)
 
 
-def _signed_deployment(stack: Stack, keys: list[str], ledger: Path) -> str:
+def _signed_deployment(stack: Stack, keys: list[str], ledger: Path, transport: str = "websocket") -> str:
     """Start the verifying deployment; its base URI once it answers (401 to the unsigned probe)."""
     port = free_port()
-    proc = stack._python(
-        f"deployment-{port}", [SCRIPT, str(port)],
-        {"KEYSTATE_TEST_IDENTITY_KEYS": ",".join(keys), "KEYSTATE_TEST_LEDGER": str(ledger)},
-    )
+    env = {"KEYSTATE_TEST_IDENTITY_KEYS": ",".join(keys), "KEYSTATE_TEST_LEDGER": str(ledger), "KEYSTATE_TEST_TRANSPORTS": transport}
+    proc = stack._python(f"deployment-{port}", [SCRIPT, str(port)], env)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -66,8 +64,9 @@ def _wait_for_failure(stack: Stack, invocation_id: str, timeout: float = 60.0) -
     raise AssertionError(f"no failure recorded for {invocation_id}: {seen}\n{stack.logs()}")
 
 
+@pytest.mark.parametrize("transport", ["websocket", "request-response"])
 def test_generated_key_signs_discovery_and_attempts_and_a_deployment_with_it_serves(
-    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: str
 ) -> None:
     state = tmp_path / "state"
     monkeypatch.setenv("KEYSTATE_STATE_DIR", str(state))
@@ -80,7 +79,7 @@ def test_generated_key_signs_discovery_and_attempts_and_a_deployment_with_it_ser
     assert shown.returncode == 0 and shown.stdout.strip() == key, shown.stderr
     ledger = tmp_path / "ledger.txt"
 
-    stack.register(_signed_deployment(stack, [key], ledger))
+    stack.register(_signed_deployment(stack, [key], ledger, transport))
     resp = http("POST", f"{stack.url}/Signed/hello", "ann")
     assert resp.status == 200, (resp.body, stack.logs())
     assert resp.json() == "hello ann"
