@@ -19,7 +19,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
@@ -77,7 +77,7 @@ class RequestIdentity:
         self.public_key = public_key_text(raw)
         header = {"typ": "JWT", "alg": JWT_ALGORITHM, "kid": self.public_key}
         self._header = _b64url(json.dumps(header, separators=(",", ":")).encode())
-        self._cache: dict[str, tuple[int, dict[str, str]]] = {}
+        self._cache: dict[str, tuple[int, Mapping[str, str]]] = {}
 
     def __repr__(self) -> str:  # never the private key
         return f"RequestIdentity({self.public_key})"
@@ -117,7 +117,7 @@ class RequestIdentity:
         signature = self._key.sign(signing_input.encode("ascii"))
         return f"{signing_input}.{_b64url(signature)}"
 
-    def headers(self, path: str) -> dict[str, str]:
+    def headers(self, path: str) -> Mapping[str, str]:
         """The headers that sign a request to `path` (a token reused for a few seconds per audience)."""
         now = int(self._clock())
         aud = audience(path)
@@ -172,7 +172,7 @@ def create_key_file(path: Path) -> RequestIdentity:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        identity = RequestIdentity.generate()
+        identity = RequestIdentity(Ed25519PrivateKey.generate(), path)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -193,7 +193,7 @@ def create_key_file(path: Path) -> RequestIdentity:
             f"--identity-key-file / ${KEY_FILE_ENV} at an existing key ({_GENERATE_HINT.format(path='PATH')})"
         ) from exc
     log.info("generated the request identity key %s in %s (mode 0600)", identity.public_key, path)
-    return RequestIdentity(identity._key, path)
+    return identity
 
 
 def _read(path: Path) -> RequestIdentity:
