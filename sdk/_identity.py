@@ -68,7 +68,7 @@ class IdentityVerifier:
                 "to accept unsigned requests"
             )
         self.keys = tuple(texts)
-        self._public = [Ed25519PublicKey.from_public_bytes(parse_public_key(t)) for t in texts]
+        self._public = {t: Ed25519PublicKey.from_public_bytes(parse_public_key(t)) for t in texts}
         self._clock = clock
         # Tokens whose signature checked out: the processor reuses a token for a few seconds, and a
         # dict lookup is ~100x cheaper than an ed25519 verification. Claims are checked every time.
@@ -111,7 +111,11 @@ class IdentityVerifier:
         if header.get("alg") != JWT_ALGORITHM:
             raise IdentityRejected(f"the {JWT_HEADER} token is not signed with {JWT_ALGORITHM} (ed25519); {_FIX}")
         signed = f"{parts[0]}.{parts[1]}".encode("ascii")
-        for key in self._public:
+        # The key the token names first (one verification instead of one per key); the kid is only a
+        # hint: the signature decides.
+        kid = header.get("kid")
+        named = self._public.get(kid) if isinstance(kid, str) else None
+        for key in ([named] if named is not None else []) + [k for k in self._public.values() if k is not named]:
             try:
                 key.verify(signature, signed)
             except InvalidSignature:

@@ -133,6 +133,21 @@ def test_any_of_several_keys_is_accepted() -> None:
     both.verify(signed(new), PATH)
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_the_kid_is_a_hint_and_the_signature_decides() -> None:
+    trusted, other = ed25519.Ed25519PrivateKey.generate(), RequestIdentity.generate()
+    trusted_text = RequestIdentity(trusted).public_key
+    claims = _b64(json.dumps({"aud": PATH, "exp": NOW + 60, "iat": NOW, "nbf": NOW - 60}).encode())
+    for kid in (other.public_key, "publickeyv1_unknown", None):
+        head = _b64(json.dumps({"typ": "JWT", "alg": "EdDSA", **({"kid": kid} if kid else {})}).encode())
+        token = f"{head}.{claims}.{_b64(trusted.sign(f'{head}.{claims}'.encode()))}"
+        IdentityVerifier([other.public_key, trusted_text], clock=lambda: NOW).verify({SCHEME_HEADER: "v1", JWT_HEADER: token}, PATH)
+        assert "not one of identity_keys" in rejection(verifier(other), {SCHEME_HEADER: "v1", JWT_HEADER: token})
+
+
 def test_wrong_key_is_refused_and_names_the_signing_key() -> None:
     ours, theirs = RequestIdentity.generate(), RequestIdentity.generate()
     message = rejection(verifier(ours), signed(theirs))
