@@ -18,6 +18,7 @@ from keystate.schemas.headers import DEFAULT_REDACT_HEADERS, REDACT_HEADERS_ENV,
 from keystate.schemas.limits import ENV_VAR, PayloadLimitError, max_payload_bytes
 from keystate.schemas.topics import Topics
 from keystate.server.errors import ServerError
+from keystate.server.identity import load_identity
 from keystate.server.kafka import KafkaSettings
 
 if TYPE_CHECKING:
@@ -52,6 +53,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="comma-separated request headers never stored in Kafka nor forwarded to handlers, unless a service "
         f"asks for them with forward_headers; empty = none (default ${REDACT_HEADERS_ENV} or "
         f"{','.join(sorted(DEFAULT_REDACT_HEADERS))})",
+    )
+    parser.add_argument(
+        "--identity-key-file",
+        type=Path,
+        default=None,
+        help="ed25519 private key (PKCS#8 PEM) that requests to deployments are signed with; give every processor "
+        "and the admin the same one (default $KEYSTATE_IDENTITY_KEY_FILE, else <state dir>/identity.pem, "
+        "generated at the first start)",
     )
 
 
@@ -211,6 +220,10 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = []
+    # One key for the process: the processor signs attempts with it, the admin discovery requests.
+    identity = await asyncio.to_thread(load_identity, args.identity_key_file, args.state_dir)
+    if not processor:  # a processor logs it as its invoker starts
+        log.info("discovery requests are signed with the identity key %s (%s)", identity.public_key, identity.path)
     if processor:
         from keystate.processors.invoker import InvokerSettings
         from keystate.processors.worker import ProcessorSettings, Worker
@@ -235,6 +248,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
                 max_payload_bytes=args.max_payload_bytes,
                 max_concurrent_attempts_per_deployment=args.max_concurrent_attempts,
                 max_queued_attempts=args.max_queued_attempts,
+                identity=identity,
             ),
             redact_headers=args.redact_headers,
         )
@@ -249,6 +263,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             ingress_token=listen.ingress_token,
             admin_token=listen.admin_token,
             redact_headers=args.redact_headers,
+            identity=identity,
         )
         if args.state_dir:
             ingress_settings = dataclasses.replace(ingress_settings, state_dir=Path(args.state_dir))

@@ -61,6 +61,7 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     app.router.add_delete("/invocations/{id}", _delete_invocation)
     app.router.add_patch("/invocations/{id}/{action}", _patch_invocation)
     app.router.add_get("/health", _health)
+    app.router.add_get("/identity", _identity)
     app.router.add_get("/schemas/ids/{id}", _schema)
     return app
 
@@ -179,6 +180,14 @@ async def _health(request: web.Request) -> web.Response:
             {"status": "starting", "meta": runtime.meta.ready, "results": runtime.results.ready}, status=503
         )
     return web.json_response({"status": "ok"})
+
+
+async def _identity(request: web.Request) -> web.Response:
+    """The public key(s) keystate signs requests to deployments with: what `identity_keys` must list."""
+    identity = request.app[RUNTIME_KEY].settings.identity
+    if identity is None:
+        return web.json_response({"public_keys": [], "signature_scheme": "unsigned"})
+    return web.json_response({"public_keys": [identity.public_key], "signature_scheme": "v1"})
 
 
 async def _schema(request: web.Request) -> web.Response:

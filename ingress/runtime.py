@@ -14,6 +14,7 @@ from aiohttp import web
 from keystate.schemas.headers import redact_headers
 from keystate.schemas.limits import max_payload_bytes
 from keystate.schemas.topics import Topics
+from keystate.server.identity import RequestIdentity, signing_middleware
 from keystate.server.kafka import AsyncProducer, KafkaSettings
 from keystate.server.meta import MetaView
 from keystate.server.state_dir import STATE_DIR_ENV, default_state_dir
@@ -53,6 +54,9 @@ class IngressSettings:
     admin_token: BearerToken | None = None
     # Secret headers never stored nor forwarded (keystate.schemas.headers; $KEYSTATE_REDACT_HEADERS).
     redact_headers: frozenset[str] = field(default_factory=redact_headers)
+    # The key the admin signs discovery requests with and serves at GET /identity (the processors'
+    # key: see keystate.server.identity); None: discovery is unsigned.
+    identity: RequestIdentity | None = None
 
     def __post_init__(self) -> None:
         max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range
@@ -117,7 +121,8 @@ class IngressRuntime:
         except BaseException:
             await self.stop()
             raise
-        self.http = aiohttp.ClientSession()
+        identity = self.settings.identity
+        self.http = aiohttp.ClientSession(middlewares=(signing_middleware(identity),) if identity is not None else ())
 
     async def stop(self) -> None:
         self.meta.stop()
