@@ -10,6 +10,7 @@ Runs on a restore thread of its own, never inside a rebalance callback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -38,6 +39,7 @@ _RESTORE_CONSUMER = {
     "queued.max.messages.kbytes": 8192,
     "fetch.queue.backoff.ms": 5,
 }
+_BULK_RECORDS = 20_000
 _STATUS_ROW = b'["status",'
 _TIMERS_ROW = b'["timers",'
 
@@ -115,7 +117,8 @@ def restore_store(
             checkpoint = store.checkpoint()
             assert checkpoint is not None
             start = checkpoint.offset
-        with store.restoring():
+        # Bulk mode reopens the store twice (milliseconds): worth it only for a long tail.
+        with store.restoring() if high - start > _BULK_RECORDS else contextlib.nullcontext():
             records, size = _read(store, consumer, TopicPartition(info.topic, partition, start), high, info.topic_id, cancelled, chunk)
     except KafkaException as exc:
         raise kafka_error(f"restore of partition {partition} from {info.topic}", exc) from exc

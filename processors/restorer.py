@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .restore import RestoreCancelled, RestoreReport
+from .errors import StoreFailed
 from .store import PartitionStore, StoreSettings
 
 __all__ = ["Restorer", "StoreRegistry"]
@@ -44,6 +45,13 @@ class StoreRegistry:
             store = self._open.pop(partition, None)
         if store is not None:
             store.close()
+
+    def drop(self, partition: int) -> None:
+        """Close a store whose restore failed, so the next attempt reopens it from disk (at its checkpoint)."""
+        try:
+            self.close(partition)
+        except StoreFailed as exc:
+            log.warning("closing the store of partition %d after its failed restore: %s", partition, exc)
 
     def close_all(self) -> None:
         for p in list(self._open):

@@ -362,6 +362,7 @@ class Session:
                 failures = self._restore_retries.get(partition, (0.0, 0))[1] + 1
                 wait = min(30.0, 0.5 * 2 ** min(failures, 6))
                 self._restore_retries[partition] = (now_s + wait, failures)
+                self.stores.drop(partition)  # whatever state the failure left it in, the retry reopens it
                 log.error(
                     "%s: restore of partition %d failed (%d in a row): %s; retrying in %.1f s",
                     self._name, partition, failures, outcome, wait,
