@@ -87,6 +87,11 @@ def _ingress_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="ingress port (default %(default)s)")
     parser.add_argument("--admin-port", type=int, default=9070, help="admin API port (default %(default)s)")
+    parser.add_argument(
+        "--deployment-allow",
+        help="addresses deployments may be registered at: comma-separated classes (loopback, private, link-local, "
+        "public) and CIDR ranges; leave loopback out in production (default $KEYSTATE_DEPLOYMENT_ALLOW or loopback,public)",
+    )
 
 
 def add_parsers(sub: Any, bootstrap: Callable[[argparse.Namespace], str]) -> None:
@@ -161,6 +166,10 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, in
         from keystate.ingress.runtime import IngressSettings, run_ingress
 
         ingress_settings = IngressSettings(bootstrap=bootstrap, topics=topics, max_payload_bytes=args.max_payload_bytes)
+        if args.deployment_allow is not None:
+            from keystate.server.address_policy import AddressPolicy
+
+            ingress_settings = dataclasses.replace(ingress_settings, deployment_allow=AddressPolicy.parse(args.deployment_allow))
         if args.state_dir:
             ingress_settings = dataclasses.replace(ingress_settings, state_dir=Path(args.state_dir))
         tasks.append(

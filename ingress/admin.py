@@ -103,7 +103,7 @@ async def _register(request: web.Request) -> web.Response:
         raise BadRequest('the body must be a JSON object with the deployment\'s "uri", e.g. {"uri": "http://localhost:9080"}')
     if runtime.http is None:
         raise Unavailable("the admin API is starting; retry in a moment")
-    record = await discover(body["uri"], runtime.http, runtime.settings.discovery_timeout)
+    record = await discover(body["uri"], runtime.settings.discovery_timeout, allow=runtime.settings.deployment_allow)
     registration = await register(
         runtime.meta, runtime.require_producer(), record, timeout=runtime.settings.register_timeout
     )

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from keystate.schemas.limits import max_payload_bytes
 from keystate.schemas.topics import Topics
+from keystate.server.address_policy import AddressPolicy
 from keystate.server.kafka import AsyncProducer, KafkaSettings
 from keystate.server.meta import MetaView
 from keystate.server.state_dir import STATE_DIR_ENV, default_state_dir
@@ -42,6 +43,8 @@ class IngressSettings:
     max_pending_calls: int = 10_000
     produce_timeout: float = 30.0
     discovery_timeout: float = 10.0
+    # Addresses POST /deployments may connect to ($KEYSTATE_DEPLOYMENT_ALLOW; default loopback,public).
+    deployment_allow: AddressPolicy = field(default_factory=AddressPolicy.from_env)
     register_timeout: float = 30.0
     start_timeout: float = 30.0
     # Where the ingress keeps local state (the admin's invocation read model); losing it costs a re-read.

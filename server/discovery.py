@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from .address_policy import AddressNotAllowed, AddressPolicy, GuardedResolver, literal_address
 from .errors import MetaError
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
 
 SUPPORTED_PROTOCOL_VERSIONS = frozenset({1})
 TRANSPORTS = frozenset({"websocket", "request-response"})
+log = logging.getLogger(__name__)
+
 _SERVICE_TYPES = ("SERVICE", "VIRTUAL_OBJECT", "WORKFLOW")
 _HANDLER_KINDS = ("EXCLUSIVE", "SHARED", "WORKFLOW")
 # Which handler kinds each service type may declare, and the kind a handler without `ty` gets.
@@ -60,7 +64,7 @@ def normalize_uri(uri: object) -> str:
         raise MetaError("the deployment uri is missing; give the base URL the deployment serves on, e.g. http://localhost:9080")
     text = uri.strip().rstrip("/")
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise MetaError(
             f"deployment uri {uri!r} is not an http(s) URL; give the base URL the deployment serves on, "
             "e.g. http://localhost:9080"
@@ -70,34 +74,54 @@ def normalize_uri(uri: object) -> str:
     return text
 
 
-async def discover(uri: str, session: aiohttp.ClientSession, timeout: float = 10.0) -> dict[str, Any]:
+async def discover(uri: str, timeout: float = 10.0, *, allow: AddressPolicy | None = None) -> dict[str, Any]:
     """Ask the deployment at `uri` what it serves; a new DeploymentRecord (fresh id) on success.
 
-    Every failure is a `MetaError` whose message says what to fix.
+    Connects only to addresses `allow` permits (default `$KEYSTATE_DEPLOYMENT_ALLOW`, see
+    `keystate.server.address_policy`), follows no redirects, and never puts the deployment's answer
+    into an error beyond its status code. Every failure is a `MetaError` whose message says what to
+    fix; failures to connect or to get an HTTP answer share one message, so a caller cannot tell a
+    closed port from an open one (the detail goes to the log).
     """
     base = normalize_uri(uri)
     url = f"{base}/discover"
+    policy = AddressPolicy.from_env() if allow is None else allow
+    literal = literal_address(urlsplit(base).hostname or "")
+    if literal is not None:
+        policy.check(literal, base)  # aiohttp does not resolve (so GuardedResolver never sees) literals
+    # A connector of its own: GuardedResolver checks each address it is about to connect to, no DNS
+    # cache, no proxy from the environment (a proxy would connect on our behalf, unchecked).
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy, base), use_dns_cache=False, force_close=True)
     try:
-        async with session.get(
-            url, timeout=aiohttp.ClientTimeout(total=timeout), headers={"accept": "application/json"}
-        ) as response:
-            body = await response.content.read(_MAX_MANIFEST_BYTES + 1)
-            status = response.status
-    except TimeoutError as exc:
+        async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+            async with session.get(
+                url,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                headers={"accept": "application/json"},
+            ) as response:
+                status = response.status
+                body = await _read_capped(response) if status == 200 else b""
+    except AddressNotAllowed as exc:
+        log.info("discovery of %s refused: %s is a %s address the policy %s does not allow", url, exc.address, exc.klass,
+                 policy.describe())
+        raise
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        log.info("discovery of %s failed: %s: %s", url, type(exc).__name__, exc)
         raise MetaError(
-            f"the deployment at {base} did not answer GET /discover within {timeout:g} s; "
-            "is it running and serving keystate handlers?"
+            f"could not reach the deployment at {base}: no HTTP answer to GET /discover within {timeout:g} s; "
+            "check the address, that the deployment runs and that the keystate server can reach it "
+            "(the server log has the reason)"
         ) from exc
-    except aiohttp.ClientError as exc:
+    if 300 <= status < 400:
         raise MetaError(
-            f"cannot reach the deployment at {base} ({exc}); is the deployment running at {base} "
-            "and reachable from the keystate server?"
-        ) from exc
+            f"GET {url} answered HTTP {status}, a redirect; keystate does not follow redirects when it registers "
+            "a deployment: register the final URL the deployment serves on"
+        )
     if status != 200:
-        snippet = body[:200].decode("utf-8", "replace").strip()
         raise MetaError(
-            f"GET {url} answered HTTP {status}{': ' + snippet if snippet else ''}; "
-            "the uri must point at a keystate deployment (one that serves /discover), check the address and path"
+            f"GET {url} answered HTTP {status}; the uri must point at a keystate deployment (one that serves "
+            "/discover), check the address and path"
         )
     if len(body) > _MAX_MANIFEST_BYTES:
         raise MetaError(f"the manifest from {url} is larger than {_MAX_MANIFEST_BYTES} bytes; is this a keystate deployment?")
@@ -109,6 +133,19 @@ async def discover(uri: str, session: aiohttp.ClientSession, timeout: float = 10
             "check the address and path"
         ) from exc
     return manifest_to_record(manifest, base)
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The body, or its first `_MAX_MANIFEST_BYTES + 1` bytes (read() returns what has arrived, so loop)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= _MAX_MANIFEST_BYTES:
+        chunk = await response.content.read(_MAX_MANIFEST_BYTES + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def manifest_to_record(manifest: object, uri: str, *, now_ms: int | None = None) -> dict[str, Any]:
