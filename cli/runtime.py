@@ -14,8 +14,10 @@ from typing import Any
 
 from keystate.schemas.limits import ENV_VAR, PayloadLimitError, max_payload_bytes
 from keystate.schemas.topics import Topics
-from keystate.server.errors import ServerError
+from keystate.server.errors import KafkaSettingsError, ServerError
 from keystate.server.kafka import KafkaSettings
+
+from .kafka_flags import add_kafka_security_args, kafka_security
 
 __all__ = ["add_parsers"]
 
@@ -38,6 +40,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "deleting it costs a re-read of the changelog (default $KEYSTATE_STATE_DIR, $XDG_STATE_HOME/keystate "
         "or ~/.local/state/keystate)",
     )
+    add_kafka_security_args(parser)
 
 
 def _default(cls: type, name: str) -> Any:
@@ -117,7 +120,8 @@ def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: 
 
     try:
         args.max_payload_bytes = max_payload_bytes(args.max_payload_bytes)
-    except PayloadLimitError as exc:
+        args.kafka_security = kafka_security(args)
+    except (PayloadLimitError, KafkaSettingsError) as exc:
         log.error("%s", exc)
         return 2
     try:
@@ -141,7 +145,11 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, in
 
         settings = ProcessorSettings(
             kafka=KafkaSettings(
-                bootstrap, topics, client_id=f"keystate-processor-{args.instance_id}", max_payload_bytes=args.max_payload_bytes
+                bootstrap,
+                topics,
+                client_id=f"keystate-processor-{args.instance_id}",
+                max_payload_bytes=args.max_payload_bytes,
+                security=args.kafka_security,
             ),
             instance_id=args.instance_id,
             batch_max_records=args.batch_max_records,
@@ -165,7 +173,9 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, in
     if ingress:
         from keystate.ingress.runtime import IngressSettings, run_ingress
 
-        ingress_settings = IngressSettings(bootstrap=bootstrap, topics=topics, max_payload_bytes=args.max_payload_bytes)
+        ingress_settings = IngressSettings(
+            bootstrap=bootstrap, topics=topics, max_payload_bytes=args.max_payload_bytes, kafka_security=args.kafka_security
+        )
         if args.deployment_allow is not None:
             from keystate.server.address_policy import AddressPolicy
 
