@@ -120,3 +120,40 @@ def test_the_topics_command_takes_the_kafka_flags(kafka_sasl: SaslBroker, tmp_pa
     assert main(["topics", "create", *flags]) == 1
     err = capsys.readouterr().err
     assert "Kafka refused keystate's credentials" in err and "not-the-password" not in err
+
+
+async def test_a_processor_routes_a_request_on_the_sasl_listener(kafka_sasl: SaslBroker, topics: Topics) -> None:
+    # The processor's transactional producer, group members, restore consumer and admin all authenticate.
+    from confluent_kafka import Producer
+
+    from keystate.processors.worker import ProcessorSettings, Worker
+    from keystate.schemas._codec import codec
+    from keystate.server.meta import MetaView, register
+
+    settings = KafkaSettings(kafka_sasl.sasl_bootstrap, topics, security=_security(kafka_sasl))
+    view, producer = MetaView(settings), AsyncProducer(settings)
+    await view.start()
+    greeter = {"name": "Greeter", "service_type": "SERVICE", "handlers": [{"name": "greet", "kind": "EXCLUSIVE"}]}
+    deployment = {"deployment_id": "dp_sasl", "uri": "http://127.0.0.1:9", "transports": ["websocket"],
+                  "protocol_version": 1, "created_at_ms": 0, "services": [greeter]}
+    await register(view, producer, deployment)
+    await asyncio.to_thread(producer.close)
+    view.stop()
+    request = {"service": "Greeter", "handler": "greet", "key": None, "argument": b"hi", "headers": {},
+               "idempotency_key": None, "reply_topic": None, "delay_ms": None}
+    plain = Producer(settings.producer_config())
+    plain.produce(topics.requests, codec().encode("keystate.InvocationRequest", request), partition=0)
+    assert plain.flush(30) == 0
+
+    stop = asyncio.Event()
+    worker = Worker(ProcessorSettings(kafka=settings, instance_id="sasl", group_id=f"{topics.prefix}processors"))
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        for _ in range(600):
+            if worker.records >= 1 or task.done():
+                break
+            await asyncio.sleep(0.1)
+        assert worker.records >= 1
+    finally:
+        stop.set()
+        await task

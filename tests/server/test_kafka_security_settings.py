@@ -132,3 +132,18 @@ def test_the_cli_refuses_contradicting_settings_before_connecting(monkeypatch: p
         assert main(["ingress", "--bootstrap", "127.0.0.1:1"]) == 2
     assert "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD are set but KAFKA_SECURITY_PROTOCOL is PLAINTEXT" in caplog.text
     assert PASSWORD not in caplog.text
+
+
+def test_the_local_brokers_sasl_listener_is_configured_by_a_jaas_entry_per_user() -> None:
+    from keystate.cli.kafka import LocalKafkaError
+    from keystate.cli.kafka_sasl import parse_user, sasl_settings
+
+    settings = sasl_settings({"alice": "a-pw", "bob": "b-pw"})
+    assert settings["sasl.enabled.mechanisms"] == "PLAIN"
+    assert settings["listener.name.sasl_plaintext.plain.sasl.jaas.config"] == (
+        'org.apache.kafka.common.security.plain.PlainLoginModule required user_alice="a-pw" user_bob="b-pw";'
+    )
+    assert parse_user("alice:pw:with:colons") == ("alice", "pw:with:colons")
+    for bad in ("alice", 'alice:pw"; evil=1', "al ice:pw", "alice:"):
+        with pytest.raises(LocalKafkaError):
+            parse_user(bad)
