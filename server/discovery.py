@@ -157,7 +157,7 @@ def manifest_to_record(manifest: object, uri: str, *, now_ms: int | None = None)
     if protocol is None:
         raise MetaError(f"{where} has no 'protocol' field; is this a keystate deployment?")
     if not isinstance(protocol, int) or isinstance(protocol, bool):
-        raise MetaError(f"{where}: field 'protocol' must be an integer, got {protocol!r}")
+        raise MetaError(f"{where}: field 'protocol' must be an integer, got {_shown(protocol)}")
     if protocol not in SUPPORTED_PROTOCOL_VERSIONS:
         supported = ", ".join(str(v) for v in sorted(SUPPORTED_PROTOCOL_VERSIONS))
         raise MetaError(
@@ -170,7 +170,7 @@ def manifest_to_record(manifest: object, uri: str, *, now_ms: int | None = None)
     for transport in transports:
         if transport not in TRANSPORTS:
             raise MetaError(
-                f"{where}: field 'transports' has unknown transport {transport!r}; "
+                f"{where}: field 'transports' has unknown transport {_shown(transport)}; "
                 f"known transports are {', '.join(sorted(TRANSPORTS))}"
             )
     services = manifest.get("services")
@@ -183,7 +183,7 @@ def manifest_to_record(manifest: object, uri: str, *, now_ms: int | None = None)
     for index, service in enumerate(services):
         meta = _service(service, f"{where}: services[{index}]")
         if meta["name"] in seen:
-            raise MetaError(f"{where} declares service {meta['name']!r} twice; service names must be unique")
+            raise MetaError(f"{where} declares service {_shown(meta['name'])} twice; service names must be unique")
         seen.add(meta["name"])
         converted.append(meta)
     return {
@@ -196,13 +196,22 @@ def manifest_to_record(manifest: object, uri: str, *, now_ms: int | None = None)
     }
 
 
+def _shown(value: object) -> str:
+    """`repr(value)` cut to 40 characters: errors name what was wrong without relaying the target's answer."""
+    return _clipped(repr(value))
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _name(value: object, where: str, what: str) -> str:
     if not isinstance(value, str) or not value:
-        raise MetaError(f"{where}: field 'name' must be a non-empty string, got {value!r}")
+        raise MetaError(f"{where}: field 'name' must be a non-empty string, got {_shown(value)}")
     if "/" in value:
-        raise MetaError(f"{where}: {what} name {value!r} must not contain '/', it is part of the URL path")
+        raise MetaError(f"{where}: {what} name {_shown(value)} must not contain '/', it is part of the URL path")
     if value != value.strip():
-        raise MetaError(f"{where}: {what} name {value!r} must not start or end with whitespace")
+        raise MetaError(f"{where}: {what} name {_shown(value)} must not start or end with whitespace")
     return value
 
 
@@ -211,7 +220,7 @@ def _optional_ms(spec: Mapping[str, Any], field: str, where: str) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
-        raise MetaError(f"{where}: field {field!r} must be a non-negative integer of milliseconds, got {value!r}")
+        raise MetaError(f"{where}: field {field!r} must be a non-negative integer of milliseconds, got {_shown(value)}")
     return value
 
 
@@ -233,21 +242,21 @@ def _retry_policy(spec: object, where: str) -> dict[str, Any] | None:
     factor = spec.get("factor")
     if factor is not None:
         if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor >= 1.0 or factor == float("inf"):
-            raise MetaError(f"{where}: field 'factor' must be a number of at least 1.0, got {factor!r}")
+            raise MetaError(f"{where}: field 'factor' must be a number of at least 1.0, got {_shown(factor)}")
         policy["factor"] = float(factor)
     max_attempts = spec.get("maxAttempts")
     if max_attempts is not None:
         if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
             raise MetaError(
-                f"{where}: field 'maxAttempts' must be a positive integer, or null for unlimited, got {max_attempts!r}"
+                f"{where}: field 'maxAttempts' must be a positive integer, or null for unlimited, got {_shown(max_attempts)}"
             )
         if max_attempts > 2**31 - 1:
-            raise MetaError(f"{where}: field 'maxAttempts' must be at most {2**31 - 1}, got {max_attempts}")
+            raise MetaError(f"{where}: field 'maxAttempts' must be at most {2**31 - 1}, got {_shown(max_attempts)}")
         policy["max_attempts"] = max_attempts
     on_max = spec.get("onMaxAttempts")
     if on_max is not None:
         if on_max not in _ON_MAX_ATTEMPTS:
-            raise MetaError(f"{where}: field 'onMaxAttempts' must be one of {', '.join(_ON_MAX_ATTEMPTS)}, got {on_max!r}")
+            raise MetaError(f"{where}: field 'onMaxAttempts' must be one of {', '.join(_ON_MAX_ATTEMPTS)}, got {_shown(on_max)}")
         policy["on_max_attempts"] = on_max
     if policy["max_interval_ms"] < policy["initial_interval_ms"]:
         raise MetaError(
@@ -261,10 +270,10 @@ def _service(spec: object, where: str) -> dict[str, Any]:
     if not isinstance(spec, Mapping):
         raise MetaError(f"{where} must be an object with 'name', 'ty' and 'handlers'")
     name = _name(spec.get("name"), where, "service")
-    where = f"{where} ({name})"
+    where = f"{where} ({_clipped(name)})"
     ty = spec.get("ty")
     if ty not in _SERVICE_TYPES:
-        raise MetaError(f"{where}: field 'ty' must be one of {', '.join(_SERVICE_TYPES)}, got {ty!r}")
+        raise MetaError(f"{where}: field 'ty' must be one of {', '.join(_SERVICE_TYPES)}, got {_shown(ty)}")
     handlers = spec.get("handlers")
     if not isinstance(handlers, list):
         raise MetaError(f"{where}: field 'handlers' must be a list of handlers")
@@ -275,7 +284,7 @@ def _service(spec: object, where: str) -> dict[str, Any]:
     for index, handler in enumerate(handlers):
         meta = _handler(handler, ty, f"{where}: handlers[{index}]")
         if meta["name"] in seen:
-            raise MetaError(f"{where} declares handler {meta['name']!r} twice; handler names must be unique")
+            raise MetaError(f"{where} declares handler {_shown(meta['name'])} twice; handler names must be unique")
         seen.add(meta["name"])
         converted.append(meta)
     if ty == "WORKFLOW":
@@ -300,12 +309,12 @@ def _handler(spec: object, service_type: str, where: str) -> dict[str, Any]:
     if not isinstance(spec, Mapping):
         raise MetaError(f"{where} must be an object with 'name' and 'ty'")
     name = _name(spec.get("name"), where, "handler")
-    where = f"{where} ({name})"
+    where = f"{where} ({_clipped(name)})"
     kind = spec.get("ty")
     if kind is None:
         kind = _DEFAULT_KIND[service_type]
     if kind not in _HANDLER_KINDS:
-        raise MetaError(f"{where}: field 'ty' must be one of {', '.join(_HANDLER_KINDS)}, got {kind!r}")
+        raise MetaError(f"{where}: field 'ty' must be one of {', '.join(_HANDLER_KINDS)}, got {_shown(kind)}")
     if kind not in _ALLOWED_KINDS[service_type]:
         raise MetaError(
             f"{where}: a {service_type} cannot have a {kind} handler; allowed: "
@@ -335,5 +344,5 @@ def _content_type(spec: object, where: str, field: str) -> str | None:
     if content_type is None:
         return None
     if not isinstance(content_type, str) or "/" not in content_type:
-        raise MetaError(f"{where}: field '{field}.contentType' must be a media type like application/json, got {content_type!r}")
+        raise MetaError(f"{where}: field '{field}.contentType' must be a media type like application/json, got {_shown(content_type)}")
     return content_type

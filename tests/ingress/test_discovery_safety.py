@@ -151,6 +151,16 @@ async def test_the_targets_body_never_reaches_the_caller(target: Target, status:
         assert f"answered HTTP {status};" in message
 
 
+async def test_a_json_answer_is_quoted_in_errors_only_in_short_pieces(target: Target) -> None:
+    long_secret = SECRET * 5
+    target.respond = lambda: web.json_response(
+        {"protocol": 1, "transports": ["websocket"], "services": [{"name": long_secret, "ty": long_secret, "handlers": []}]}
+    )
+    message = await _message(target.uri)
+    assert "field 'ty' must be one of SERVICE, VIRTUAL_OBJECT, WORKFLOW" in message
+    assert long_secret[:41] not in message
+
+
 async def _closed_port() -> int:
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = int(server.sockets[0].getsockname()[1])
