@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     from .runtime import add_parsers
 
     add_parsers(sub, _bootstrap)
+    from .identity import add_parser as add_identity_parser
+
+    add_identity_parser(sub)
     sub.add_parser("dev", help="start|stop the runtime on a local broker with the examples", add_help=False)
     sub.add_parser("invocations", help="cancel|kill invocations via the admin API", add_help=False)
     sub.add_parser("deployments", help="register|list|describe|remove deployments via the admin API", add_help=False)

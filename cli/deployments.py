@@ -1,5 +1,9 @@
 """`keystate deployments register URI | list | describe ID | remove ID [--force]` and
-`keystate invocations cancel|kill ID`: talk to the admin API."""
+`keystate invocations cancel|kill ID`: talk to the admin API.
+
+A token-protected admin API gets `Authorization: Bearer <token>` with the token of
+`--admin-token-file FILE` or else `$KEYSTATE_ADMIN_TOKEN` (the file wins, as on the server).
+"""
 
 from __future__ import annotations
 
@@ -10,49 +14,125 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["invocations_main", "main"]
+__all__ = ["ADMIN_TOKEN_ENV", "AdminToken", "CliError", "admin_token", "invocations_main", "main"]
 
 DEFAULT_ADMIN = "http://127.0.0.1:9070"
+ADMIN_TOKEN_ENV = "KEYSTATE_ADMIN_TOKEN"
+_HOW_TO_GIVE = f"set ${ADMIN_TOKEN_ENV} or pass --admin-token-file FILE"
 
 
 def _admin_url(args: argparse.Namespace) -> str:
     return (args.admin or os.environ.get("KEYSTATE_ADMIN_URL") or DEFAULT_ADMIN).rstrip("/")
 
 
-class _CliError(Exception):
-    pass
+class CliError(Exception):
+    """What went wrong talking to the admin API, and how to fix it; printed without a traceback."""
 
 
-def _request(method: str, url: str, body: dict[str, Any] | None, timeout: float) -> tuple[int, Any]:
+@dataclass(frozen=True, slots=True)
+class AdminToken:
+    """The admin API's bearer token and where it came from (for messages; the token is never printed)."""
+
+    secret: str = field(repr=False)
+    source: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}"}
+
+
+def admin_token(file: Path | str | None = None, environ: dict[str, str] | None = None) -> AdminToken | None:
+    """The token of `file` if given, else of `$KEYSTATE_ADMIN_TOKEN`, else None; surrounding whitespace dropped."""
+    env = os.environ if environ is None else environ
+    if file is not None:
+        try:
+            secret = Path(file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise CliError(
+                f"cannot read the admin token file {file} ({reason}); give --admin-token-file a readable file "
+                f"holding the token, or set ${ADMIN_TOKEN_ENV}"
+            ) from exc
+        source = f"--admin-token-file {file}"
+    elif env.get(ADMIN_TOKEN_ENV, "").strip():
+        secret, source = env[ADMIN_TOKEN_ENV].strip(), f"${ADMIN_TOKEN_ENV}"
+    else:
+        return None
+    if not secret:
+        raise CliError(f"the admin token file {file} is empty; put the admin API's token in it")
+    return AdminToken(secret, source)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """The admin API never redirects; following one would send the token to wherever it points."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        raise CliError(
+            f"the admin API at {req.full_url} answered with a redirect ({code}), which the CLI does not follow "
+            "(it would hand the admin token on); point --admin (or $KEYSTATE_ADMIN_URL) at the admin API itself"
+        )
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """`method` on the admin API's `path` with the token of `args`, if any."""
+    token = admin_token(args.admin_token_file)
+    return _request(method, f"{_admin_url(args)}{path}", body, args.timeout, token)
+
+
+def _request(
+    method: str, url: str, body: dict[str, Any] | None, timeout: float, token: AdminToken | None = None
+) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json", **(token.headers if token is not None else {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             status, raw = response.status, response.read()
     except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise _unauthorized(url, token) from exc
         raise _http_error(exc) from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         admin = url.split("/deployments", 1)[0].split("/invocations", 1)[0]
-        raise _CliError(
+        raise CliError(
             f"cannot reach the admin API at {admin} ({reason}); is keystate running? "
             "Point --admin (or $KEYSTATE_ADMIN_URL) at its admin port"
         ) from exc
     try:
         return status, json.loads(raw or b"null")
     except ValueError as exc:
-        raise _CliError(f"the admin API at {url} answered with something that is not JSON; is --admin the admin port (9070)?") from exc
+        raise CliError(f"the admin API at {url} answered with something that is not JSON; is --admin the admin port (9070)?") from exc
 
 
-def _http_error(exc: urllib.error.HTTPError) -> _CliError:
+def _unauthorized(url: str, token: AdminToken | None) -> CliError:
+    # Our own message, not the body: --admin may point at some other server.
+    admin = url.split("/deployments", 1)[0].split("/invocations", 1)[0]
+    if token is None:
+        return CliError(
+            f"the admin API at {admin} requires a token (answered 401): {_HOW_TO_GIVE} holding the token "
+            "it was started with"
+        )
+    return CliError(
+        f"the admin API at {admin} refused the admin token from {token.source} (answered 401); use the token it "
+        f"was started with (its ${ADMIN_TOKEN_ENV} or --admin-token-file)"
+    )
+
+
+def _http_error(exc: urllib.error.HTTPError) -> CliError:
     raw = exc.read()
     try:
         message = json.loads(raw).get("message") or raw.decode("utf-8", "replace")
     except (ValueError, AttributeError):
         message = raw.decode("utf-8", "replace") or exc.reason
-    return _CliError(f"the admin API answered {exc.code}: {message}")
+    return CliError(f"the admin API answered {exc.code}: {message}")
 
 
 def _print_deployment(deployment: dict[str, Any]) -> None:
@@ -63,7 +143,7 @@ def _print_deployment(deployment: dict[str, Any]) -> None:
 
 
 def _register(args: argparse.Namespace) -> int:
-    status, deployment = _request("POST", f"{_admin_url(args)}/deployments", {"uri": args.uri}, args.timeout)
+    status, deployment = _call(args, "POST", "/deployments", {"uri": args.uri})
     verb = "registered" if status == 201 else "already registered"
     print(f"{verb} deployment:")
     _print_deployment(deployment)
@@ -71,7 +151,7 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    _, payload = _request("GET", f"{_admin_url(args)}/deployments", None, args.timeout)
+    _, payload = _call(args, "GET", "/deployments")
     deployments = payload["deployments"]
     if not deployments:
         print("no deployments registered; register one with `keystate deployments register URI`")
@@ -81,7 +161,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    _, deployment = _request("GET", f"{_admin_url(args)}/deployments/{_quote(args.id)}", None, args.timeout)
+    _, deployment = _call(args, "GET", f"/deployments/{_quote(args.id)}")
     _print_deployment(deployment)
     print(f"  created: {deployment['created_at']}")
     print(f"  protocol: {deployment['protocol_version']}, transports: {', '.join(deployment['transports'])}")
@@ -94,7 +174,7 @@ def _describe(args: argparse.Namespace) -> int:
 
 def _remove(args: argparse.Namespace) -> int:
     query = "?force=true" if args.force else ""
-    _request("DELETE", f"{_admin_url(args)}/deployments/{_quote(args.id)}{query}", None, args.timeout)
+    _call(args, "DELETE", f"/deployments/{_quote(args.id)}{query}")
     print(f"removed deployment {args.id}")
     return 0
 
@@ -103,23 +183,33 @@ def _quote(text: str) -> str:
     return urllib.parse.quote(text, safe="")
 
 
+def _admin_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--admin and --admin-token-file, before the action (`top`) or after it (then they override)."""
+    if top:
+        parser.add_argument("--admin", help=f"admin API URL (default: $KEYSTATE_ADMIN_URL or {DEFAULT_ADMIN})")
+        parser.add_argument(
+            "--admin-token-file", help=f"file holding the admin API's bearer token (default: ${ADMIN_TOKEN_ENV})"
+        )
+        parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the admin API (default %(default)s)")
+    else:
+        parser.add_argument("--admin", default=argparse.SUPPRESS, help="admin API URL")
+        parser.add_argument("--admin-token-file", default=argparse.SUPPRESS, help="file holding the admin API's token")
+
+
 def _with_admin(sub: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, **kwargs)
-    parser.add_argument("--admin", default=argparse.SUPPRESS, help="admin API URL")
+    _admin_options(parser, top=False)
     return parser
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keystate deployments", description=__doc__)
-    parser.add_argument("--admin", help=f"admin API URL (default: $KEYSTATE_ADMIN_URL or {DEFAULT_ADMIN})")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the admin API (default %(default)s)")
+    _admin_options(parser, top=True)
     sub = parser.add_subparsers(dest="action", required=True)
-    register = sub.add_parser("register", help="discover the deployment at URI and register its services")
+    register = _with_admin(sub, "register", help="discover the deployment at URI and register its services")
     register.add_argument("uri", help="base URL the deployment serves on, e.g. http://localhost:9080")
-    register.add_argument("--admin", default=argparse.SUPPRESS, help="admin API URL")
     register.set_defaults(run=_register)
-    listing = sub.add_parser("list", help="list registered deployments and their services")
-    listing.add_argument("--admin", default=argparse.SUPPRESS, help="admin API URL")
+    listing = _with_admin(sub, "list", help="list registered deployments and their services")
     listing.set_defaults(run=_list)
     describe = _with_admin(sub, "describe", help="show one deployment, its services and handlers")
     describe.add_argument("id", help="deployment id (dp_...), as shown by `keystate deployments list`")
@@ -139,21 +229,20 @@ def _run(parser: argparse.ArgumentParser, prog: str, argv: list[str] | None) -> 
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.run(args))
-    except _CliError as exc:
+    except CliError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
 
 
 def _invocation_action(args: argparse.Namespace) -> int:
-    _request("PATCH", f"{_admin_url(args)}/invocations/{_quote(args.id)}/{args.action}", None, args.timeout)
+    _call(args, "PATCH", f"/invocations/{_quote(args.id)}/{args.action}")
     print(f"{args.action} of {args.id} requested")
     return 0
 
 
 def _invocations_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keystate invocations", description="cancel or kill invocations via the admin API")
-    parser.add_argument("--admin", help=f"admin API URL (default: $KEYSTATE_ADMIN_URL or {DEFAULT_ADMIN})")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the admin API (default %(default)s)")
+    _admin_options(parser, top=True)
     sub = parser.add_subparsers(dest="action", required=True)
     for action, help_text in (
         ("cancel", "cancel gracefully: the handler sees a TerminalError and may compensate"),

@@ -1,4 +1,8 @@
-"""`keystate dev start|stop`: the whole runtime on a local broker, serving and registering the examples."""
+"""`keystate dev start|stop`: the whole runtime on a local broker, serving and registering the examples.
+
+Everything listens on loopback, so no token is needed; a `$KEYSTATE_ADMIN_TOKEN` or
+`$KEYSTATE_INGRESS_TOKEN` in the environment is inherited by the runtime and used here too.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .deployments import CliError, admin_token
 from .kafka import REPO, LocalKafka, LocalKafkaError
 
 __all__ = ["main"]
@@ -61,7 +66,9 @@ def _wait(url: str, name: str, timeout: float = 60.0) -> None:
 
 def _register(uri: str) -> dict[str, Any]:
     body = json.dumps({"uri": uri}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{ADMIN}/deployments", data=body, method="POST", headers={"content-type": "application/json"})
+    token = admin_token()  # the runtime inherited the same environment
+    headers = {"content-type": "application/json", **(token.headers if token is not None else {})}
+    req = urllib.request.Request(f"http://127.0.0.1:{ADMIN}/deployments", data=body, method="POST", headers=headers)
     with urllib.request.urlopen(req, timeout=30) as resp:
         return dict(json.loads(resp.read()))
 
@@ -93,13 +100,20 @@ def start() -> int:
     _spawn("examples", [python, str(REPO / "examples" / "serve.py"), str(EXAMPLES)])
     _wait(f"http://127.0.0.1:{ADMIN}/health", "runtime")
     _wait(f"http://127.0.0.1:{EXAMPLES}/discover", "examples")
-    deployment = _register(f"http://127.0.0.1:{EXAMPLES}")
+    try:
+        deployment = _register(f"http://127.0.0.1:{EXAMPLES}")
+    except (CliError, urllib.error.HTTPError) as exc:
+        print(f"keystate dev: registering the examples failed: {exc}", file=sys.stderr)
+        return 1
     services = ", ".join(s["name"] for s in deployment["services"])
     url = f"http://127.0.0.1:{INGRESS}"
     print(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
     print(f"ingress {url}, admin http://127.0.0.1:{ADMIN}, deployment {deployment['id']} serving {services}")
     print(f"logs and pids in {RUN}; stop everything with `make stop`\n")
     json_h = "-H 'content-type: application/json'"
+    if os.environ.get("KEYSTATE_INGRESS_TOKEN", "").strip():
+        # The variable, not its value: the token stays out of the terminal's scrollback.
+        url = f"-H \"Authorization: Bearer $KEYSTATE_INGRESS_TOKEN\" {url}"
     print("try:")
     print(f"  curl -s {url}/Greeter/greet {json_h} -d '\"Sarah\"'")
     print(f"  curl -s {url}/Counter/alice/add {json_h} -d '5'")

@@ -8,20 +8,29 @@ import dataclasses
 import logging
 import os
 import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from keystate.schemas.errors import ContractError
+from keystate.schemas.headers import DEFAULT_REDACT_HEADERS, REDACT_HEADERS_ENV, redact_headers
 from keystate.schemas.limits import ENV_VAR, PayloadLimitError, max_payload_bytes
 from keystate.schemas.topics import Topics
 from keystate.server.errors import KafkaSettingsError, ServerError
+from keystate.server.identity import load_identity
 from keystate.server.kafka import KafkaSettings
 
 from .kafka_flags import add_kafka_security_args, kafka_security
 
-__all__ = ["add_parsers"]
+if TYPE_CHECKING:
+    from keystate.ingress.auth import BearerToken
+
+__all__ = ["IngressListen", "add_parsers", "ingress_listen"]
 
 log = logging.getLogger("keystate.cli")
+
+LOOPBACK = "127.0.0.1"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +48,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="directory of local state: the processors' partition stores and the admin's invocation read model; "
         "deleting it costs a re-read of the changelog (default $KEYSTATE_STATE_DIR, $XDG_STATE_HOME/keystate "
         "or ~/.local/state/keystate)",
+    )
+    parser.add_argument(
+        "--redact-headers",
+        default=None,
+        help="comma-separated request headers never stored in Kafka nor forwarded to handlers, unless a service "
+        f"asks for them with forward_headers; empty = none (default ${REDACT_HEADERS_ENV} or "
+        f"{','.join(sorted(DEFAULT_REDACT_HEADERS))})",
+    )
+    parser.add_argument(
+        "--identity-key-file",
+        type=Path,
+        default=None,
+        help="ed25519 private key (PKCS#8 PEM) that requests to deployments are signed with; give every processor "
+        "and the admin the same one (default $KEYSTATE_IDENTITY_KEY_FILE, else <state dir>/identity.pem, "
+        "generated at the first start)",
     )
     add_kafka_security_args(parser)
 
@@ -87,14 +111,70 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _ingress_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--ingress-host", help=f"address the ingress listens on (default {LOOPBACK})")
     parser.add_argument("--port", type=int, default=8080, help="ingress port (default %(default)s)")
+    parser.add_argument("--admin-host", help=f"address the admin API listens on (default {LOOPBACK})")
     parser.add_argument("--admin-port", type=int, default=9070, help="admin API port (default %(default)s)")
     parser.add_argument(
         "--deployment-allow",
         help="addresses deployments may be registered at: comma-separated classes (loopback, private, link-local, "
         "public) and CIDR ranges; leave loopback out in production (default $KEYSTATE_DEPLOYMENT_ALLOW or loopback,public)",
     )
+    parser.add_argument("--host", help="deprecated: sets both --ingress-host and --admin-host")
+    parser.add_argument(
+        "--ingress-token-file",
+        type=Path,
+        help="file holding the token callers of the ingress must send as 'Authorization: Bearer <token>' "
+        "(default $KEYSTATE_INGRESS_TOKEN; neither: no authentication, allowed on loopback only)",
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="file holding the token callers of the admin API must send as 'Authorization: Bearer <token>' "
+        "(default $KEYSTATE_ADMIN_TOKEN; neither: no authentication, allowed on loopback only)",
+    )
+    parser.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        help="allow a non-loopback --ingress-host/--admin-host without a token: anyone who can reach it can use it",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IngressListen:
+    """Where the ingress and the admin API listen, and the tokens they require (None: none)."""
+
+    ingress_host: str
+    admin_host: str
+    ingress_token: BearerToken | None
+    admin_token: BearerToken | None
+    insecure: bool
+
+
+def ingress_listen(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> IngressListen:
+    """The listeners of `args`: hosts (with the deprecated --host), tokens, and the refusal to listen in the open.
+
+    Raises `AuthSetupError` for an unusable token or a non-loopback listener without one (and no --insecure-listen).
+    """
+    from keystate.ingress.auth import ADMIN, INGRESS, AuthSetupError, listen_refusal, load_token
+
+    if args.host is not None:
+        log.warning("--host is deprecated: it sets both --ingress-host and --admin-host, so exposing the ingress "
+                    "exposes the admin API too; use those two instead")
+    ingress_host = next(h for h in (args.ingress_host, args.host, LOOPBACK) if h is not None)
+    admin_host = next(h for h in (args.admin_host, args.host, LOOPBACK) if h is not None)
+    ingress_token = load_token(INGRESS, args.ingress_token_file, environ)
+    admin_token = load_token(ADMIN, args.admin_token_file, environ)
+    if not args.insecure_listen:
+        # Refused here, before any Kafka client starts; run_ingress checks again and warns when insecure.
+        refusals = [
+            str(refusal)
+            for listener, host, token in ((INGRESS, ingress_host, ingress_token), (ADMIN, admin_host, admin_token))
+            if (refusal := listen_refusal(listener, host, token)) is not None
+        ]
+        if refusals:
+            raise AuthSetupError("\n".join(refusals))
+    return IngressListen(ingress_host, admin_host, ingress_token, admin_token, args.insecure_listen)
 
 
 def add_parsers(sub: Any, bootstrap: Callable[[argparse.Namespace], str]) -> None:
@@ -120,25 +200,39 @@ def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: 
 
     try:
         args.max_payload_bytes = max_payload_bytes(args.max_payload_bytes)
+        args.redact_headers = redact_headers(args.redact_headers)
         args.kafka_security = kafka_security(args)
-    except (PayloadLimitError, KafkaSettingsError) as exc:
+    except (PayloadLimitError, ContractError, KafkaSettingsError) as exc:
         log.error("%s", exc)
         return 2
+    listen = None
+    if ingress:
+        from keystate.ingress.auth import AuthSetupError
+
+        try:
+            listen = ingress_listen(args)
+        except AuthSetupError as exc:
+            log.error("%s", exc)
+            return 2
     try:
-        asyncio.run(_main(args, bootstrap, processor=processor, ingress=ingress))
+        asyncio.run(_main(args, bootstrap, processor=processor, listen=listen))
     except (ServerError, ProcessorError) as exc:
         log.error("%s", exc)
         return 1
     return 0
 
 
-async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: bool) -> None:
+async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, listen: IngressListen | None) -> None:
     topics = Topics(args.prefix)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = []
+    # One key for the process: the processor signs attempts with it, the admin discovery requests.
+    identity = await asyncio.to_thread(load_identity, args.identity_key_file, args.state_dir)
+    if not processor:  # a processor logs it as its invoker starts
+        log.info("discovery requests are signed with the identity key %s (%s)", identity.public_key, identity.path)
     if processor:
         from keystate.processors.invoker import InvokerSettings
         from keystate.processors.worker import ProcessorSettings, Worker
@@ -167,14 +261,23 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, in
                 max_payload_bytes=args.max_payload_bytes,
                 max_concurrent_attempts_per_deployment=args.max_concurrent_attempts,
                 max_queued_attempts=args.max_queued_attempts,
+                identity=identity,
             ),
+            redact_headers=args.redact_headers,
         )
         tasks.append(asyncio.create_task(Worker(settings).run(stop), name="processor"))
-    if ingress:
+    if listen is not None:
         from keystate.ingress.runtime import IngressSettings, run_ingress
 
         ingress_settings = IngressSettings(
-            bootstrap=bootstrap, topics=topics, max_payload_bytes=args.max_payload_bytes, kafka_security=args.kafka_security
+            bootstrap=bootstrap,
+            topics=topics,
+            max_payload_bytes=args.max_payload_bytes,
+            ingress_token=listen.ingress_token,
+            admin_token=listen.admin_token,
+            redact_headers=args.redact_headers,
+            identity=identity,
+            kafka_security=args.kafka_security,
         )
         if args.deployment_allow is not None:
             from keystate.server.address_policy import AddressPolicy
@@ -182,9 +285,15 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, in
             ingress_settings = dataclasses.replace(ingress_settings, deployment_allow=AddressPolicy.parse(args.deployment_allow))
         if args.state_dir:
             ingress_settings = dataclasses.replace(ingress_settings, state_dir=Path(args.state_dir))
-        tasks.append(
-            asyncio.create_task(run_ingress(ingress_settings, args.host, args.port, args.admin_port), name="ingress")
+        serve = run_ingress(
+            ingress_settings,
+            listen.ingress_host,
+            args.port,
+            args.admin_port,
+            admin_host=listen.admin_host,
+            insecure_listen=listen.insecure,
         )
+        tasks.append(asyncio.create_task(serve, name="ingress"))
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
     stop.set()

@@ -14,6 +14,7 @@ from keystate.schemas.ids import InvalidIdError, InvocationId
 from keystate.server.discovery import discover
 from keystate.server.meta import register, unregister
 
+from .auth import ADMIN, auth_middlewares
 from .commands import produce_command
 from .errors import BadRequest, Conflict, NotFound, Unavailable, error_middleware
 from .http_limits import HTTP_LIMITS_KEY, limits_middleware
@@ -27,6 +28,8 @@ __all__ = ["admin_app", "deployment_json", "invocation_json", "service_json"]
 
 RUNTIME_KEY = web.AppKey("admin_runtime", IngressRuntime)
 _MAX_REQUEST_BYTES = 1024 * 1024
+# Open without a token: liveness probes carry none, and it tells no more than whether the admin is up.
+_OPEN_PATHS = ("/health",)
 _DEFAULT_LIMIT = 100
 _MAX_LIMIT = 10_000
 _PAST = {"cancel": "cancelled", "kill": "killed", "resume": "resumed"}
@@ -41,7 +44,10 @@ _ACTIONS = {
 
 def admin_app(runtime: IngressRuntime) -> web.Application:
     """The admin application; `runtime` must be started before it serves requests."""
-    app = web.Application(client_max_size=_MAX_REQUEST_BYTES, middlewares=[error_middleware, limits_middleware])
+    authenticate = auth_middlewares(runtime.settings.admin_token, ADMIN, open_paths=_OPEN_PATHS)
+    app = web.Application(
+        client_max_size=_MAX_REQUEST_BYTES, middlewares=[error_middleware, limits_middleware, *authenticate]
+    )
     app[RUNTIME_KEY] = runtime
     app[HTTP_LIMITS_KEY] = runtime.settings.http_limits
     app.router.add_post("/deployments", _register)
@@ -55,6 +61,7 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     app.router.add_delete("/invocations/{id}", _delete_invocation)
     app.router.add_patch("/invocations/{id}/{action}", _patch_invocation)
     app.router.add_get("/health", _health)
+    app.router.add_get("/identity", _identity)
     app.router.add_get("/schemas/ids/{id}", _schema)
     return app
 
@@ -71,6 +78,7 @@ def service_json(service: dict[str, Any], deployment_id: str) -> dict[str, Any]:
                 "input_content_type": h.get("input_content_type"),
                 "output_content_type": h.get("output_content_type"),
                 "retry_policy": h.get("retry_policy"),
+                "ingress_private": bool(h.get("ingress_private", False)),
             }
             for h in service["handlers"]
         ],
@@ -78,6 +86,8 @@ def service_json(service: dict[str, Any], deployment_id: str) -> dict[str, Any]:
         "inactivity_timeout_ms": service.get("inactivity_timeout_ms"),
         "abort_timeout_ms": service.get("abort_timeout_ms"),
         "journal_retention_ms": service.get("retention_ms"),
+        "ingress_private": bool(service.get("ingress_private", False)),
+        "forward_headers": list(service.get("forward_headers", [])),
     }
 
 
@@ -103,7 +113,10 @@ async def _register(request: web.Request) -> web.Response:
         raise BadRequest('the body must be a JSON object with the deployment\'s "uri", e.g. {"uri": "http://localhost:9080"}')
     if runtime.http is None:
         raise Unavailable("the admin API is starting; retry in a moment")
-    record = await discover(body["uri"], runtime.settings.discovery_timeout, allow=runtime.settings.deployment_allow)
+    settings = runtime.settings
+    record = await discover(
+        body["uri"], settings.discovery_timeout, allow=settings.deployment_allow, identity=settings.identity
+    )
     registration = await register(
         runtime.meta, runtime.require_producer(), record, timeout=runtime.settings.register_timeout
     )
@@ -170,6 +183,14 @@ async def _health(request: web.Request) -> web.Response:
             {"status": "starting", "meta": runtime.meta.ready, "results": runtime.results.ready}, status=503
         )
     return web.json_response({"status": "ok"})
+
+
+async def _identity(request: web.Request) -> web.Response:
+    """The public key(s) keystate signs requests to deployments with: what `identity_keys` must list."""
+    identity = request.app[RUNTIME_KEY].settings.identity
+    if identity is None:
+        return web.json_response({"public_keys": [], "signature_scheme": "unsigned"})
+    return web.json_response({"public_keys": [identity.public_key], "signature_scheme": "v1"})
 
 
 async def _schema(request: web.Request) -> web.Response:

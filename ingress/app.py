@@ -6,7 +6,7 @@ import functools
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -15,12 +15,15 @@ from aiohttp import web
 
 from keystate.schemas.ids import HandlerKind, InvocationId, InvocationTarget, ServiceType, idempotency_partition_key
 from keystate.schemas.limits import MAX_DELAY_MS, headers_size, payload_too_large
+from keystate.server.meta import handler_is_private
 
+from .auth import INGRESS, auth_middlewares
 from .commands import (
     IDEMPOTENCY_EXPIRES_HEADER,
     JSON,
     await_within,
     http_date,
+    private_message,
     produce_command,
     reply_outcome,
     result_response,
@@ -67,8 +70,10 @@ _HOP_BY_HOP = frozenset(
 
 def ingress_app(runtime: IngressRuntime) -> web.Application:
     """The ingress application; `runtime` must be started before it serves requests."""
+    authenticate = auth_middlewares(runtime.settings.ingress_token, INGRESS)
     app = web.Application(
-        client_max_size=runtime.settings.max_body_bytes, middlewares=[error_middleware, limits_middleware]
+        client_max_size=runtime.settings.max_body_bytes,
+        middlewares=[error_middleware, limits_middleware, *authenticate],
     )
     app[RUNTIME_KEY] = runtime
     app[HTTP_LIMITS_KEY] = runtime.settings.http_limits
@@ -83,6 +88,7 @@ class _Route:
     target: InvocationTarget
     handler: dict[str, Any]
     send: bool
+    service: dict[str, Any]
 
 
 def _route(runtime: IngressRuntime, raw_parts: tuple[str, ...]) -> _Route:
@@ -126,6 +132,8 @@ def _route(runtime: IngressRuntime, raw_parts: tuple[str, ...]) -> _Route:
     key = rest[0] if keyed else None
     handler_name = rest[-1]
     handler = handlers[handler_name]
+    if handler_is_private(service, handler):
+        raise BadRequest(private_message(service_name, handler_name))
     target = InvocationTarget(
         service=service_name,
         handler=handler_name,
@@ -133,7 +141,7 @@ def _route(runtime: IngressRuntime, raw_parts: tuple[str, ...]) -> _Route:
         service_type=service_type,
         handler_kind=HandlerKind(handler["kind"]),
     )
-    return _Route(target, handler, send)
+    return _Route(target, handler, send, service)
 
 
 def _check_content_type(request: web.Request, handler: dict[str, Any], body: bytes, target: InvocationTarget) -> None:
@@ -157,8 +165,11 @@ def _matches(media: str, declared: str) -> bool:
     return False
 
 
-def _forwarded_headers(request: web.Request) -> dict[str, str]:
+def _forwarded_headers(request: web.Request, denied: frozenset[str], allowed: Collection[str]) -> dict[str, str]:
+    """The headers handed to the handler: no hop-by-hop headers, no secrets (`denied`) unless `allowed`."""
     dropped = set(_HOP_BY_HOP)
+    # Secrets never reach a Kafka record: dropped here, before the InvokeCommand is built.
+    dropped.update(name for name in denied if name not in allowed)
     for token in request.headers.getall("connection", []):
         dropped.update(t.strip().lower() for t in token.split(","))
     headers: dict[str, str] = {}
@@ -170,12 +181,14 @@ def _forwarded_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
-async def _read_payload(request: web.Request, limit: int) -> tuple[bytes, dict[str, str]]:
+async def _read_payload(
+    request: web.Request, limit: int, denied: frozenset[str], allowed: Collection[str]
+) -> tuple[bytes, dict[str, str]]:
     """The body and the headers handed to the handler; 413 if together they are over the payload limit.
 
     Headers count because they travel with the body in every record of the invocation.
     """
-    headers = _forwarded_headers(request)
+    headers = _forwarded_headers(request, denied, allowed)
     what = f"the request to {request.path} (body and headers)"
     extra = headers_size(headers)
     if request.content_length is not None:
@@ -240,7 +253,8 @@ async def _invoke(request: web.Request) -> web.Response:
     route = _route(runtime, request.rel_url.raw_parts)
     if request.method != "POST":
         raise MethodNotAllowed(f"{request.method} is not allowed on {route.target}; invoke it with POST")
-    body, headers = await _read_payload(request, runtime.settings.max_payload_bytes)
+    allowed = route.service.get("forward_headers", ())
+    body, headers = await _read_payload(request, runtime.settings.max_payload_bytes, runtime.settings.redact_headers, allowed)
     target = route.target
     _check_content_type(request, route.handler, body, target)
 

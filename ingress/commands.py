@@ -21,6 +21,7 @@ __all__ = [
     "JSON",
     "await_within",
     "http_date",
+    "private_message",
     "produce_command",
     "reply_outcome",
     "result_response",
@@ -29,6 +30,15 @@ __all__ = [
 
 JSON = "application/json"
 IDEMPOTENCY_EXPIRES_HEADER = "idempotency-expires"
+
+
+def private_message(service: str, handler: str) -> str:
+    """Restate's answer (400) to a call of an ingress-private handler, with how to reach it."""
+    return (
+        f"the invoked service is not public: {service}/{handler} is ingress-private, only other handlers can call "
+        "it (ctx.service_call, ctx.object_call, sends); to call it from outside, declare it with "
+        "ingress_private=False and register the deployment again"
+    )
 
 
 def target_record(target: InvocationTarget) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from keystate.schemas.limits import SETTING_HINT
+from keystate.server.meta import handler_is_private
 from keystate.schemas.ids import (
     HandlerKind,
     InvalidIdError,
@@ -21,7 +22,7 @@ from keystate.schemas.ids import (
     idempotency_partition_key,
 )
 
-from .commands import await_within, produce_command, reply_outcome, result_response, target_record
+from .commands import await_within, private_message, produce_command, reply_outcome, result_response, target_record
 from .errors import BadRequest, IngressError, MethodNotAllowed, NotFound, NotReady, PayloadTooLarge
 from .results import PendingReply
 from .runtime import IngressRuntime
@@ -118,6 +119,8 @@ def _idempotency_query(runtime: IngressRuntime, args: list[str]) -> _Query:
     if handler is None:
         handlers = ", ".join(sorted(h["name"] for h in service["handlers"]))
         raise NotFound(f"service {name} has no handler {handler_name!r}; its handlers are: {handlers}")
+    if handler_is_private(service, handler):
+        raise BadRequest(private_message(name, handler_name))
     target = InvocationTarget(name, handler_name, key, service_type, HandlerKind(handler["kind"]))
     partition_key = idempotency_partition_key(target, idempotency_key)
     selector = {"idempotency": {"target": target_record(target), "idempotency_key": idempotency_key}}
@@ -139,6 +142,8 @@ def _workflow_query(runtime: IngressRuntime, name: str, workflow_id: str) -> _Qu
     run = next((h for h in service["handlers"] if h["kind"] == HandlerKind.WORKFLOW.value), None)
     if run is None:
         raise NotFound(f"workflow {name} has no run handler registered; re-register its deployment")
+    if handler_is_private(service, run):
+        raise BadRequest(private_message(name, run["name"]))
     target = InvocationTarget(name, run["name"], workflow_id, ServiceType.WORKFLOW, HandlerKind.WORKFLOW)
     service_id = ServiceId(name, workflow_id)
     return _Query(

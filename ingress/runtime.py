@@ -11,14 +11,17 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from keystate.schemas.headers import redact_headers
 from keystate.schemas.limits import max_payload_bytes
 from keystate.schemas.topics import Topics
 from keystate.server.address_policy import AddressPolicy
+from keystate.server.identity import RequestIdentity, signing_middleware
 from keystate.server.kafka import AsyncProducer, KafkaSecurity, KafkaSettings
 from keystate.server.meta import MetaView
 from keystate.server.state_dir import STATE_DIR_ENV, default_state_dir
 from keystate.server.topics import check_record_limits
 
+from .auth import ADMIN, INGRESS, BearerToken, check_listen
 from .errors import Unavailable
 from .http_limits import HttpLimits, parser_options
 from .readmodel import InvocationReadModel
@@ -51,6 +54,14 @@ class IngressSettings:
     start_timeout: float = 30.0
     # Where the ingress keeps local state (the admin's invocation read model); losing it costs a re-read.
     state_dir: Path = field(default_factory=default_state_dir)
+    # Bearer tokens callers must send (ingress.auth); None: that listener needs none (loopback only).
+    ingress_token: BearerToken | None = None
+    admin_token: BearerToken | None = None
+    # Secret headers never stored nor forwarded (keystate.schemas.headers; $KEYSTATE_REDACT_HEADERS).
+    redact_headers: frozenset[str] = field(default_factory=redact_headers)
+    # The key the admin signs discovery requests with and serves at GET /identity (the processors'
+    # key: see keystate.server.identity); None: discovery is unsigned.
+    identity: RequestIdentity | None = None
 
     def __post_init__(self) -> None:
         max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range
@@ -120,7 +131,8 @@ class IngressRuntime:
         except BaseException:
             await self.stop()
             raise
-        self.http = aiohttp.ClientSession()
+        identity = self.settings.identity
+        self.http = aiohttp.ClientSession(middlewares=(signing_middleware(identity),) if identity is not None else ())
 
     async def stop(self) -> None:
         self.meta.stop()
@@ -140,24 +152,45 @@ class IngressRuntime:
 
 
 async def run_ingress(
-    settings: IngressSettings, host: str = "127.0.0.1", port: int = 8080, admin_port: int = 9070
+    settings: IngressSettings,
+    ingress_host: str = "127.0.0.1",
+    port: int = 8080,
+    admin_port: int = 9070,
+    *,
+    admin_host: str = "127.0.0.1",
+    insecure_listen: bool = False,
 ) -> None:
-    """Serve the ingress on `port` and the admin API on `admin_port` until cancelled."""
+    """Serve the ingress on `ingress_host:port` and the admin API on `admin_host:admin_port` until cancelled.
+
+    A listener on a non-loopback host needs its token in `settings`, unless `insecure_listen`
+    (`AuthSetupError` otherwise, raised before connecting to Kafka).
+    """
     from .admin import admin_app
     from .app import ingress_app
 
+    check_listen(INGRESS, ingress_host, settings.ingress_token, insecure=insecure_listen)
+    check_listen(ADMIN, admin_host, settings.admin_token, insecure=insecure_listen)
     runtime = IngressRuntime(settings)
     await runtime.start()
     runners: list[web.AppRunner] = []
     try:
-        for app, app_port in ((ingress_app(runtime), port), (admin_app(runtime), admin_port)):
+        listeners = ((ingress_app(runtime), ingress_host, port), (admin_app(runtime), admin_host, admin_port))
+        for app, host, app_port in listeners:
             runner = web.AppRunner(app, access_log=None, **parser_options(settings.http_limits))
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, host, app_port).start()
-        log.info("ingress on http://%s:%d, admin API on http://%s:%d", host, port, host, admin_port)
+        log.info(
+            "ingress on http://%s:%d (%s), admin API on http://%s:%d (%s)",
+            ingress_host, port, _auth_text(settings.ingress_token),
+            admin_host, admin_port, _auth_text(settings.admin_token),
+        )
         await asyncio.Event().wait()
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
         await runtime.stop()
+
+
+def _auth_text(token: BearerToken | None) -> str:
+    return "no authentication" if token is None else f"bearer token from {token.source}"

@@ -27,6 +27,7 @@ from yarl import URL
 from keystate.schemas.ids import InvocationId
 from keystate.schemas.limits import SETTING_HINT, kafka_sizes, max_payload_bytes
 from keystate.server.commands import LogRecord, command_record
+from keystate.server.identity import RequestIdentity, signing_middleware
 from keystate.server.kafka import AsyncProducer, KafkaUnavailable
 
 from .invoker_slots import AttemptSlots
@@ -69,6 +70,9 @@ class InvokerSettings:
     # High watermark of attempts waiting for a slot (all deployments): above it the processor stops
     # consuming the log partitions whose attempts wait, until the queue is below half of it.
     max_queued_attempts: int = 10_000
+    # The key every request to a deployment is signed with (WebSocket handshake or POST; see
+    # keystate.server.identity); None: unsigned, refused by deployments that set identity_keys.
+    identity: RequestIdentity | None = None
 
     @property
     def resume_below_queued_attempts(self) -> int:
@@ -109,9 +113,13 @@ class Invoker:
         # The pool holds exactly as many connections per host as attempts may run against it, so an
         # attempt that has its slot never waits for a connection inside its connect timeout.
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._settings.max_concurrent_attempts_per_deployment)
+        identity = self._settings.identity
+        if identity is not None:
+            log.info("requests to deployments are signed with the identity key %s (%s)", identity.public_key, identity.path)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, connect=self._settings.connect_timeout_s),
+            middlewares=(signing_middleware(identity),) if identity is not None else (),
         )
         self._stream = AttemptStream(self._session, self._settings, self._append)
 

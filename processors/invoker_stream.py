@@ -135,7 +135,9 @@ class AttemptStream:
         try:
             ws = await self._session.ws_connect(url, max_msg_size=self._settings.max_message_bytes, autoping=True)
         except aiohttp.WSServerHandshakeError as exc:
-            raise AttemptError(f"deployment refused the invocation at {url}: HTTP {exc.status} {exc.message}") from exc
+            raise AttemptError(
+                f"deployment refused the invocation at {url}: HTTP {exc.status} {exc.message}{self._hint(exc.status)}"
+            ) from exc
         attempt.ws = ws
         attempt.connected = True
         for message in self._opening(action):
@@ -174,7 +176,9 @@ class AttemptStream:
             attempt.connected = True
             data = await resp.content.read(self._settings.max_message_bytes + 1)
             if resp.status != 200:
-                raise AttemptError(f"deployment answered HTTP {resp.status} at {url}: {data[:300]!r}")
+                raise AttemptError(
+                    f"deployment answered HTTP {resp.status} at {url}: {data[:300]!r}{self._hint(resp.status)}"
+                )
         if len(data) > self._settings.max_message_bytes:
             raise AttemptError(f"response larger than {self._settings.max_message_bytes} bytes")
         try:
@@ -187,6 +191,18 @@ class AttemptStream:
             if ended:
                 return terminal
         raise AttemptError("protocol violation: the response ended without End, Suspension or Error")
+
+    def _hint(self, status: int) -> str:
+        """How to fix a 401: the deployment checks request signatures (identity_keys)."""
+        if status != 401:
+            return ""
+        identity = self._settings.identity
+        if identity is None:
+            return (
+                "; the deployment accepts only signed requests (identity_keys) and this processor signs none: "
+                "start it with the keystate CLI (it loads or creates its identity key)"
+            )
+        return f"; the deployment checks request signatures: add this processor's key {identity.public_key} to its identity_keys"
 
     async def _handle(
         self, attempt: Attempt, data: bytes, next_index: int, ws: aiohttp.ClientWebSocketResponse | None

@@ -115,7 +115,8 @@ def restore_store(
             checkpoint = store.checkpoint()
             assert checkpoint is not None
             start = checkpoint.offset
-        records, size = _read(store, consumer, TopicPartition(info.topic, partition, start), high, info.topic_id, cancelled, chunk)
+        with store.restoring():
+            records, size = _read(store, consumer, TopicPartition(info.topic, partition, start), high, info.topic_id, cancelled, chunk)
     except KafkaException as exc:
         raise kafka_error(f"restore of partition {partition} from {info.topic}", exc) from exc
     finally:

@@ -10,10 +10,11 @@ from typing import Any
 from keystate.schemas._codec import Codec
 from keystate.schemas.errors import ContractError
 from keystate.schemas.ids import InvocationId, InvocationTarget, ServiceType, idempotency_partition_key
+from keystate.schemas.headers import DEFAULT_REDACT_HEADERS, strip_secrets
 from keystate.schemas.limits import MAX_DELAY_MS
-from keystate.server.meta import MetaState
+from keystate.server.meta import MetaState, handler_is_private
 
-__all__ = ["MAX_DELAY_MS", "Invalid", "Routed", "TopicExists", "route_request", "topic_name_problem"]
+__all__ = ["MAX_DELAY_MS", "Invalid", "Refused", "Routed", "TopicExists", "route_request", "topic_name_problem"]
 
 INVOCATION_REQUEST = "keystate.InvocationRequest"
 
@@ -40,6 +41,28 @@ class Invalid:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A well-formed request keystate will not run (an ingress-private handler): answered with a failure.
+
+    `result` is the InvocationResult to publish to keystate.results and to `reply_topic`, so the
+    producer learns why, as an HTTP caller would.
+    """
+
+    invocation_id: InvocationId
+    result: dict[str, Any]
+    reply_topic: str | None
+
+
+def private_handler_message(service: str, handler: str) -> str:
+    """Restate's refusal of an ingress-private handler, with how to reach it (as the HTTP ingress says it)."""
+    return (
+        f"the invoked service is not public: {service}/{handler} is ingress-private, only other handlers can call "
+        "it; to call it from keystate.requests, declare it with ingress_private=False and register the "
+        "deployment again"
+    )
+
+
 def topic_name_problem(name: str) -> str | None:
     """Why `name` is not a legal Kafka topic name, or None if it is."""
     if name in ("", ".", ".."):
@@ -58,8 +81,12 @@ def route_request(
     now_ms: int,
     source: str,
     topic_exists: TopicExists | None = None,
-) -> Routed | Invalid:
-    """Validate one keystate.requests record against the registered services and the cluster's topics."""
+    redact: frozenset[str] = DEFAULT_REDACT_HEADERS,
+) -> Routed | Invalid | Refused:
+    """Validate one keystate.requests record against the registered services and the cluster's topics.
+
+    Headers named in `redact` (the secret deny-list) are dropped unless the service forwards them.
+    """
     if value is None:
         return Invalid("empty record value; produce an Avro InvocationRequest in the Confluent wire format")
     try:
@@ -108,11 +135,24 @@ def route_request(
         iid = InvocationId.new(idempotency_partition_key(invocation_target, idempotency_key))
     else:
         iid = InvocationId.for_target(invocation_target)
+    if handler_is_private(metadata, handlers[handler]):
+        failure = {"code": 400, "message": private_handler_message(service, handler)}
+        result = {
+            "invocation_id": str(iid),
+            "target": target,
+            "status": "FAILED",
+            "output": None,
+            "failure": failure,
+            "idempotency_key": idempotency_key,
+            "completed_at_ms": now_ms,
+        }
+        return Refused(iid, result, reply_topic)
+    headers = strip_secrets(request.get("headers") or {}, redact, metadata.get("forward_headers", ()))
     record = {
         "invocation_id": str(iid),
         "target": target,
         "argument": request["argument"],
-        "headers": request.get("headers") or {},
+        "headers": headers,
         "idempotency_key": idempotency_key,
         "caller": None,
         "reply_topic": reply_topic,

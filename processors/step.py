@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from keystate.schemas._codec import Codec
+from keystate.schemas.headers import redact_headers
 from keystate.schemas.limits import SETTING_HINT
 from keystate.schemas.topics import Topics
 from keystate.server.commands import LogRecord, command_record
@@ -21,7 +22,7 @@ from . import changelog
 from .partition import PartitionProcessor
 from .quarantine import Drop, Quarantine, Reject, SkipPublish
 from .records import PENDING_TOPIC, InRecord, Origin, OutKind, OutRecord
-from .router import Invalid, TopicExists, route_request
+from .router import Invalid, Refused, TopicExists, route_request
 from .state_machine import Action, Publish, SendToPartition
 from .store import Checkpoint
 
@@ -43,6 +44,8 @@ class StepSettings:
     # Largest record the step hands to the producer (key + value + headers): the payload limit's
     # record size (keystate.schemas.limits.kafka_sizes), which producers and topics are sized for.
     max_record_bytes: int
+    # Secret headers dropped from keystate.requests (keystate.schemas.headers; $KEYSTATE_REDACT_HEADERS).
+    redact_headers: frozenset[str] = field(default_factory=redact_headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,9 +264,20 @@ class BatchStep:
             return
         source = f"kafka:{record.topic}/{record.partition}/{record.offset}"
         try:
-            routed = route_request(self.codec, record.value, self.lookups.meta(), now_ms, source, self.lookups.topic_exists)
+            routed = route_request(
+                self.codec,
+                record.value,
+                self.lookups.meta(),
+                now_ms,
+                source,
+                self.lookups.topic_exists,
+                self.settings.redact_headers,
+            )
             if isinstance(routed, Invalid):
                 self._dead_letter(record, routed.reason, result)
+                return
+            if isinstance(routed, Refused):
+                self._refuse(record, routed, result)
                 return
             out = command_record("keystate.InvokeCommand", routed.record, self.settings.log_partitions)
         except Exception as exc:  # a poison request must never stop the router
@@ -278,6 +292,17 @@ class BatchStep:
             )
             return
         result.produced.append(self._command(out, record.origin))
+
+    def _refuse(self, record: InRecord, refused: Refused, result: StepResult) -> None:
+        """Answer a refused request with its failure on keystate.results (and its reply topic), as for a finished one."""
+        iid = str(refused.invocation_id)
+        log.warning("refusing request at %s (invocation %s): %s", _where(record), iid, refused.result["failure"]["message"])
+        value = self.codec.encode("keystate.InvocationResult", refused.result)
+        headers = [("type", b"keystate.InvocationResult")]
+        for topic in dict.fromkeys([self.settings.topics.results, refused.reply_topic]):
+            if topic is not None:
+                out = OutRecord(OutKind.PUBLISH, topic, None, iid.encode(), value, headers, record.origin, iid)
+                result.produced.append(out)
 
     def _command(self, out: LogRecord, origin: Origin, invocation_id: str | None = None) -> OutRecord:
         """A log command as a record of this batch, caused by `origin`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -56,11 +57,13 @@ class StoreSettings:
     """RocksDB block cache shared by all partitions of a process."""
     write_buffer_bytes: int = 4 << 20
     """RocksDB memtable per partition."""
+    restore_write_buffer_bytes: int = 16 << 20
+    """RocksDB memtable of a partition while it restores (fewer flushes and compactions per MB)."""
 
     def __post_init__(self) -> None:
         if self.cache_rows < 0:
             raise ValueError(f"cache_rows is {self.cache_rows}: give 0 (no cache) or more rows")
-        for name in ("block_cache_bytes", "write_buffer_bytes"):
+        for name in ("block_cache_bytes", "write_buffer_bytes", "restore_write_buffer_bytes"):
             if getattr(self, name) < 64 << 10:
                 raise ValueError(f"{name} is {getattr(self, name)}: give at least 64 KiB ({64 << 10})")
 
@@ -171,6 +174,7 @@ class PartitionStore:
         self.tables = StoreTables(_Rows(db), self._cache)
         self._checkpoint: Checkpoint | None = None
         self._closed = False
+        self._write_opt: Any = None  # rocksdict's default (with the write-ahead log) unless restoring
 
     @classmethod
     def open(cls, path: Path, partition: int, settings: StoreSettings) -> PartitionStore:
@@ -236,6 +240,31 @@ class PartitionStore:
             self._cache.clear()
         return count
 
+    @contextlib.contextmanager
+    def restoring(self) -> Iterator[None]:
+        """Bulk mode for `apply` during a restore: no write-ahead log, a larger memtable; flushed on exit.
+
+        Without the log a crash loses the unflushed writes, but each batch carries its checkpoint, so
+        the store reopens at an older checkpoint that matches its rows and the restore resumes there.
+        The flush on exit puts everything on disk before commits with the log resume on this store
+        (replaying a log over writes that never reached it would mix two points in time).
+        Measured on 128 MB of ~200-byte rows: 4.4 CPU-seconds with the log and 4 MiB memtables, 2.9
+        without it and 16 MiB (bench/README.md).
+        """
+        bulk = rocksdict.WriteOptions()
+        setattr(bulk, "disable_wal", True)  # noqa: B010  # a property at runtime; rocksdict's stub says method
+        try:
+            self._db.set_options({"write_buffer_size": str(self.settings.restore_write_buffer_bytes)})
+            self._write_opt = bulk
+            yield
+        finally:
+            self._write_opt = None
+            try:
+                self._db.flush()
+                self._db.set_options({"write_buffer_size": str(self.settings.write_buffer_bytes)})
+            except Exception as exc:
+                raise StoreFailed(f"cannot flush the restored store of partition {self.partition} at {self.path}: {exc}") from exc
+
     def commit(self, records: Iterable[Record], checkpoint: Checkpoint | None) -> None:
         """The batch's transaction committed: write its changelog records, then the overlay becomes cached rows."""
         self._write(records, checkpoint)
@@ -276,7 +305,10 @@ class PartitionStore:
 
     def _commit_batch(self, batch: Any, what: str) -> None:
         try:
-            self._db.write(batch)
+            if self._write_opt is None:
+                self._db.write(batch)
+            else:
+                self._db.write(batch, self._write_opt)
         except Exception as exc:
             raise StoreFailed(f"cannot {what} the store of partition {self.partition} at {self.path}: {exc}") from exc
 

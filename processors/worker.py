@@ -23,6 +23,7 @@ from confluent_kafka import KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from keystate.schemas._codec import codec
+from keystate.schemas.headers import redact_headers
 from keystate.schemas.limits import kafka_sizes
 from keystate.server.kafka import AsyncProducer, KafkaSettings, kafka_error
 from keystate.server.meta import MetaView
@@ -31,7 +32,7 @@ from keystate.server.state_dir import default_state_dir
 from .effects import EffectExecutor
 from .errors import LoopStuck
 from .invoker import Invoker, InvokerSettings
-from .memory import limit_malloc_arenas
+from .memory import limit_malloc_arenas, tune_gc
 from .restore import ChangelogInfo
 from .restorer import StoreRegistry
 from .session import LoopHooks, Session, SessionStats
@@ -119,6 +120,8 @@ class ProcessorSettings:
     topic_cache_ttl_s: float = 60.0
     # Also the group's rebalance timeout: how long a rebalance waits for a member that does not rejoin.
     max_poll_interval_ms: int = 300_000
+    # Secret headers dropped from keystate.requests (keystate.schemas.headers; $KEYSTATE_REDACT_HEADERS).
+    redact_headers: frozenset[str] = field(default_factory=redact_headers)
 
     def store_root(self) -> Path:
         """The directory of this instance's partition stores."""
@@ -167,6 +170,7 @@ class Worker:
         """Process until `stop` is set (or the partition loop fails, which is raised)."""
         self._loop = asyncio.get_running_loop()
         limit_malloc_arenas()  # before the restore, client and RocksDB threads start
+        tune_gc()
         await self.meta.start()
         self._producer = AsyncProducer(self.settings.kafka, **{"client.id": f"keystate-invoker-{self.settings.instance_id}"})
         self.log_partitions = self._producer.partitions(self.topics.log)
@@ -186,7 +190,7 @@ class Worker:
         self._admin = AdminClient(kafka.admin_config())
         topic_cache = TopicCache(self._list_topics, ttl_s=self.settings.topic_cache_ttl_s)
         step = BatchStep(
-            StepSettings(self.topics, self.log_partitions, self.settings.record_limit),
+            StepSettings(self.topics, self.log_partitions, self.settings.record_limit, self.settings.redact_headers),
             StepLookups(meta=lambda: self.meta.state, topic_exists=topic_cache.exists),
             self._codec,
         )

@@ -42,7 +42,9 @@ SCHEMA_IDS: Final[dict[str, int]] = {
     "keystate.InvocationResult": 302,
     "keystate.DeadLetter": 303,
     # keystate.meta
-    "keystate.DeploymentRecord": 401,
+    # 401: the layout before ingress_private / forward_headers; still read, upgraded on read.
+    "keystate.DeploymentRecordV1": 401,
+    "keystate.DeploymentRecord": 402,
     # processor <-> deployment protocol
     "keystate.StartMessage": 501,
     "keystate.EntryMessage": 502,

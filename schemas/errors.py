@@ -3,15 +3,17 @@
 ```
 ContractError                 root: anything wrong with a schema, a record or its bytes
  ├── EncodeError              a record does not match its schema (names the record and field)
- └── DecodeError              bytes are not a valid wire-format record (empty, truncated,
-     │                        wrong magic byte, body not matching the schema, trailing bytes)
-     └── UnknownSchemaError   unknown schema id, or unknown record name
+ ├── DecodeError              bytes are not a valid wire-format record (empty, truncated,
+ │   │                        wrong magic byte, body not matching the schema, trailing bytes)
+ │   └── UnknownSchemaError   unknown schema id, or unknown record name
+ └── PublicKeyError           a request identity key that is not publickeyv1_<base58 of 32 bytes>
+                              (keystate.schemas.identity; also a ValueError)
 ```
 """
 
 from __future__ import annotations
 
-__all__ = ["ContractError", "DecodeError", "EncodeError", "UnknownSchemaError"]
+__all__ = ["ContractError", "DecodeError", "EncodeError", "PublicKeyError", "UnknownSchemaError"]
 
 
 class ContractError(Exception):
@@ -28,3 +30,7 @@ class DecodeError(ContractError):
 
 class UnknownSchemaError(DecodeError):
     """A schema id or record name that this version of keystate does not know."""
+
+
+class PublicKeyError(ContractError, ValueError):
+    """A public key string that is not `publickeyv1_` and the base58 of 32 bytes."""

@@ -14,6 +14,7 @@ from keystate.schemas._codec import Codec, codec
 from keystate.schemas.errors import ContractError
 
 from ._context import InvocationCore
+from ._identity import IdentityVerifier, identity_middleware
 from ._machine import COMPLETION, ENTRY, START, Machine, Message, target_from_avro
 from ._service import AnyService, Handler, InvocationRetryPolicy
 from .errors import ProtocolError
@@ -82,6 +83,11 @@ def _service_manifest(svc: AnyService) -> dict[str, Any]:
         out["abortTimeout"] = _ms(svc.abort_timeout)
     if svc.journal_retention is not None:
         out["journalRetention"] = _ms(svc.journal_retention)
+    if svc.ingress_private:
+        out["ingressPrivate"] = True
+    if svc.forward_headers:
+        # keystate's own field: which redacted headers (the secret deny-list) this service still gets.
+        out["forwardHeaders"] = list(svc.forward_headers)
     return out
 
 
@@ -98,6 +104,8 @@ def _handler_manifest(handler: Handler) -> dict[str, Any]:
     }
     if handler.retry_policy is not None:
         out["retryPolicy"] = _retry_policy_manifest(handler.retry_policy)
+    if handler.ingress_private is not None:
+        out["ingressPrivate"] = handler.ingress_private
     return out
 
 
@@ -108,6 +116,7 @@ def app(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     transports: Iterable[str] = TRANSPORTS,
     heartbeat_interval: timedelta = timedelta(seconds=10),
+    identity_keys: Iterable[str] | None = None,
 ) -> web.Application:
     """The aiohttp application serving `GET /discover` and the invocation attempts.
 
@@ -118,7 +127,12 @@ def app(
     `max_message_bytes` bounds one WebSocket message and one POST body. On a WebSocket the SDK
     sends a HeartbeatMessage every `heartbeat_interval` while nothing else goes out, so a long
     `ctx.run` does not trip the processor's inactivity timeout (keep it well below that timeout).
+    `identity_keys` (`publickeyv1_...` strings, as Restate's SDKs take them): every request, discovery
+    included, must be signed by keystate with one of these keys, or it is answered 401. List several
+    to rotate keys or to accept processors with different keys. Needs `pip install 'keystate[identity]'`.
     """
+    # Checked first: a bad key is a configuration error at start, not a 401 at the first request.
+    verifier = IdentityVerifier(identity_keys) if identity_keys is not None else None
     registry: dict[str, AnyService] = {}
     for svc in services:
         if svc.name in registry:
@@ -183,7 +197,8 @@ def app(
         payload = the_codec.encode(BATCH, {"messages": [the_codec.encode(n, r) for n, r in out]})
         return web.Response(body=payload, content_type=BATCH_CONTENT_TYPE)
 
-    application = web.Application(client_max_size=max_message_bytes)
+    middlewares = [identity_middleware(verifier)] if verifier is not None else []
+    application = web.Application(client_max_size=max_message_bytes, middlewares=middlewares)
     application.router.add_get("/discover", discover)
     application.router.add_get("/invoke/{service}/{handler}", invoke)
     application.router.add_post("/invoke/{service}/{handler}", invoke_batch)
@@ -259,10 +274,15 @@ def serve(
     suspend_after: timedelta = timedelta(seconds=10),
     transports: Iterable[str] = TRANSPORTS,
     heartbeat_interval: timedelta = timedelta(seconds=10),
+    identity_keys: Iterable[str] | None = None,
 ) -> None:
-    """Serve the services until interrupted (blocking)."""
+    """Serve the services until interrupted (blocking); `identity_keys` as for `app`."""
     application = app(
-        services, suspend_after=suspend_after, transports=transports, heartbeat_interval=heartbeat_interval
+        services,
+        suspend_after=suspend_after,
+        transports=transports,
+        heartbeat_interval=heartbeat_interval,
+        identity_keys=identity_keys,
     )
     web.run_app(application, host=host, port=port)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import re
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
@@ -51,6 +52,18 @@ class InvocationRetryPolicy:
             raise ValueError(f"on_max_attempts must be 'fail' or 'pause', got {self.on_max_attempts!r}")
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _header_names(names: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(names, str):
+        raise TypeError(f"forward_headers must be a list of header names, e.g. [{names!r}], not a string")
+    for name in names:
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"forward_headers: {name!r} is not an HTTP header name")
+    return tuple(sorted({n.lower() for n in names}))
+
+
 def _positive(name: str, value: timedelta | None) -> timedelta | None:
     if value is not None and (not isinstance(value, timedelta) or value <= timedelta(0)):
         raise ValueError(f"{name} must be a positive timedelta or None, got {value!r}")
@@ -70,6 +83,8 @@ class Handler:
     input_serde: Serde[Any]
     output_serde: Serde[Any]
     retry_policy: InvocationRetryPolicy | None = None
+    # None: as the service says (Restate's rule).
+    ingress_private: bool | None = None
 
     @property
     def qualified(self) -> str:
@@ -100,13 +115,21 @@ class _ServiceBase:
         inactivity_timeout: timedelta | None = None,
         abort_timeout: timedelta | None = None,
         idempotency_retention: timedelta | None = None,
+        ingress_private: bool = False,
+        forward_headers: Sequence[str] = (),
     ) -> None:
         """None for a setting means: the server's default.
 
         `inactivity_timeout`: an attempt silent this long is asked to suspend (or retried);
         `abort_timeout`: an attempt asked to stop is aborted this long after;
         `idempotency_retention`: how long the result of an invocation sent with an idempotency
-        key is kept to answer duplicates.
+        key is kept to answer duplicates;
+        `ingress_private`: the ingress refuses calls to its handlers (HTTP 400, and a failure
+        result for keystate.requests); other handlers still call them. A handler's own
+        `ingress_private` wins;
+        `forward_headers`: names of headers on the server's secret deny-list (e.g.
+        `authorization`) that this service still receives. They are then stored with the
+        invocation in Kafka (log and changelog) like every other forwarded header.
         """
         if not name or "/" in name:
             raise ValueError(f"invalid service name {name!r}: it must be non-empty and contain no '/'")
@@ -119,6 +142,10 @@ class _ServiceBase:
         self.inactivity_timeout = _positive("inactivity_timeout", inactivity_timeout)
         self.abort_timeout = _positive("abort_timeout", abort_timeout)
         self.idempotency_retention = _positive("idempotency_retention", idempotency_retention)
+        if not isinstance(ingress_private, bool):
+            raise TypeError(f"ingress_private must be True or False, got {ingress_private!r}")
+        self.ingress_private = ingress_private
+        self.forward_headers = _header_names(forward_headers)
         self.handlers: dict[str, Handler] = {}
 
     @property
@@ -134,7 +161,10 @@ class _ServiceBase:
         input_serde: Serde[Any] | None,
         output_serde: Serde[Any] | None,
         retry_policy: InvocationRetryPolicy | None = None,
+        ingress_private: bool | None = None,
     ) -> None:
+        if ingress_private is not None and not isinstance(ingress_private, bool):
+            raise TypeError(f"ingress_private must be True, False or None (as the service), got {ingress_private!r}")
         if retry_policy is not None and not isinstance(retry_policy, InvocationRetryPolicy):
             raise TypeError("invocation_retry_policy must be a keystate.InvocationRetryPolicy")
         if not inspect.iscoroutinefunction(fn):
@@ -163,6 +193,7 @@ class _ServiceBase:
             input_serde=serde_for(arg_hint, input_serde, check_type=True),
             output_serde=serde_for(hints.get("return"), output_serde),
             retry_policy=retry_policy,
+            ingress_private=ingress_private,
         )
         setattr(fn, _ATTR, handler)
 
@@ -180,6 +211,7 @@ class Service(_ServiceBase):
         input_serde: Serde[Any] | None = None,
         output_serde: Serde[Any] | None = None,
         invocation_retry_policy: InvocationRetryPolicy | None = None,
+        ingress_private: bool | None = None,
     ) -> Callable[[F], F]:
         """Register `async def h(ctx: Context, arg: T) -> R` (or `h(ctx)`) as a handler."""
         if kind is not None:
@@ -187,7 +219,7 @@ class Service(_ServiceBase):
 
         def register(fn: F) -> F:
             # Services have no concurrency kind; the contract's Target needs one, EXCLUSIVE is its default.
-            self._register(fn, name, HandlerKind.EXCLUSIVE, input_serde, output_serde, invocation_retry_policy)
+            self._register(fn, name, HandlerKind.EXCLUSIVE, input_serde, output_serde, invocation_retry_policy, ingress_private)
             return fn
 
         return register
@@ -206,6 +238,7 @@ class VirtualObject(_ServiceBase):
         input_serde: Serde[Any] | None = None,
         output_serde: Serde[Any] | None = None,
         invocation_retry_policy: InvocationRetryPolicy | None = None,
+        ingress_private: bool | None = None,
     ) -> Callable[[F], F]:
         """Register an exclusive (`ObjectContext`) or shared (`ObjectSharedContext`) handler."""
         kinds = {None: HandlerKind.EXCLUSIVE, "exclusive": HandlerKind.EXCLUSIVE, "shared": HandlerKind.SHARED}
@@ -213,7 +246,7 @@ class VirtualObject(_ServiceBase):
             raise ValueError(f"kind must be 'exclusive' or 'shared', got {kind!r}")
 
         def register(fn: F) -> F:
-            self._register(fn, name, kinds[kind], input_serde, output_serde, invocation_retry_policy)
+            self._register(fn, name, kinds[kind], input_serde, output_serde, invocation_retry_policy, ingress_private)
             return fn
 
         return register
@@ -235,6 +268,8 @@ class Workflow(_ServiceBase):
         abort_timeout: timedelta | None = None,
         idempotency_retention: timedelta | None = None,
         workflow_retention: timedelta | None = timedelta(days=1),
+        ingress_private: bool = False,
+        forward_headers: Sequence[str] = (),
     ) -> None:
         """`workflow_retention`: how long a finished workflow's state, promises and result are
         kept (and its id blocked from running again); None = the server's default."""
@@ -246,6 +281,8 @@ class Workflow(_ServiceBase):
             inactivity_timeout=inactivity_timeout,
             abort_timeout=abort_timeout,
             idempotency_retention=idempotency_retention,
+            ingress_private=ingress_private,
+            forward_headers=forward_headers,
         )
         self.workflow_retention = _positive("workflow_retention", workflow_retention)
 
@@ -261,13 +298,14 @@ class Workflow(_ServiceBase):
         input_serde: Serde[Any] | None = None,
         output_serde: Serde[Any] | None = None,
         invocation_retry_policy: InvocationRetryPolicy | None = None,
+        ingress_private: bool | None = None,
     ) -> Callable[[F], F]:
         """Register the run handler (`WorkflowContext`); a workflow has exactly one."""
 
         def register(fn: F) -> F:
             if any(h.kind is HandlerKind.WORKFLOW for h in self.handlers.values()):
                 raise ValueError(f"workflow {self.name} already has a main handler")
-            self._register(fn, name, HandlerKind.WORKFLOW, input_serde, output_serde, invocation_retry_policy)
+            self._register(fn, name, HandlerKind.WORKFLOW, input_serde, output_serde, invocation_retry_policy, ingress_private)
             return fn
 
         return register
@@ -279,11 +317,12 @@ class Workflow(_ServiceBase):
         input_serde: Serde[Any] | None = None,
         output_serde: Serde[Any] | None = None,
         invocation_retry_policy: InvocationRetryPolicy | None = None,
+        ingress_private: bool | None = None,
     ) -> Callable[[F], F]:
         """Register a shared handler (`WorkflowSharedContext`), e.g. a signal or a query."""
 
         def register(fn: F) -> F:
-            self._register(fn, name, HandlerKind.SHARED, input_serde, output_serde, invocation_retry_policy)
+            self._register(fn, name, HandlerKind.SHARED, input_serde, output_serde, invocation_retry_policy, ingress_private)
             return fn
 
         return register

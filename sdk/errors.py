@@ -6,7 +6,8 @@ Exception
  │                            never retried
  ├── RetryableError           public: fails this attempt only; the invocation is retried after
  │                            `retry_after` if given, else by the retry policy
- └── ProtocolError            the processor broke the protocol (private: logged, socket closed)
+ ├── ProtocolError            the processor broke the protocol (private: logged, socket closed)
+ └── IdentityRejected         a request without a valid signature (private: answered 401)
 BaseException
  └── AttemptEnded             the attempt is over; unwinds the handler (private)
      └── Suspended            ... because it suspended, waiting on incomplete entries
@@ -66,6 +67,10 @@ class RetryableError(Exception):
 
 class ProtocolError(Exception):
     """The processor sent something the protocol does not allow at this point."""
+
+
+class IdentityRejected(Exception):
+    """A request without a valid keystate signature (`identity_keys`); the message is the 401 answer."""
 
 
 class AttemptEnded(BaseException):

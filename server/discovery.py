@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -15,6 +16,7 @@ import aiohttp
 
 from .address_policy import AddressNotAllowed, AddressPolicy, GuardedResolver, literal_address
 from .errors import MetaError
+from .identity import RequestIdentity, signing_middleware
 
 __all__ = [
     "RETRY_POLICY_DEFAULTS",
@@ -74,14 +76,17 @@ def normalize_uri(uri: object) -> str:
     return text
 
 
-async def discover(uri: str, timeout: float = 10.0, *, allow: AddressPolicy | None = None) -> dict[str, Any]:
+async def discover(
+    uri: str, timeout: float = 10.0, *, allow: AddressPolicy | None = None, identity: RequestIdentity | None = None
+) -> dict[str, Any]:
     """Ask the deployment at `uri` what it serves; a new DeploymentRecord (fresh id) on success.
 
     Connects only to addresses `allow` permits (default `$KEYSTATE_DEPLOYMENT_ALLOW`, see
     `keystate.server.address_policy`), follows no redirects, and never puts the deployment's answer
     into an error beyond its status code. Every failure is a `MetaError` whose message says what to
     fix; failures to connect or to get an HTTP answer share one message, so a caller cannot tell a
-    closed port from an open one (the detail goes to the log).
+    closed port from an open one (the detail goes to the log). With an `identity` the request is signed,
+    so deployments that check `identity_keys` answer.
     """
     base = normalize_uri(uri)
     url = f"{base}/discover"
@@ -93,7 +98,8 @@ async def discover(uri: str, timeout: float = 10.0, *, allow: AddressPolicy | No
     # cache, no proxy from the environment (a proxy would connect on our behalf, unchecked).
     connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy, base), use_dns_cache=False, force_close=True)
     try:
-        async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+        signing = (signing_middleware(identity),) if identity is not None else ()
+        async with aiohttp.ClientSession(connector=connector, trust_env=False, middlewares=signing) as session:
             async with session.get(
                 url,
                 allow_redirects=False,
@@ -279,10 +285,11 @@ def _service(spec: object, where: str) -> dict[str, Any]:
         raise MetaError(f"{where}: field 'handlers' must be a list of handlers")
     if not handlers:
         raise MetaError(f"{where} has no handlers; a service needs at least one handler to be invoked")
+    private = _optional_bool(spec, "ingressPrivate", where)
     converted = []
     seen: set[str] = set()
     for index, handler in enumerate(handlers):
-        meta = _handler(handler, ty, f"{where}: handlers[{index}]")
+        meta = _handler(handler, ty, bool(private), f"{where}: handlers[{index}]")
         if meta["name"] in seen:
             raise MetaError(f"{where} declares handler {_shown(meta['name'])} twice; handler names must be unique")
         seen.add(meta["name"])
@@ -302,10 +309,33 @@ def _service(spec: object, where: str) -> dict[str, Any]:
         "retention_ms": _optional_ms(spec, "journalRetention", where),
         "inactivity_timeout_ms": _optional_ms(spec, "inactivityTimeout", where),
         "abort_timeout_ms": _optional_ms(spec, "abortTimeout", where),
+        "ingress_private": bool(private),
+        "forward_headers": _forward_headers(spec.get("forwardHeaders"), where),
     }
 
 
-def _handler(spec: object, service_type: str, where: str) -> dict[str, Any]:
+def _optional_bool(spec: Mapping[str, Any], field: str, where: str) -> bool | None:
+    value = spec.get(field)
+    if value is not None and not isinstance(value, bool):
+        raise MetaError(f"{where}: field {field!r} must be true or false, got {value!r}")
+    return value
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _forward_headers(value: object, where: str) -> list[str]:
+    """`forwardHeaders` (keystate's extension): names of redacted headers the service still wants."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and _HEADER_NAME.fullmatch(v) for v in value):
+        raise MetaError(
+            f"{where}: field 'forwardHeaders' must be a list of HTTP header names like [\"authorization\"], got {value!r}"
+        )
+    return sorted({v.lower() for v in value})
+
+
+def _handler(spec: object, service_type: str, service_private: bool, where: str) -> dict[str, Any]:
     if not isinstance(spec, Mapping):
         raise MetaError(f"{where} must be an object with 'name' and 'ty'")
     name = _name(spec.get("name"), where, "handler")
@@ -332,7 +362,13 @@ def _handler(spec: object, service_type: str, where: str) -> dict[str, Any]:
         "input_content_type": _content_type(spec.get("input"), where, "input"),
         "output_content_type": _content_type(spec.get("output"), where, "output"),
         "retry_policy": _retry_policy(spec.get("retryPolicy"), where),
+        # Restate's rule: the handler's own ingressPrivate, else the service's.
+        "ingress_private": _resolved(_optional_bool(spec, "ingressPrivate", where), service_private),
     }
+
+
+def _resolved(own: bool | None, inherited: bool) -> bool:
+    return inherited if own is None else own
 
 
 def _content_type(spec: object, where: str, field: str) -> str | None:

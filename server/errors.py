@@ -6,6 +6,7 @@ ServerError
  +-- KafkaSettingsError   the Kafka security settings are incomplete or contradict each other
  +-- TopicConfigError     existing topics do not match what keystate needs
  +-- MetaError            a deployment or service registration is invalid
+ +-- IdentityError        the request identity key file is missing, unreadable or not ed25519
 """
 
 from __future__ import annotations
@@ -33,3 +34,7 @@ class TopicConfigError(ServerError):
 
 class MetaError(ServerError):
     """A deployment or its services cannot be registered; the message says how to fix it."""
+
+
+class IdentityError(ServerError):
+    """The identity key file is missing, unreadable or not an ed25519 key; the message says how to fix it."""

@@ -17,11 +17,37 @@ from keystate.schemas.errors import ContractError
 from .errors import KafkaUnavailable, MetaError
 from .kafka import AsyncProducer, KafkaSettings, TopicFollower
 
-__all__ = ["DEPLOYMENT_RECORD", "MetaState", "MetaView", "Registration", "register", "unregister"]
+__all__ = [
+    "DEPLOYMENT_RECORD",
+    "DEPLOYMENT_RECORD_V1",
+    "MetaState",
+    "MetaView",
+    "Registration",
+    "handler_is_private",
+    "register",
+    "unregister",
+    "upgrade_deployment_record",
+]
 
 log = logging.getLogger(__name__)
 
 DEPLOYMENT_RECORD = "keystate.DeploymentRecord"
+# Written before ingress-private handlers and forwarded headers existed; read and upgraded.
+DEPLOYMENT_RECORD_V1 = "keystate.DeploymentRecordV1"
+
+
+def upgrade_deployment_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 DeploymentRecord with the fields added since at their defaults: public, no forwarded secrets."""
+    services = []
+    for service in record["services"]:
+        handlers = [{**h, "ingress_private": False} for h in service["handlers"]]
+        services.append({**service, "handlers": handlers, "ingress_private": False, "forward_headers": []})
+    return {**record, "services": services}
+
+
+def handler_is_private(service: dict[str, Any], handler: dict[str, Any]) -> bool:
+    """Whether the ingress must refuse calls to `handler` (already resolved against its service at discovery)."""
+    return bool(handler.get("ingress_private", service.get("ingress_private", False)))
 
 
 class ServiceEntry(NamedTuple):
@@ -136,7 +162,9 @@ class MetaView:
             except ContractError as exc:
                 log.warning("ignoring an undecodable keystate.meta record for %s: %s", deployment_id, exc)
                 return
-            if name != DEPLOYMENT_RECORD:
+            if name == DEPLOYMENT_RECORD_V1:
+                record = upgrade_deployment_record(record)
+            elif name != DEPLOYMENT_RECORD:
                 # Other record types (service settings) are not handled by this version.
                 log.debug("ignoring a %s record in keystate.meta", name)
                 return

@@ -33,13 +33,17 @@ async def test_register_then_services_and_deployments_show_it(admin: TestClient,
         "ty": "VIRTUAL_OBJECT",
         "deployment_id": created["id"],
         "handlers": [
-            {"name": "add", "ty": "EXCLUSIVE", "input_content_type": None, "output_content_type": None, "retry_policy": None},
-            {"name": "get", "ty": "SHARED", "input_content_type": None, "output_content_type": None, "retry_policy": None},
+            {"name": "add", "ty": "EXCLUSIVE", "input_content_type": None, "output_content_type": None, "retry_policy": None,
+             "ingress_private": False},
+            {"name": "get", "ty": "SHARED", "input_content_type": None, "output_content_type": None, "retry_policy": None,
+             "ingress_private": False},
         ],
         "retry_policy": None,
         "inactivity_timeout_ms": None,
         "abort_timeout_ms": None,
         "journal_retention_ms": None,
+        "ingress_private": False,
+        "forward_headers": [],
     }
     one = await admin.get("/services/Greeter")
     assert one.status == 200 and (await one.json())["deployment_id"] == created["id"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -13,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from keystate.server.address_policy import ALLOW_ENV, AddressNotAllowed, AddressPolicy, address_class
 from keystate.server.discovery import discover
 from keystate.server.errors import MetaError
+from keystate.server.identity import create_key_file
 
 from ingress_support import GREETER, Deployment, manifest
 
@@ -26,6 +28,7 @@ class Target:
         self.hits = 0
         self.respond: Callable[[], web.StreamResponse] = lambda: web.json_response(manifest(GREETER))
         self.server: TestServer | None = None
+        self.headers: dict[str, str] = {}
 
     @property
     def uri(self) -> str:
@@ -39,6 +42,7 @@ class Target:
 
     async def _any(self, request: web.Request) -> web.StreamResponse:
         self.hits += 1
+        self.headers = dict(request.headers)
         return self.respond()
 
 
@@ -137,6 +141,13 @@ async def test_the_environment_sets_the_default_policy(target: Target, monkeypat
         await discover(target.uri, timeout=5.0)
     monkeypatch.setenv(ALLOW_ENV, "")  # empty: the default, loopback allowed
     assert (await discover(target.uri, timeout=5.0))["uri"] == target.uri
+
+
+async def test_discovery_through_the_guarded_connector_is_still_signed(target: Target, tmp_path: Path) -> None:
+    identity = create_key_file(tmp_path / "identity.pem")
+    await discover(target.uri, timeout=5.0, identity=identity)
+    signed = identity.headers("/discover")
+    assert signed and all(target.headers.get(name) for name in signed)
 
 
 # --- what the caller learns --------------------------------------------------------------------

@@ -383,7 +383,7 @@ def test_an_unreadable_checkpoint_wipes_the_store(store: PartitionStore):
         store.close()
 
 
-@pytest.mark.parametrize("bad", [{"cache_rows": -1}, {"block_cache_bytes": 0}, {"write_buffer_bytes": 1024}])
+@pytest.mark.parametrize("bad", [{"cache_rows": -1}, {"block_cache_bytes": 0}, {"write_buffer_bytes": 1024}, {"restore_write_buffer_bytes": 1024}])
 def test_settings_out_of_range_are_refused_with_the_setting_named(bad: dict[str, int]):
     with pytest.raises(ValueError, match=next(iter(bad))):
         StoreSettings(**bad)
@@ -423,6 +423,70 @@ def test_a_kill_9_mid_write_leaves_exactly_the_rows_of_the_checkpoint(tmp_path: 
         assert checkpoint is not None and checkpoint.offset >= 3_000
         keys = [k[2] for k, _ in store.tables.state.scan(("S", "k"))]
         assert keys == [f"{i:08d}" for i in range(checkpoint.offset)]
+    finally:
+        store.close()
+
+
+KILLED_RESTORE = """
+import sys, time
+from pathlib import Path
+from keystate.processors import changelog
+from keystate.processors.store import Checkpoint, PartitionStore, StoreSettings
+
+# A 64 KiB restore memtable: flushes every ~120 rows, so a kill lands between flushes.
+store = PartitionStore.open(Path(sys.argv[1]), 0, StoreSettings(restore_write_buffer_bytes=64 << 10))
+stop_at = int(sys.argv[2])
+offset = 0
+with store.restoring():
+    while offset < stop_at:
+        batch = [changelog.row_record("state", ("S", "k", f"{i:08d}"), {"value": b"x" * 500}) for i in range(offset, offset + 300)]
+        offset += len(batch)
+        store.apply(batch, Checkpoint("gen", offset, 0))
+        if offset == 3_000:
+            print("written", flush=True)
+# The restore ended: the processor commits with the write-ahead log again.
+store.commit([changelog.row_record("state", ("S", "k", "after"), {"value": b"y"})], Checkpoint("gen", offset + 1, 0))
+print("committed", flush=True)
+time.sleep(60)
+"""
+
+
+def _killed_restore(path: Path, stop_at: int, wait_for: bytes) -> None:
+    child = subprocess.Popen([sys.executable, "-c", KILLED_RESTORE, str(path), str(stop_at)], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        while (line := child.stdout.readline()) != wait_for:
+            assert line, f"the writer ended before printing {wait_for!r}"
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+
+
+def test_a_kill_9_mid_restore_without_the_write_ahead_log_leaves_a_consistent_store(tmp_path: Path):
+    """Restores write without the log: a kill loses the unflushed batches, never part of one, and the
+    checkpoint that survives is the one flushed with its rows."""
+    path = tmp_path / "p0"
+    _killed_restore(path, 10**9, b"written\n")
+
+    store = PartitionStore.open(path, 0, StoreSettings())
+    try:
+        checkpoint = store.checkpoint()
+        assert checkpoint is not None and checkpoint.offset > 0  # flushes happened before the kill
+        keys = [k[2] for k, _ in store.tables.state.scan(("S", "k"))]
+        assert keys == [f"{i:08d}" for i in range(checkpoint.offset)]
+    finally:
+        store.close()
+
+
+def test_a_finished_restore_is_on_disk_before_commits_with_the_log_resume(tmp_path: Path):
+    path = tmp_path / "p0"
+    _killed_restore(path, 3_000, b"committed\n")
+
+    store = PartitionStore.open(path, 0, StoreSettings())
+    try:
+        assert store.checkpoint() == Checkpoint("gen", 3_001, 0)
+        keys = [k[2] for k, _ in store.tables.state.scan(("S", "k"))]
+        assert keys == [f"{i:08d}" for i in range(3_000)] + ["after"]
     finally:
         store.close()
 

@@ -186,7 +186,9 @@ def test_exact_bytes_of_a_small_record():
         ("keystate.InvocationRequest", 301),
         ("keystate.InvocationResult", 302),
         ("keystate.DeadLetter", 303),
-        ("keystate.DeploymentRecord", 401),
+        # 401 keeps the layout it was written with (read and upgraded); the current one is 402.
+        ("keystate.DeploymentRecordV1", 401),
+        ("keystate.DeploymentRecord", 402),
         ("keystate.StartMessage", 501),
         ("keystate.MessageBatch", 508),
     ],
