@@ -81,9 +81,8 @@ def start() -> int:
         print(f"keystate dev: {exc}", file=sys.stderr)
         return 1
     from keystate.server.errors import ServerError
+    from keystate.server.kafka_security import ENV_VARS, KafkaSecurity
     from keystate.server.topics import ensure_topics
-
-    from keystate.server.kafka_security import KafkaSecurity
 
     try:
         ensure_topics(bootstrap, security=KafkaSecurity())  # the local broker speaks PLAINTEXT
@@ -91,8 +90,6 @@ def start() -> int:
         print(f"keystate dev: {exc}", file=sys.stderr)
         return 1
     python = sys.executable
-    from keystate.server.kafka_security import ENV_VARS
-
     # The local broker speaks PLAINTEXT: settings meant for another cluster must not reach the runtime.
     plain_env = {k: v for k, v in os.environ.items() if k not in ENV_VARS.values()}
     _spawn("runtime", [python, "-m", "keystate.cli", "runtime", "--bootstrap", bootstrap,
