@@ -22,6 +22,8 @@ def _topics(args: argparse.Namespace) -> int:
     from keystate.server.topics import TopicSettings, ensure_topics
     from keystate.schemas.topics import Topics
 
+    from .kafka_flags import kafka_security
+
     bootstrap = _bootstrap(args)
     try:
         settings = TopicSettings(
@@ -32,13 +34,13 @@ def _topics(args: argparse.Namespace) -> int:
         if args.action == "migrate":
             from .migrate import migrate_changelogs
 
-            copied = migrate_changelogs(bootstrap, Topics(args.prefix), settings)
+            copied = migrate_changelogs(bootstrap, Topics(args.prefix), settings, security=kafka_security(args))
             if not copied:
                 print(f"nothing to migrate: no per-table changelogs under the prefix {args.prefix!r}")
             for table, count in copied.items():
                 print(f"{table}: {count} records copied")
             return 0
-        created = ensure_topics(bootstrap, Topics(args.prefix), settings)
+        created = ensure_topics(bootstrap, Topics(args.prefix), settings, security=kafka_security(args))
     except (ServerError, PayloadLimitError) as exc:
         print(f"keystate topics: {exc}", file=sys.stderr)
         return 1
@@ -64,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
         "--max-payload-bytes",
         help="the payload limit the topics must hold records for (default $KEYSTATE_MAX_PAYLOAD_BYTES or 8 MiB)",
     )
+    from .kafka_flags import add_kafka_security_args
+
+    add_kafka_security_args(topics)
     topics.set_defaults(run=_topics)
 
     from .runtime import add_parsers

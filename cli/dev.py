@@ -40,12 +40,12 @@ def _alive(name: str) -> int | None:
         return None
 
 
-def _spawn(name: str, argv: list[str]) -> int:
+def _spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
     pid = _alive(name)
     if pid is not None:
         return pid
     log = open(RUN / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True, env=env)
     _pid_file(name).write_text(str(proc.pid))
     return proc.pid
 
@@ -81,16 +81,19 @@ def start() -> int:
         print(f"keystate dev: {exc}", file=sys.stderr)
         return 1
     from keystate.server.errors import ServerError
+    from keystate.server.kafka_security import ENV_VARS, KafkaSecurity
     from keystate.server.topics import ensure_topics
 
     try:
-        ensure_topics(bootstrap)
+        ensure_topics(bootstrap, security=KafkaSecurity())  # the local broker speaks PLAINTEXT
     except ServerError as exc:
         print(f"keystate dev: {exc}", file=sys.stderr)
         return 1
     python = sys.executable
+    # The local broker speaks PLAINTEXT: settings meant for another cluster must not reach the runtime.
+    plain_env = {k: v for k, v in os.environ.items() if k not in ENV_VARS.values()}
     _spawn("runtime", [python, "-m", "keystate.cli", "runtime", "--bootstrap", bootstrap,
-                       "--port", str(INGRESS), "--admin-port", str(ADMIN)])
+                       "--port", str(INGRESS), "--admin-port", str(ADMIN)], env=plain_env)
     _spawn("examples", [python, str(REPO / "examples" / "serve.py"), str(EXAMPLES)])
     _wait(f"http://127.0.0.1:{ADMIN}/health", "runtime")
     _wait(f"http://127.0.0.1:{EXAMPLES}/discover", "examples")

@@ -272,10 +272,15 @@ class NodeSpec:
     node_id: int
     port: int
     controller_port: int
+    sasl_port: int | None = None  # a SASL_PLAINTEXT listener too (see cli/kafka_sasl.py)
 
     @property
     def bootstrap(self) -> str:
         return f"{HOST}:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        return None if self.sasl_port is None else f"{HOST}:{self.sasl_port}"
 
     @property
     def voter(self) -> str:
@@ -319,7 +324,7 @@ class Node:
         """The node configured in folder by an earlier start, if any."""
         try:
             props = _read_properties(folder / "server.properties")
-            spec = NodeSpec(int(props["node.id"]), *_listener_ports(props["listeners"]))
+            spec = NodeSpec(int(props["node.id"]), *_listener_ports(props["listeners"]), _sasl_port(props["listeners"]))
         except (OSError, KeyError, ValueError):
             return None
         return cls(folder, spec)
@@ -327,17 +332,20 @@ class Node:
     def configure(self, voters: str, settings: Mapping[str, str]) -> None:
         """Write server.properties and log4j2.xml; wipe data/ if the configuration changed."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        sasl = f",SASL_PLAINTEXT://{HOST}:{self.spec.sasl_port}" if self.spec.sasl_port is not None else ""
         text = _render_properties({
             "node.id": str(self.spec.node_id),
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://{HOST}:{self.spec.port},CONTROLLER://{HOST}:{self.spec.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.spec.port}",
+            "listeners": f"PLAINTEXT://{HOST}:{self.spec.port},CONTROLLER://{HOST}:{self.spec.controller_port}{sasl}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.spec.port}{sasl}",
             "log.dirs": str(self.data),
             **settings,
         })
         if not self.properties.is_file() or self.properties.read_text() != text:
             shutil.rmtree(self.data, ignore_errors=True)  # ports or settings changed: start afresh
             self.properties.write_text(text)
+        if sasl:
+            self.properties.chmod(0o600)  # it holds the SASL users' passwords
         shutil.copyfile(LOG4J2, self.folder / "log4j2.xml")
 
     def format(self, java: str, libs: Path, cluster_id: str) -> None:
@@ -471,6 +479,11 @@ def _listener_ports(listeners: str) -> tuple[int, int]:
     return int(ports["PLAINTEXT"]), int(ports["CONTROLLER"])
 
 
+def _sasl_port(listeners: str) -> int | None:
+    port = dict(re.findall(r"(\w+)://[^:,]+:(\d+)", listeners)).get("SASL_PLAINTEXT")
+    return None if port is None else int(port)
+
+
 def _tail_text(text: str, lines: int = 40) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
@@ -550,7 +563,10 @@ class _Nodes:
         else:
             to_launch = self._configure(java, libs)
         for node in to_launch:
-            for port, what in ((node.spec.port, "broker"), (node.spec.controller_port, "controller")):
+            ports = [(node.spec.port, "broker"), (node.spec.controller_port, "controller")]
+            if node.spec.sasl_port is not None:
+                ports.append((node.spec.sasl_port, "SASL"))
+            for port, what in ports:
                 _check_port(port, f"{what} listener of node {node.spec.node_id}")
         for node in to_launch:
             node.launch(java, libs)
@@ -622,7 +638,11 @@ class _Nodes:
 
 
 class LocalKafka(_Nodes):
-    """A single-node KRaft broker on 127.0.0.1 (broker port, controller port = port + 1 by default)."""
+    """A single-node KRaft broker on 127.0.0.1 (broker port, controller port = port + 1 by default).
+
+    With `sasl_users` ({name: password}) it also listens with SASL_PLAINTEXT (mechanism PLAIN) on
+    `sasl_port` (port + 2 by default, a free port when port is 0): see `sasl_bootstrap`.
+    """
 
     def __init__(
         self,
@@ -631,9 +651,31 @@ class LocalKafka(_Nodes):
         controller_port: int | None = None,
         *,
         start_timeout: float = START_TIMEOUT,
+        sasl_users: Mapping[str, str] | None = None,
+        sasl_port: int | None = None,
     ) -> None:
         run = Path(run_dir or os.environ.get("KEYSTATE_RUN_DIR") or REPO / ".run" / "kafka")
         super().__init__(run, _default_port(port, DEFAULT_PORT), controller_port, start_timeout)
+        self.sasl_users = dict(sasl_users or {})
+        self.sasl_port = sasl_port
+        if self.sasl_users:
+            from .kafka_sasl import sasl_settings
+
+            self.settings = {**SINGLE_NODE_SETTINGS, **sasl_settings(self.sasl_users)}
+
+    def _specs(self) -> list[NodeSpec]:
+        specs = super()._specs()
+        if not self.sasl_users:
+            return specs
+        spec = specs[0]
+        sasl_port = self.sasl_port or (_free_port() if self.port == 0 else spec.controller_port + 1)
+        return [NodeSpec(spec.node_id, spec.port, spec.controller_port, sasl_port)]
+
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        """The SASL_PLAINTEXT listener's address, if the broker has one."""
+        nodes = self._known_nodes()
+        return nodes[0].spec.sasl_bootstrap if nodes else None
 
 
 class LocalCluster(_Nodes):
@@ -694,24 +736,38 @@ def _parser() -> argparse.ArgumentParser:
                 f"(default $KEYSTATE_KAFKA_PORT or {DEFAULT_PORT}, {DEFAULT_CLUSTER_PORT} with --cluster)"))
             action.add_argument("--timeout", type=float, default=START_TIMEOUT,
                                 help="seconds to wait for the broker (default %(default)s)")
+            action.add_argument("--sasl-user", action="append", default=[], metavar="NAME:PASSWORD", help=(
+                "also listen with SASL_PLAINTEXT (PLAIN) for this user (repeatable; local testing only: "
+                "the password is visible to other local users in the process list)"))
     return parser
 
 
 def _target(args: argparse.Namespace) -> _Nodes:
     port, timeout = getattr(args, "port", None), getattr(args, "timeout", START_TIMEOUT)
+    users = getattr(args, "sasl_user", [])
     if args.cluster:
+        if users:
+            raise LocalKafkaError("--sasl-user works with the single-node broker only; leave out --cluster")
         return LocalCluster(args.run_dir, port, start_timeout=timeout)
+    if users:
+        from .kafka_sasl import parse_user
+
+        return LocalKafka(args.run_dir, port, start_timeout=timeout, sasl_users=dict(parse_user(u) for u in users))
     return LocalKafka(args.run_dir, port, start_timeout=timeout)
 
 
 def main(argv: list[str]) -> int:
     """`keystate kafka start|stop|status [--cluster]`."""
     args = _parser().parse_args(argv)
-    target = _target(args)
     try:
+        target = _target(args)
         if args.action == "start":
             bootstrap = target.start()
             print(f"logs: {', '.join(str(node.log_file) for node in target.nodes)}")
+            sasl = target.sasl_bootstrap if isinstance(target, LocalKafka) else None
+            if sasl is not None:
+                print(f"SASL_PLAINTEXT listener: KAFKA_BOOTSTRAP_SERVERS={sasl} KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT "
+                      "KAFKA_SASL_MECHANISM=PLAIN with a --sasl-user's KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD(_FILE)")
             print(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
             return 0
         if args.action == "stop":

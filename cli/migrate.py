@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 from keystate.processors import changelog
 from keystate.schemas.topics import CHANGELOG_TABLES, Topics
 from keystate.server.errors import KafkaUnavailable
-from keystate.server.kafka import KafkaSettings, watermarks
+from keystate.server.kafka import KafkaSecurity, KafkaSettings, watermarks
 from keystate.server.topics import TopicSettings, ensure_topics
 
 __all__ = ["migrate_changelogs"]
@@ -25,9 +25,13 @@ __all__ = ["migrate_changelogs"]
 log = logging.getLogger(__name__)
 
 
-def migrate_changelogs(bootstrap: str, topics: Topics, settings: TopicSettings, timeout: float = 60.0) -> dict[str, int]:
+def migrate_changelogs(
+    bootstrap: str, topics: Topics, settings: TopicSettings, timeout: float = 60.0, security: KafkaSecurity | None = None
+) -> dict[str, int]:
     """Copy every legacy changelog into `topics.changelog_topic`; rows copied per table. Deletes the old topics."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    security = KafkaSecurity.from_env() if security is None else security
+    kafka = KafkaSettings(bootstrap, topics, max_payload_bytes=settings.max_payload_bytes, security=security)
+    admin = AdminClient(kafka.admin_config())
     try:
         existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
@@ -35,8 +39,7 @@ def migrate_changelogs(bootstrap: str, topics: Topics, settings: TopicSettings, 
     legacy = {table: topics.changelog(table) for table in CHANGELOG_TABLES if topics.changelog(table) in existing}
     if not legacy:
         return {}
-    ensure_topics(bootstrap, topics, settings, timeout=timeout, migrating=True)
-    kafka = KafkaSettings(bootstrap, topics, max_payload_bytes=settings.max_payload_bytes)
+    ensure_topics(bootstrap, topics, settings, timeout=timeout, migrating=True, security=security)
     producer = Producer(kafka.producer_config(**{"linger.ms": 20, "client.id": "keystate-migrate"}))
     consumer = Consumer(kafka.consumer_config(**{"group.id": "keystate-migrate", "enable.partition.eof": True}))
     copied: dict[str, int] = {}

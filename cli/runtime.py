@@ -17,9 +17,11 @@ from keystate.schemas.errors import ContractError
 from keystate.schemas.headers import DEFAULT_REDACT_HEADERS, REDACT_HEADERS_ENV, redact_headers
 from keystate.schemas.limits import ENV_VAR, PayloadLimitError, max_payload_bytes
 from keystate.schemas.topics import Topics
-from keystate.server.errors import ServerError
+from keystate.server.errors import KafkaSettingsError, ServerError
 from keystate.server.identity import load_identity
 from keystate.server.kafka import KafkaSettings
+
+from .kafka_flags import add_kafka_security_args, kafka_security
 
 if TYPE_CHECKING:
     from keystate.ingress.auth import BearerToken
@@ -62,6 +64,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "and the admin the same one (default $KEYSTATE_IDENTITY_KEY_FILE, else <state dir>/identity.pem, "
         "generated at the first start)",
     )
+    add_kafka_security_args(parser)
 
 
 def _default(cls: type, name: str) -> Any:
@@ -112,6 +115,11 @@ def _ingress_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="ingress port (default %(default)s)")
     parser.add_argument("--admin-host", help=f"address the admin API listens on (default {LOOPBACK})")
     parser.add_argument("--admin-port", type=int, default=9070, help="admin API port (default %(default)s)")
+    parser.add_argument(
+        "--deployment-allow",
+        help="addresses deployments may be registered at: comma-separated classes (loopback, private, link-local, "
+        "public) and CIDR ranges; leave loopback out in production (default $KEYSTATE_DEPLOYMENT_ALLOW or loopback,public)",
+    )
     parser.add_argument("--host", help="deprecated: sets both --ingress-host and --admin-host")
     parser.add_argument(
         "--ingress-token-file",
@@ -193,7 +201,8 @@ def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: 
     try:
         args.max_payload_bytes = max_payload_bytes(args.max_payload_bytes)
         args.redact_headers = redact_headers(args.redact_headers)
-    except (PayloadLimitError, ContractError) as exc:
+        args.kafka_security = kafka_security(args)
+    except (PayloadLimitError, ContractError, KafkaSettingsError) as exc:
         log.error("%s", exc)
         return 2
     listen = None
@@ -230,7 +239,11 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
 
         settings = ProcessorSettings(
             kafka=KafkaSettings(
-                bootstrap, topics, client_id=f"keystate-processor-{args.instance_id}", max_payload_bytes=args.max_payload_bytes
+                bootstrap,
+                topics,
+                client_id=f"keystate-processor-{args.instance_id}",
+                max_payload_bytes=args.max_payload_bytes,
+                security=args.kafka_security,
             ),
             instance_id=args.instance_id,
             batch_max_records=args.batch_max_records,
@@ -264,7 +277,12 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             admin_token=listen.admin_token,
             redact_headers=args.redact_headers,
             identity=identity,
+            kafka_security=args.kafka_security,
         )
+        if args.deployment_allow is not None:
+            from keystate.server.address_policy import AddressPolicy
+
+            ingress_settings = dataclasses.replace(ingress_settings, deployment_allow=AddressPolicy.parse(args.deployment_allow))
         if args.state_dir:
             ingress_settings = dataclasses.replace(ingress_settings, state_dir=Path(args.state_dir))
         serve = run_ingress(

@@ -113,7 +113,10 @@ async def _register(request: web.Request) -> web.Response:
         raise BadRequest('the body must be a JSON object with the deployment\'s "uri", e.g. {"uri": "http://localhost:9080"}')
     if runtime.http is None:
         raise Unavailable("the admin API is starting; retry in a moment")
-    record = await discover(body["uri"], runtime.http, runtime.settings.discovery_timeout)
+    settings = runtime.settings
+    record = await discover(
+        body["uri"], settings.discovery_timeout, allow=settings.deployment_allow, identity=settings.identity
+    )
     registration = await register(
         runtime.meta, runtime.require_producer(), record, timeout=runtime.settings.register_timeout
     )

@@ -280,7 +280,7 @@ def _partitions(consumer: Consumer, topic: str, stop: threading.Event, timeout: 
 def _topic_id(settings: KafkaSettings, topic: str) -> str | None:
     """The topic's id (it changes when the topic is recreated), or None if the broker does not say."""
     try:
-        admin = AdminClient({"bootstrap.servers": settings.bootstrap, **settings.extra})
+        admin = AdminClient(settings.admin_config())
         description = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=10.0)
         return str(description.topic_id)
     except Exception as exc:  # an old broker or a missing ACL: fall back to the offset check alone

@@ -14,8 +14,9 @@ from aiohttp import web
 from keystate.schemas.headers import redact_headers
 from keystate.schemas.limits import max_payload_bytes
 from keystate.schemas.topics import Topics
+from keystate.server.address_policy import AddressPolicy
 from keystate.server.identity import RequestIdentity, signing_middleware
-from keystate.server.kafka import AsyncProducer, KafkaSettings
+from keystate.server.kafka import AsyncProducer, KafkaSecurity, KafkaSettings
 from keystate.server.meta import MetaView
 from keystate.server.state_dir import STATE_DIR_ENV, default_state_dir
 from keystate.server.topics import check_record_limits
@@ -45,6 +46,10 @@ class IngressSettings:
     max_pending_calls: int = 10_000
     produce_timeout: float = 30.0
     discovery_timeout: float = 10.0
+    # SASL/TLS of the Kafka clients (default: the KAFKA_* environment, else PLAINTEXT).
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity.from_env)
+    # Addresses POST /deployments may connect to ($KEYSTATE_DEPLOYMENT_ALLOW; default loopback,public).
+    deployment_allow: AddressPolicy = field(default_factory=AddressPolicy.from_env)
     register_timeout: float = 30.0
     start_timeout: float = 30.0
     # Where the ingress keeps local state (the admin's invocation read model); losing it costs a re-read.
@@ -79,7 +84,11 @@ class IngressSettings:
     @property
     def kafka(self) -> KafkaSettings:
         return KafkaSettings(
-            self.bootstrap, self.topics, client_id="keystate-ingress", max_payload_bytes=self.max_payload_bytes
+            self.bootstrap,
+            self.topics,
+            client_id="keystate-ingress",
+            max_payload_bytes=self.max_payload_bytes,
+            security=self.kafka_security,
         )
 
 
@@ -111,6 +120,7 @@ class IngressRuntime:
                 self.settings.topics,
                 self.settings.max_payload_bytes,
                 timeout=self.settings.start_timeout,
+                security=self.settings.kafka_security,
             )
             # Both followers must be reading before the first request can be accepted.
             await asyncio.gather(

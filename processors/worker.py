@@ -187,7 +187,7 @@ class Worker:
             handler_target=self._handler_target,
         )
         kafka = self.settings.kafka
-        self._admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "client.id": kafka.client_id, **kafka.extra})
+        self._admin = AdminClient(kafka.admin_config())
         topic_cache = TopicCache(self._list_topics, ttl_s=self.settings.topic_cache_ttl_s)
         step = BatchStep(
             StepSettings(self.topics, self.log_partitions, self.settings.record_limit, self.settings.redact_headers),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import time
@@ -13,7 +14,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from .address_policy import AddressNotAllowed, AddressPolicy, GuardedResolver, literal_address
 from .errors import MetaError
+from .identity import RequestIdentity, signing_middleware
 
 __all__ = [
     "RETRY_POLICY_DEFAULTS",
@@ -27,6 +30,8 @@ __all__ = [
 
 SUPPORTED_PROTOCOL_VERSIONS = frozenset({1})
 TRANSPORTS = frozenset({"websocket", "request-response"})
+log = logging.getLogger(__name__)
+
 _SERVICE_TYPES = ("SERVICE", "VIRTUAL_OBJECT", "WORKFLOW")
 _HANDLER_KINDS = ("EXCLUSIVE", "SHARED", "WORKFLOW")
 # Which handler kinds each service type may declare, and the kind a handler without `ty` gets.
@@ -61,7 +66,7 @@ def normalize_uri(uri: object) -> str:
         raise MetaError("the deployment uri is missing; give the base URL the deployment serves on, e.g. http://localhost:9080")
     text = uri.strip().rstrip("/")
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise MetaError(
             f"deployment uri {uri!r} is not an http(s) URL; give the base URL the deployment serves on, "
             "e.g. http://localhost:9080"
@@ -71,34 +76,58 @@ def normalize_uri(uri: object) -> str:
     return text
 
 
-async def discover(uri: str, session: aiohttp.ClientSession, timeout: float = 10.0) -> dict[str, Any]:
+async def discover(
+    uri: str, timeout: float = 10.0, *, allow: AddressPolicy | None = None, identity: RequestIdentity | None = None
+) -> dict[str, Any]:
     """Ask the deployment at `uri` what it serves; a new DeploymentRecord (fresh id) on success.
 
-    Every failure is a `MetaError` whose message says what to fix.
+    Connects only to addresses `allow` permits (default `$KEYSTATE_DEPLOYMENT_ALLOW`, see
+    `keystate.server.address_policy`), follows no redirects, and never puts the deployment's answer
+    into an error beyond its status code. Every failure is a `MetaError` whose message says what to
+    fix; failures to connect or to get an HTTP answer share one message, so a caller cannot tell a
+    closed port from an open one (the detail goes to the log). With an `identity` the request is signed,
+    so deployments that check `identity_keys` answer.
     """
     base = normalize_uri(uri)
     url = f"{base}/discover"
+    policy = AddressPolicy.from_env() if allow is None else allow
+    literal = literal_address(urlsplit(base).hostname or "")
+    if literal is not None:
+        policy.check(literal, base)  # aiohttp does not resolve (so GuardedResolver never sees) literals
+    # A connector of its own: GuardedResolver checks each address it is about to connect to, no DNS
+    # cache, no proxy from the environment (a proxy would connect on our behalf, unchecked).
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy, base), use_dns_cache=False, force_close=True)
     try:
-        async with session.get(
-            url, timeout=aiohttp.ClientTimeout(total=timeout), headers={"accept": "application/json"}
-        ) as response:
-            body = await response.content.read(_MAX_MANIFEST_BYTES + 1)
-            status = response.status
-    except TimeoutError as exc:
+        signing = (signing_middleware(identity),) if identity is not None else ()
+        async with aiohttp.ClientSession(connector=connector, trust_env=False, middlewares=signing) as session:
+            async with session.get(
+                url,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                headers={"accept": "application/json"},
+            ) as response:
+                status = response.status
+                body = await _read_capped(response) if status == 200 else b""
+    except AddressNotAllowed as exc:
+        log.info("discovery of %s refused: %s is a %s address the policy %s does not allow", url, exc.address, exc.klass,
+                 policy.describe())
+        raise
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        log.info("discovery of %s failed: %s: %s", url, type(exc).__name__, exc)
         raise MetaError(
-            f"the deployment at {base} did not answer GET /discover within {timeout:g} s; "
-            "is it running and serving keystate handlers?"
+            f"could not reach the deployment at {base}: no HTTP answer to GET /discover within {timeout:g} s; "
+            "check the address, that the deployment runs and that the keystate server can reach it "
+            "(the server log has the reason)"
         ) from exc
-    except aiohttp.ClientError as exc:
+    if 300 <= status < 400:
         raise MetaError(
-            f"cannot reach the deployment at {base} ({exc}); is the deployment running at {base} "
-            "and reachable from the keystate server?"
-        ) from exc
+            f"GET {url} answered HTTP {status}, a redirect; keystate does not follow redirects when it registers "
+            "a deployment: register the final URL the deployment serves on"
+        )
     if status != 200:
-        snippet = body[:200].decode("utf-8", "replace").strip()
         raise MetaError(
-            f"GET {url} answered HTTP {status}{': ' + snippet if snippet else ''}; "
-            "the uri must point at a keystate deployment (one that serves /discover), check the address and path"
+            f"GET {url} answered HTTP {status}; the uri must point at a keystate deployment (one that serves "
+            "/discover), check the address and path"
         )
     if len(body) > _MAX_MANIFEST_BYTES:
         raise MetaError(f"the manifest from {url} is larger than {_MAX_MANIFEST_BYTES} bytes; is this a keystate deployment?")
@@ -112,6 +141,19 @@ async def discover(uri: str, session: aiohttp.ClientSession, timeout: float = 10
     return manifest_to_record(manifest, base)
 
 
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The body, or its first `_MAX_MANIFEST_BYTES + 1` bytes (read() returns what has arrived, so loop)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= _MAX_MANIFEST_BYTES:
+        chunk = await response.content.read(_MAX_MANIFEST_BYTES + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def manifest_to_record(manifest: object, uri: str, *, now_ms: int | None = None) -> dict[str, Any]:
     """Validate a discovery manifest and turn it into a DeploymentRecord dict."""
     where = f"the manifest from {uri}/discover"
@@ -121,7 +163,7 @@ def manifest_to_record(manifest: object, uri: str, *, now_ms: int | None = None)
     if protocol is None:
         raise MetaError(f"{where} has no 'protocol' field; is this a keystate deployment?")
     if not isinstance(protocol, int) or isinstance(protocol, bool):
-        raise MetaError(f"{where}: field 'protocol' must be an integer, got {protocol!r}")
+        raise MetaError(f"{where}: field 'protocol' must be an integer, got {_shown(protocol)}")
     if protocol not in SUPPORTED_PROTOCOL_VERSIONS:
         supported = ", ".join(str(v) for v in sorted(SUPPORTED_PROTOCOL_VERSIONS))
         raise MetaError(
@@ -134,7 +176,7 @@ def manifest_to_record(manifest: object, uri: str, *, now_ms: int | None = None)
     for transport in transports:
         if transport not in TRANSPORTS:
             raise MetaError(
-                f"{where}: field 'transports' has unknown transport {transport!r}; "
+                f"{where}: field 'transports' has unknown transport {_shown(transport)}; "
                 f"known transports are {', '.join(sorted(TRANSPORTS))}"
             )
     services = manifest.get("services")
@@ -147,7 +189,7 @@ def manifest_to_record(manifest: object, uri: str, *, now_ms: int | None = None)
     for index, service in enumerate(services):
         meta = _service(service, f"{where}: services[{index}]")
         if meta["name"] in seen:
-            raise MetaError(f"{where} declares service {meta['name']!r} twice; service names must be unique")
+            raise MetaError(f"{where} declares service {_shown(meta['name'])} twice; service names must be unique")
         seen.add(meta["name"])
         converted.append(meta)
     return {
@@ -160,13 +202,22 @@ def manifest_to_record(manifest: object, uri: str, *, now_ms: int | None = None)
     }
 
 
+def _shown(value: object) -> str:
+    """`repr(value)` cut to 40 characters: errors name what was wrong without relaying the target's answer."""
+    return _clipped(repr(value))
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _name(value: object, where: str, what: str) -> str:
     if not isinstance(value, str) or not value:
-        raise MetaError(f"{where}: field 'name' must be a non-empty string, got {value!r}")
+        raise MetaError(f"{where}: field 'name' must be a non-empty string, got {_shown(value)}")
     if "/" in value:
-        raise MetaError(f"{where}: {what} name {value!r} must not contain '/', it is part of the URL path")
+        raise MetaError(f"{where}: {what} name {_shown(value)} must not contain '/', it is part of the URL path")
     if value != value.strip():
-        raise MetaError(f"{where}: {what} name {value!r} must not start or end with whitespace")
+        raise MetaError(f"{where}: {what} name {_shown(value)} must not start or end with whitespace")
     return value
 
 
@@ -175,7 +226,7 @@ def _optional_ms(spec: Mapping[str, Any], field: str, where: str) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
-        raise MetaError(f"{where}: field {field!r} must be a non-negative integer of milliseconds, got {value!r}")
+        raise MetaError(f"{where}: field {field!r} must be a non-negative integer of milliseconds, got {_shown(value)}")
     return value
 
 
@@ -197,21 +248,21 @@ def _retry_policy(spec: object, where: str) -> dict[str, Any] | None:
     factor = spec.get("factor")
     if factor is not None:
         if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor >= 1.0 or factor == float("inf"):
-            raise MetaError(f"{where}: field 'factor' must be a number of at least 1.0, got {factor!r}")
+            raise MetaError(f"{where}: field 'factor' must be a number of at least 1.0, got {_shown(factor)}")
         policy["factor"] = float(factor)
     max_attempts = spec.get("maxAttempts")
     if max_attempts is not None:
         if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
             raise MetaError(
-                f"{where}: field 'maxAttempts' must be a positive integer, or null for unlimited, got {max_attempts!r}"
+                f"{where}: field 'maxAttempts' must be a positive integer, or null for unlimited, got {_shown(max_attempts)}"
             )
         if max_attempts > 2**31 - 1:
-            raise MetaError(f"{where}: field 'maxAttempts' must be at most {2**31 - 1}, got {max_attempts}")
+            raise MetaError(f"{where}: field 'maxAttempts' must be at most {2**31 - 1}, got {_shown(max_attempts)}")
         policy["max_attempts"] = max_attempts
     on_max = spec.get("onMaxAttempts")
     if on_max is not None:
         if on_max not in _ON_MAX_ATTEMPTS:
-            raise MetaError(f"{where}: field 'onMaxAttempts' must be one of {', '.join(_ON_MAX_ATTEMPTS)}, got {on_max!r}")
+            raise MetaError(f"{where}: field 'onMaxAttempts' must be one of {', '.join(_ON_MAX_ATTEMPTS)}, got {_shown(on_max)}")
         policy["on_max_attempts"] = on_max
     if policy["max_interval_ms"] < policy["initial_interval_ms"]:
         raise MetaError(
@@ -225,10 +276,10 @@ def _service(spec: object, where: str) -> dict[str, Any]:
     if not isinstance(spec, Mapping):
         raise MetaError(f"{where} must be an object with 'name', 'ty' and 'handlers'")
     name = _name(spec.get("name"), where, "service")
-    where = f"{where} ({name})"
+    where = f"{where} ({_clipped(name)})"
     ty = spec.get("ty")
     if ty not in _SERVICE_TYPES:
-        raise MetaError(f"{where}: field 'ty' must be one of {', '.join(_SERVICE_TYPES)}, got {ty!r}")
+        raise MetaError(f"{where}: field 'ty' must be one of {', '.join(_SERVICE_TYPES)}, got {_shown(ty)}")
     handlers = spec.get("handlers")
     if not isinstance(handlers, list):
         raise MetaError(f"{where}: field 'handlers' must be a list of handlers")
@@ -240,7 +291,7 @@ def _service(spec: object, where: str) -> dict[str, Any]:
     for index, handler in enumerate(handlers):
         meta = _handler(handler, ty, bool(private), f"{where}: handlers[{index}]")
         if meta["name"] in seen:
-            raise MetaError(f"{where} declares handler {meta['name']!r} twice; handler names must be unique")
+            raise MetaError(f"{where} declares handler {_shown(meta['name'])} twice; handler names must be unique")
         seen.add(meta["name"])
         converted.append(meta)
     if ty == "WORKFLOW":
@@ -288,12 +339,12 @@ def _handler(spec: object, service_type: str, service_private: bool, where: str)
     if not isinstance(spec, Mapping):
         raise MetaError(f"{where} must be an object with 'name' and 'ty'")
     name = _name(spec.get("name"), where, "handler")
-    where = f"{where} ({name})"
+    where = f"{where} ({_clipped(name)})"
     kind = spec.get("ty")
     if kind is None:
         kind = _DEFAULT_KIND[service_type]
     if kind not in _HANDLER_KINDS:
-        raise MetaError(f"{where}: field 'ty' must be one of {', '.join(_HANDLER_KINDS)}, got {kind!r}")
+        raise MetaError(f"{where}: field 'ty' must be one of {', '.join(_HANDLER_KINDS)}, got {_shown(kind)}")
     if kind not in _ALLOWED_KINDS[service_type]:
         raise MetaError(
             f"{where}: a {service_type} cannot have a {kind} handler; allowed: "
@@ -329,5 +380,5 @@ def _content_type(spec: object, where: str, field: str) -> str | None:
     if content_type is None:
         return None
     if not isinstance(content_type, str) or "/" not in content_type:
-        raise MetaError(f"{where}: field '{field}.contentType' must be a media type like application/json, got {content_type!r}")
+        raise MetaError(f"{where}: field '{field}.contentType' must be a media type like application/json, got {_shown(content_type)}")
     return content_type

@@ -2,6 +2,8 @@
 
 ServerError
  +-- KafkaUnavailable     Kafka could not be reached, or refused an operation
+ |    +-- KafkaAuthenticationFailed  the brokers refused the SASL/TLS credentials
+ +-- KafkaSettingsError   the Kafka security settings are incomplete or contradict each other
  +-- TopicConfigError     existing topics do not match what keystate needs
  +-- MetaError            a deployment or service registration is invalid
  +-- IdentityError        the request identity key file is missing, unreadable or not ed25519
@@ -16,6 +18,14 @@ class ServerError(Exception):
 
 class KafkaUnavailable(ServerError):
     """Kafka did not answer, or answered with an error; the message names the operation."""
+
+
+class KafkaAuthenticationFailed(KafkaUnavailable):
+    """The brokers refused keystate's credentials (SASL) or the TLS handshake failed."""
+
+
+class KafkaSettingsError(ServerError):
+    """The Kafka security settings cannot work as given; the message names the setting to fix."""
 
 
 class TopicConfigError(ServerError):

@@ -17,8 +17,9 @@ from keystate.schemas.limits import kafka_sizes, max_payload_bytes
 from keystate.schemas.topics import Topics
 
 from .errors import KafkaUnavailable
+from .kafka_security import AuthWatch, KafkaSecurity, auth_error, list_topics
 
-__all__ = ["AsyncProducer", "KafkaSettings", "TopicFollower", "kafka_error", "watermarks"]
+__all__ = ["AsyncProducer", "KafkaSecurity", "KafkaSettings", "TopicFollower", "kafka_error", "watermarks"]
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,31 @@ class KafkaSettings:
     client_id: str = "keystate"
     extra: Mapping[str, Any] = field(default_factory=dict)
     max_payload_bytes: int = field(default_factory=max_payload_bytes)
+    # SASL/TLS for every client built from these settings (default: the KAFKA_* environment, else PLAINTEXT).
+    security: KafkaSecurity = field(default_factory=KafkaSecurity.from_env)
+    # Every client's error_cb: remembers refusals of the credentials so errors can name them.
+    watch: AuthWatch = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range
+        object.__setattr__(self, "watch", AuthWatch(self.security))
+
+    def _client(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "client.id": self.client_id,
+            **self.security.client_config(),
+            "error_cb": self.watch,
+        }
+
+    def admin_config(self, **overrides: Any) -> dict[str, Any]:
+        """An AdminClient's config: bootstrap, client id, security, `extra`, then `overrides`."""
+        return {**self._client(), **self.extra, **overrides}
 
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
         sizes = kafka_sizes(self.max_payload_bytes)
         return {
-            "bootstrap.servers": self.bootstrap,
-            "client.id": self.client_id,
+            **self._client(),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 1,
@@ -60,8 +77,7 @@ class KafkaSettings:
     def consumer_config(self, **overrides: Any) -> dict[str, Any]:
         sizes = kafka_sizes(self.max_payload_bytes)
         return {
-            "bootstrap.servers": self.bootstrap,
-            "client.id": self.client_id,
+            **self._client(),
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 10,
@@ -73,8 +89,17 @@ class KafkaSettings:
         }
 
 
-def kafka_error(operation: str, exc: BaseException | KafkaError) -> KafkaUnavailable:
-    """The keystate error for a confluent-kafka failure during `operation`."""
+def kafka_error(
+    operation: str, exc: BaseException | KafkaError, settings: KafkaSettings | None = None, client: Any = None
+) -> KafkaUnavailable:
+    """The keystate error for a confluent-kafka failure during `operation`.
+
+    `KafkaAuthenticationFailed` when Kafka refused the credentials: given the `settings` the failed
+    `client` was built from, a refusal its error events reported counts too.
+    """
+    refused = auth_error(operation, exc, settings.watch if settings is not None else None, client)
+    if refused is not None:
+        return refused
     detail = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
     return KafkaUnavailable(f"{operation} failed: {detail}")
 
@@ -117,6 +142,7 @@ class AsyncProducer:
     max_overflow: int = 100_000
 
     def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
+        self._settings = settings
         self._producer = Producer(settings.producer_config(**overrides))
         # Records librdkafka had no room for, oldest first; guarded by _lock, which also orders
         # every hand-over to librdkafka so a record never overtakes an older one of its partition.
@@ -145,7 +171,8 @@ class AsyncProducer:
                 except BufferError:
                     return  # still full: the next poll frees room
                 except KafkaException as exc:
-                    _threadsafe(queued.loop, _fail, queued.future, kafka_error(f"produce to {queued.topic}", exc))
+                    error = kafka_error(f"produce to {queued.topic}", exc, self._settings)
+                    _threadsafe(queued.loop, _fail, queued.future, error)
                 self._overflow.popleft()
 
     def produce(
@@ -167,7 +194,8 @@ class AsyncProducer:
         future: asyncio.Future[Message] = loop.create_future()
 
         def delivered(err: KafkaError | None, msg: Message) -> None:
-            _threadsafe(loop, _settle, future, err, msg, topic)
+            error = None if err is None else kafka_error(f"produce to {topic}", err, self._settings)
+            _threadsafe(loop, _settle, future, error, msg)
 
         kwargs: dict[str, Any] = {"key": key, "headers": headers, "on_delivery": delivered}
         if partition is not None:
@@ -180,7 +208,7 @@ class AsyncProducer:
                 except BufferError:
                     pass  # librdkafka's queue is full: wait in the overflow queue below
                 except KafkaException as exc:
-                    raise kafka_error(f"produce to {topic}", exc) from exc
+                    raise kafka_error(f"produce to {topic}", exc, self._settings) from exc
             if len(self._overflow) >= self.max_overflow:
                 raise KafkaUnavailable(
                     f"produce to {topic} failed: {len(self._overflow)} records already wait for room in the "
@@ -196,9 +224,9 @@ class AsyncProducer:
     def partitions(self, topic: str, timeout: float = 10.0) -> int:
         """The partition count of `topic` (blocking metadata request)."""
         try:
-            meta = self._producer.list_topics(topic, timeout=timeout)
+            meta = list_topics(self._producer, f"metadata for {topic}", self._settings.watch, timeout, topic)
         except KafkaException as exc:
-            raise kafka_error(f"metadata for {topic}", exc) from exc
+            raise kafka_error(f"metadata for {topic}", exc, self._settings, self._producer) from exc
         info = meta.topics.get(topic)
         if info is None or info.error is not None or not info.partitions:
             raise KafkaUnavailable(
@@ -249,11 +277,11 @@ def _threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args:
         pass
 
 
-def _settle(future: asyncio.Future[Message], err: KafkaError | None, msg: Message, topic: str) -> None:
+def _settle(future: asyncio.Future[Message], error: KafkaUnavailable | None, msg: Message) -> None:
     if future.done():
         return
-    if err is not None:
-        future.set_exception(KafkaUnavailable(f"produce to {topic} failed: {err}"))
+    if error is not None:
+        future.set_exception(error)
     else:
         future.set_result(msg)
 
@@ -291,9 +319,10 @@ class TopicFollower:
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self.ready is not None
         ready = self.ready
+        consumer: Consumer | None = None
         try:
             consumer = Consumer(self._settings.consumer_config(**{"group.id": f"keystate-follower-{id(self)}"}))
-            meta = _topic_metadata(consumer, self._topic)
+            meta = _topic_metadata(consumer, self._topic, self._settings.watch)
             ends: dict[int, int] = {}
             assignment = []
             for p in meta.partitions:
@@ -302,7 +331,11 @@ class TopicFollower:
                 assignment.append(TopicPartition(self._topic, p, low if self._from_beginning else high))
             consumer.assign(assignment)
         except (KafkaException, KafkaUnavailable) as exc:
-            error = exc if isinstance(exc, KafkaUnavailable) else kafka_error(f"follow {self._topic}", exc)
+            # A refused login shows up as a timeout or transport failure: name the refusal instead.
+            refused = auth_error(f"follow {self._topic}", exc, self._settings.watch, consumer)
+            error = refused or (exc if isinstance(exc, KafkaUnavailable) else kafka_error(f"follow {self._topic}", exc))
+            if consumer is not None:
+                consumer.close()
             loop.call_soon_threadsafe(_fail, ready, error)
             return
         # read_committed may never show the high watermark (aborted tail): use the position.
@@ -334,11 +367,11 @@ class TopicFollower:
             self._thread.join(timeout=5.0)
 
 
-def _topic_metadata(consumer: Consumer, topic: str, timeout: float = 30.0) -> Any:
+def _topic_metadata(consumer: Consumer, topic: str, watch: AuthWatch, timeout: float = 30.0) -> Any:
     """The topic's metadata once every partition has a leader (just-created topics take a moment)."""
     deadline = time.monotonic() + timeout
     while True:
-        meta = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
+        meta = list_topics(consumer, f"follow {topic}", watch, 10.0, topic).topics.get(topic)
         if meta is not None and meta.error is None and meta.partitions and all(
             p.leader >= 0 and p.error is None for p in meta.partitions.values()
         ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
@@ -13,6 +14,7 @@ from keystate.schemas.limits import ENV_VAR, kafka_sizes, max_payload_bytes
 from keystate.schemas.topics import Topics
 
 from .errors import KafkaUnavailable, TopicConfigError
+from .kafka_security import AuthWatch, KafkaSecurity, admin_config, list_topics
 
 __all__ = [
     "CHANGELOG_COMPACTION",
@@ -114,19 +116,17 @@ def ensure_topics(
     *,
     timeout: float = 30.0,
     migrating: bool = False,
+    security: KafkaSecurity | None = None,
 ) -> list[str]:
     """Create missing topics; check existing ones. Returns the names it created.
 
     Refuses while the per-table changelogs of an older version exist, unless `migrating` them.
+    `security` defaults to the KAFKA_* environment.
     """
     topics = topics or Topics()
     settings = settings or TopicSettings()
     specs = topic_specs(topics, settings)
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        existing = admin.list_topics(timeout=timeout).topics
-    except KafkaException as exc:
-        raise KafkaUnavailable(f"cannot list topics on {bootstrap}: {exc}") from exc
+    admin, existing = _admin(bootstrap, security, timeout)
 
     if not migrating:
         refuse_legacy_changelogs(topics, set(existing))
@@ -168,18 +168,17 @@ def ensure_topics(
     return created
 
 
-def check_record_limits(bootstrap: str, topics: Topics, max_payload_bytes: int, *, timeout: float = 30.0) -> None:
+def check_record_limits(
+    bootstrap: str, topics: Topics, max_payload_bytes: int, *, timeout: float = 30.0, security: KafkaSecurity | None = None
+) -> None:
     """Raise `TopicConfigError` if a keystate topic takes records too small for `max_payload_bytes`.
 
     Processes call this at start: a record refused by the broker inside a transaction would fail it.
     """
     need = kafka_sizes(max_payload_bytes).topic_max_message_bytes
     names = [topics.log, topics.requests, topics.requests_dlq, topics.results, topics.meta, topics.changelog_topic]
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise KafkaUnavailable(f"cannot list topics on {bootstrap}: {exc}") from exc
+    admin, listed = _admin(bootstrap, security, timeout)
+    existing = set(listed)
     refuse_legacy_changelogs(topics, existing)
     low = _below(admin, dict.fromkeys(names, need), bootstrap, timeout)
     if low:
@@ -189,6 +188,17 @@ def check_record_limits(bootstrap: str, topics: Topics, max_payload_bytes: int, 
             f"({MAX_MESSAGE_BYTES}), but {listing}. Run `keystate topics create` with the same {ENV_VAR}, "
             "or lower the payload limit (--max-payload-bytes)"
         )
+
+
+def _admin(bootstrap: str, security: KafkaSecurity | None, timeout: float) -> tuple[AdminClient, dict[str, Any]]:
+    """An AdminClient and the topics it listed (proof that Kafka answers and takes our credentials)."""
+    security = KafkaSecurity.from_env() if security is None else security
+    watch = AuthWatch(security)
+    admin = AdminClient(admin_config(bootstrap, security, watch=watch))
+    try:
+        return admin, dict(list_topics(admin, f"listing the topics on {bootstrap}", watch, timeout).topics)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot list topics on {bootstrap}: {exc}") from exc
 
 
 def _below(

@@ -8,13 +8,14 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from keystate.cli.kafka import JavaNotFound, LocalKafka, LocalKafkaError, MavenNotFound
 
-__all__ = ["create_topic", "kafka_admin", "kafka_bootstrap", "unique_topic_prefix"]
+__all__ = ["SaslBroker", "create_topic", "kafka_admin", "kafka_bootstrap", "kafka_sasl", "unique_topic_prefix"]
 
 HOW_TO_GET_A_BROKER = (
     "integration tests need Kafka: install a JDK 17+ and Maven (apt-get install openjdk-17-jre-headless maven) "
@@ -89,3 +90,31 @@ def create_topic(
     topic = NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, config=config or {})
     admin.create_topics([topic], operation_timeout=timeout)[name].result(timeout)
     return name
+
+
+@dataclass(frozen=True)
+class SaslBroker:
+    """A local broker that also listens with SASL_PLAINTEXT (PLAIN) for one user."""
+
+    bootstrap: str  # PLAINTEXT, no credentials (for test set-up)
+    sasl_bootstrap: str  # SASL_PLAINTEXT: clients must authenticate as username/password
+    username: str
+    password: str
+
+
+@pytest.fixture(scope="session")
+def kafka_sasl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslBroker]:
+    """A broker of its own with a SASL_PLAINTEXT listener and a JAAS config; needs a JDK and Maven (else skipped)."""
+    username, password = "keystate-test", f"pw-{uuid.uuid4().hex}"
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka-sasl"), port=0, sasl_users={username: password})
+    try:
+        bootstrap = broker.start()
+    except (JavaNotFound, MavenNotFound) as exc:
+        pytest.skip(f"a SASL broker needs a local broker: {exc}")
+    except LocalKafkaError as exc:
+        pytest.fail(f"the local SASL Kafka broker did not start: {exc}", pytrace=False)
+    try:
+        assert broker.sasl_bootstrap is not None
+        yield SaslBroker(bootstrap, broker.sasl_bootstrap, username, password)
+    finally:
+        broker.stop()

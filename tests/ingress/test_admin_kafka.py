@@ -127,7 +127,7 @@ async def test_an_unreachable_deployment_is_a_400_that_says_so(admin: TestClient
     assert response.status == 400
     body = await response.json()
     assert body["code"] == 400
-    assert "is the deployment running at http://127.0.0.1:1" in body["message"]
+    assert "could not reach the deployment at http://127.0.0.1:1" in body["message"]
 
 
 @pytest.mark.parametrize(
