@@ -17,7 +17,8 @@ from keystate.schemas.errors import ContractError
 from keystate.schemas.headers import DEFAULT_REDACT_HEADERS, REDACT_HEADERS_ENV, redact_headers
 from keystate.schemas.limits import ENV_VAR, PayloadLimitError, max_payload_bytes
 from keystate.schemas.topics import Topics
-from keystate.server.errors import KafkaSettingsError, ServerError
+from keystate.server.address_policy import AddressPolicy
+from keystate.server.errors import KafkaSettingsError, MetaError, ServerError
 from keystate.server.identity import load_identity
 from keystate.server.kafka import KafkaSettings
 
@@ -55,6 +56,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="comma-separated request headers never stored in Kafka nor forwarded to handlers, unless a service "
         f"asks for them with forward_headers; empty = none (default ${REDACT_HEADERS_ENV} or "
         f"{','.join(sorted(DEFAULT_REDACT_HEADERS))})",
+    )
+    parser.add_argument(
+        "--deployment-allow",
+        help="addresses of deployments the admin registers and the processors connect to: comma-separated classes "
+        "(loopback, private, link-local, public) and CIDR ranges; leave loopback out in production "
+        "(default $KEYSTATE_DEPLOYMENT_ALLOW or loopback,public)",
     )
     parser.add_argument(
         "--identity-key-file",
@@ -115,11 +122,6 @@ def _ingress_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="ingress port (default %(default)s)")
     parser.add_argument("--admin-host", help=f"address the admin API listens on (default {LOOPBACK})")
     parser.add_argument("--admin-port", type=int, default=9070, help="admin API port (default %(default)s)")
-    parser.add_argument(
-        "--deployment-allow",
-        help="addresses deployments may be registered at: comma-separated classes (loopback, private, link-local, "
-        "public) and CIDR ranges; leave loopback out in production (default $KEYSTATE_DEPLOYMENT_ALLOW or loopback,public)",
-    )
     parser.add_argument("--host", help="deprecated: sets both --ingress-host and --admin-host")
     parser.add_argument(
         "--ingress-token-file",
@@ -202,7 +204,10 @@ def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: 
         args.max_payload_bytes = max_payload_bytes(args.max_payload_bytes)
         args.redact_headers = redact_headers(args.redact_headers)
         args.kafka_security = kafka_security(args)
-    except (PayloadLimitError, ContractError, KafkaSettingsError) as exc:
+        args.deployment_allow = (
+            AddressPolicy.from_env() if args.deployment_allow is None else AddressPolicy.parse(args.deployment_allow)
+        )
+    except (PayloadLimitError, ContractError, KafkaSettingsError, MetaError) as exc:
         log.error("%s", exc)
         return 2
     listen = None
@@ -262,6 +267,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
                 max_concurrent_attempts_per_deployment=args.max_concurrent_attempts,
                 max_queued_attempts=args.max_queued_attempts,
                 identity=identity,
+                deployment_allow=args.deployment_allow,
             ),
             redact_headers=args.redact_headers,
         )
@@ -279,10 +285,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             identity=identity,
             kafka_security=args.kafka_security,
         )
-        if args.deployment_allow is not None:
-            from keystate.server.address_policy import AddressPolicy
-
-            ingress_settings = dataclasses.replace(ingress_settings, deployment_allow=AddressPolicy.parse(args.deployment_allow))
+        ingress_settings = dataclasses.replace(ingress_settings, deployment_allow=args.deployment_allow)
         if args.state_dir:
             ingress_settings = dataclasses.replace(ingress_settings, state_dir=Path(args.state_dir))
         serve = run_ingress(

@@ -27,6 +27,7 @@ from yarl import URL
 from keystate.schemas.ids import InvocationId
 from keystate.schemas.limits import SETTING_HINT, kafka_sizes, max_payload_bytes
 from keystate.server.commands import LogRecord, command_record
+from keystate.server.address_policy import AddressNotAllowed, AddressPolicy, GuardedResolver, literal_address
 from keystate.server.identity import RequestIdentity, signing_middleware
 from keystate.server.kafka import AsyncProducer, KafkaUnavailable
 
@@ -73,6 +74,9 @@ class InvokerSettings:
     # The key every request to a deployment is signed with (WebSocket handshake or POST; see
     # keystate.server.identity); None: unsigned, refused by deployments that set identity_keys.
     identity: RequestIdentity | None = None
+    # Addresses attempts may connect to (the admin's registration rule, $KEYSTATE_DEPLOYMENT_ALLOW): a
+    # registered name that later resolves elsewhere (DNS rebinding) is not connected to.
+    deployment_allow: AddressPolicy = field(default_factory=AddressPolicy.from_env)
 
     @property
     def resume_below_queued_attempts(self) -> int:
@@ -112,7 +116,12 @@ class Invoker:
     async def start(self) -> None:
         # The pool holds exactly as many connections per host as attempts may run against it, so an
         # attempt that has its slot never waits for a connection inside its connect timeout.
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._settings.max_concurrent_attempts_per_deployment)
+        # Resolved addresses are checked against the policy (cached ones were checked when resolved).
+        connector = aiohttp.TCPConnector(
+            limit=0,
+            limit_per_host=self._settings.max_concurrent_attempts_per_deployment,
+            resolver=GuardedResolver(self._settings.deployment_allow, "a registered deployment"),
+        )
         identity = self._settings.identity
         if identity is not None:
             log.info("requests to deployments are signed with the identity key %s (%s)", identity.public_key, identity.path)
@@ -237,6 +246,9 @@ class Invoker:
                 )
             uri, transports = resolved
             url = f"{uri.rstrip('/')}/invoke/{action.target['service']}/{action.target['handler']}"
+            literal = literal_address(URL(uri).host or "")
+            if literal is not None:  # names are checked by the resolver; literals are never resolved
+                self._settings.deployment_allow.check(literal, uri)
             deployment = _deployment_key(url)
             await self._slots.acquire(deployment, attempt.partition)
             try:
@@ -266,6 +278,8 @@ class Invoker:
             return failure(action, 503, f"cannot reach the deployment at {url}: {exc}")
         except KafkaUnavailable as exc:
             return failure(action, 503, f"could not append to {self._topic}: {exc}")
+        except AddressNotAllowed as exc:
+            return failure(action, 503, f"not connecting to the deployment: {exc}")
         except Exception as exc:  # an invoker bug must not kill the process; record it on the invocation
             log.exception("invocation %s attempt %d crashed the invoker", action.invocation_id, action.attempt)
             return failure(action, 500, f"invoker error: {exc!r}")

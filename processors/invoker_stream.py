@@ -172,9 +172,15 @@ class AttemptStream:
             total=None, connect=self._settings.connect_timeout_s, sock_read=self._settings.abort_timeout_s
         )
         headers = {"content-type": BATCH_CONTENT_TYPE}
-        async with self._session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+        # No redirects: each hop would carry a freshly signed request to wherever the deployment points.
+        async with self._session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False) as resp:
             attempt.connected = True
             data = await resp.content.read(self._settings.max_message_bytes + 1)
+            if 300 <= resp.status < 400:
+                raise AttemptError(
+                    f"deployment answered HTTP {resp.status} (a redirect to {resp.headers.get('location', '?')!r}) at "
+                    f"{url}: keystate does not follow redirects; register the deployment at the URL it serves on"
+                )
             if resp.status != 200:
                 raise AttemptError(
                     f"deployment answered HTTP {resp.status} at {url}: {data[:300]!r}{self._hint(resp.status)}"
