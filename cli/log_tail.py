@@ -10,7 +10,7 @@ and its `raw` value in base64: a bad record never stops the tail.
 `--invocation ID` keeps the records of one invocation: on the log its `invocation_id` header (or
 field), on the results its key (or field), on the DLQ the rejected record's id. A request on
 `requests` carries no invocation id: the one that started ID is found through the `source`
-(`kafka:<topic>/<partition>/<offset>`) of ID's InvokeCommands on the log.
+(`kafka:<topic>/<partition>/<offset>`) of ID's InvokeCommands on the log (printed once, even with -f).
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def tail(
     with Reader(bootstrap, topics) as reader:
         if which == "requests" and invocation_id is not None:
             # Found first, read after: one consumer cannot read the log and the requests at once.
-            for position in list(_request_positions(reader, topics, invocation_id)):
+            for position in _request_positions(reader, topics, invocation_id):
                 line = reader.read_at(*position)
                 if line is not None:
                     emit(line)
@@ -181,18 +181,25 @@ def tail(
     return printed
 
 
-def _request_positions(reader: Reader, topics: Topics, invocation_id: str) -> Iterator[tuple[str, int, int]]:
-    """Where the requests that started `invocation_id` are: the `source` of its InvokeCommands on the log."""
+def _request_positions(reader: Reader, topics: Topics, invocation_id: str) -> list[tuple[str, int, int]]:
+    """Where the requests that started `invocation_id` are: the `source` of its InvokeCommands on the log.
+
+    Several when an idempotency key made more than one request start the same invocation.
+    """
+    positions, sources = [], []
     for line in reader.records(topics.log, None, follow=False):
         if line.get("type") != "keystate.InvokeCommand" or line["value"].get("invocation_id") != invocation_id:
             continue
         source = str(line["value"].get("source", ""))
         where = _kafka_source(source)
         if where is None:
-            print(f"invocation {invocation_id} was not started from Kafka (its source is {source!r}), "
-                  f"so no record of {topics.requests} belongs to it", file=sys.stderr)
+            sources.append(source)
         else:
-            yield where
+            positions.append(where)
+    if not positions:
+        why = f"it was started by {', '.join(map(repr, sources))}, not from Kafka" if sources else f"{topics.log} has no InvokeCommand of it"
+        print(f"keystate log tail: no record of {topics.requests} started invocation {invocation_id}: {why}", file=sys.stderr)
+    return positions
 
 
 def _kafka_source(source: str) -> tuple[str, int, int] | None:

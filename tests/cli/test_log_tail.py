@@ -41,6 +41,7 @@ class Story:
     stack: Stack
     topics: Topics
     invocation_id: str
+    http_invocation_id: str
 
 
 def _request(**fields: Any) -> bytes:
@@ -59,7 +60,8 @@ def story(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         port = free_port()
         stack.deployment(str(ROOT / "examples" / "serve.py"), port, name="examples")
         stack.register(f"http://127.0.0.1:{port}")
-        assert http("POST", f"{stack.url}/Greeter/greet", "Cy").json() == "Hello Cy!"  # another invocation, by HTTP
+        by_http = http("POST", f"{stack.url}/Greeter/greet", "Cy")  # another invocation, through the ingress
+        assert by_http.json() == "Hello Cy!"
         producer = Producer({"bootstrap.servers": kafka_bootstrap})
         producer.produce(topics.requests, _request(), key=b"order-7", headers=[("correlation-id", b"c-1")])
         producer.produce(topics.requests, _request(service="Nobody"), key=b"order-8")
@@ -69,7 +71,7 @@ def story(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         done = [r for r in results if r.get("output") == b'"Hello Ann!"']
         assert done, stack.logs()
         read_all(kafka_bootstrap, topics.requests_dlq, until=lambda rs: len(rs) >= 2, timeout=60)
-        yield Story(stack, topics, done[0]["invocation_id"])
+        yield Story(stack, topics, done[0]["invocation_id"], by_http.headers["x-restate-id"])
     finally:
         stack.stop()
 
@@ -128,6 +130,18 @@ def test_the_results_and_the_request_of_one_invocation(story: Story) -> None:
     assert result["value"]["status"] == "SUCCEEDED" and result["value"]["output"] == '"Hello Ann!"'
     assert result["value"]["target"]["service"] == "Greeter"
     assert [r["key"] for r in requests] == ["order-7"]  # found through the InvokeCommand's source
+
+
+@pytest.mark.integration
+def test_no_request_belongs_to_an_invocation_started_through_the_ingress(
+    story: Story, capsys: pytest.CaptureFixture[str]
+) -> None:
+    requests = _tail(story, "requests", invocation_id=story.http_invocation_id)
+    results = _tail(story, "results", invocation_id=story.http_invocation_id)
+
+    assert requests == []
+    assert "started by 'ingress', not from Kafka" in capsys.readouterr().err
+    assert [line["value"]["output"] for line in results] == ['"Hello Cy!"']
 
 
 @pytest.mark.integration
