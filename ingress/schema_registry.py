@@ -52,7 +52,6 @@ INVALID_SCHEMA = 42201
 INVALID_VERSION = 42202
 INCOMPATIBLE_SCHEMA = 409
 
-_REGISTRY_KEY = web.AppKey("schema_registry", object)
 _MAX_VERSION = 2**31 - 1
 _SERVED = (
     "GET /subjects, GET /subjects/{subject}/versions, GET /subjects/{subject}/versions/{version|latest}, "
@@ -184,6 +183,9 @@ class SchemaRegistry:
         )
 
 
+_REGISTRY_KEY = web.AppKey("schema_registry", SchemaRegistry)
+
+
 def _canonical_form(body: object) -> str:
     """The Avro parsing canonical form of the schema in a request body; 422 42201 when there is none."""
     if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
@@ -212,7 +214,6 @@ def _confluent(handler: Callable[[SchemaRegistry, web.Request], Awaitable[Any]])
 
     async def serve(request: web.Request) -> web.StreamResponse:
         registry = request.app[_REGISTRY_KEY]
-        assert isinstance(registry, SchemaRegistry)
         try:
             return _json(await handler(registry, request))
         except RegistryError as exc:
