@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("dev", help="start|stop the runtime on a local broker with the examples", add_help=False)
     sub.add_parser("invocations", help="cancel|kill invocations via the admin API", add_help=False)
     sub.add_parser("deployments", help="register|list|describe|remove deployments via the admin API", add_help=False)
+    from .log_tail import add_parser as add_log_parser
+
+    add_log_parser(sub, _bootstrap)
     return parser
 
 

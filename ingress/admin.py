@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, UTC
 from typing import Any
 
 from aiohttp import web
 
-from keystate.schemas._codec import codec
-from keystate.schemas.errors import UnknownSchemaError
 from keystate.schemas.ids import InvalidIdError, InvocationId
 from keystate.server.discovery import discover
 from keystate.server.meta import register, unregister
@@ -21,6 +18,7 @@ from .http_limits import HTTP_LIMITS_KEY, limits_middleware
 from .readmodel import InvocationReadModel, InvocationSummary
 from .readmodel_store import decode_cursor, encode_cursor
 from .restate_paths import invocation_status
+from .schema_registry import add_schema_registry_routes
 from .results import target_text
 from .runtime import IngressRuntime
 
@@ -62,7 +60,7 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     app.router.add_patch("/invocations/{id}/{action}", _patch_invocation)
     app.router.add_get("/health", _health)
     app.router.add_get("/identity", _identity)
-    app.router.add_get("/schemas/ids/{id}", _schema)
+    add_schema_registry_routes(app, runtime.settings.topics)
     return app
 
 
@@ -191,19 +189,6 @@ async def _identity(request: web.Request) -> web.Response:
     if identity is None:
         return web.json_response({"public_keys": [], "signature_scheme": "unsigned"})
     return web.json_response({"public_keys": [identity.public_key], "signature_scheme": "v1"})
-
-
-async def _schema(request: web.Request) -> web.Response:
-    text = request.match_info["id"]
-    try:
-        schema_id = int(text)
-    except ValueError:
-        raise BadRequest(f"schema id {text!r} is not a number; ids are the 4 bytes after the magic byte") from None
-    try:
-        schema = codec().schema_for_id(schema_id)
-    except UnknownSchemaError as exc:
-        raise NotFound(f"{exc}; ids are listed in keystate.schemas._registry") from exc
-    return web.json_response({"schema": json.dumps(schema)})
 
 
 def _flag(request: web.Request, name: str) -> bool:
