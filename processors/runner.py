@@ -8,7 +8,7 @@ the isolation logic is the same code for both.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from .errors import BatchFailed
@@ -44,9 +44,12 @@ def run_batch(
     records: list[InRecord],
     now_ms: int,
     txn: Transaction,
+    release: Callable[[StepResult], None] | None = None,
 ) -> tuple[StepResult, Quarantine]:
     """Apply and commit `records`; a record to blame is quarantined and the batch re-run without it.
 
+    `release` gets the result as soon as its transaction committed, before the stores write it:
+    its effects (attempts to start, replies) need only the commit, and the write is not on their path.
     Raises `BatchFailed` when a failure cannot be blamed on one record (the session then rejoins).
     """
     quarantine: Quarantine = {}
@@ -60,6 +63,8 @@ def run_batch(
             step.discard(result.touched)
             continue
         if not result.produced and not result.offsets:
+            if release is not None:
+                release(result)
             step.committed(result, {}, now_ms)
             return result, quarantine
         txn.begin()
@@ -72,6 +77,8 @@ def run_batch(
             step.discard(result.touched)
             raise
         if not failures:
+            if release is not None:
+                release(result)
             step.committed(result, txn.delivered(), now_ms)
             return result, quarantine
         txn.abort()

@@ -35,7 +35,7 @@ from .restore import ChangelogInfo, RestoreReport, restore_store
 from .restorer import Restorer, StoreRegistry
 from .runner import run_batch
 from .state_machine import Config
-from .step import BatchStep, Effect
+from .step import BatchStep, Effect, StepResult
 from .timer_window import TimerWindow
 from .watchdog import Watchdog
 
@@ -402,7 +402,7 @@ class Session:
         self.watchdog.work_seen()
         started, committing = time.perf_counter(), txn.commit_s
         try:
-            result, _ = run_batch(self.step, records, int(time.time() * 1000), txn)
+            result, _ = run_batch(self.step, records, int(time.time() * 1000), txn, self._release)
         except GroupMoved as exc:
             # A rebalance moved the group on mid-batch. Kafka Streams treats this as "task migrated"
             # and rejoins; here the session stays (a static member rejoining under the same id did
@@ -420,6 +420,9 @@ class Session:
         stats.apply_s += time.perf_counter() - started - (txn.commit_s - committing)
         stats.dead_lettered += result.dead_lettered
         stats.dropped_unowned += result.dropped_unowned
+
+    def _release(self, result: StepResult) -> None:
+        """The batch committed: its effects go to the event loop (before the stores write its rows)."""
         effects = self.timers.admit(result.effects)
         if effects:
             self.hooks.submit_effects(effects)
