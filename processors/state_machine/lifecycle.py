@@ -20,6 +20,7 @@ __all__ = [
     "do_start_attempt",
     "on_attempt_failed",
     "on_invoke",
+    "on_pause",
     "on_resume",
     "do_purge",
     "on_purge",
@@ -291,7 +292,34 @@ def do_purge(tables: Tables, status: InvocationStatus) -> None:
                 table.delete(key)
 
 
-def on_resume_paused(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
+# A started invocation is pinned to its deployment; these are the states a PauseCommand stops.
+_PAUSABLE = (InvocationState.INVOKED, InvocationState.SUSPENDED, InvocationState.BACKING_OFF)
+# The code of the last_failure a pause leaves for operators: the deployment is gone, like a 503.
+PAUSED_CODE = 503
+
+
+def on_pause(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
+    """Park a started invocation (on the named deployment, if any) until an operator resumes it.
+
+    The running attempt is stopped and fenced: PAUSED accepts no journal appends, suspensions or
+    failures of that attempt, and a pending retry timer finds nothing to restart. Completions that
+    arrive meanwhile are kept in the journal for the next attempt.
+    """
     status = live_status(tables, cmd["invocation_id"])
-    if status is not None and status.status is InvocationState.PAUSED:
-        do_start_attempt(tables, replace(status, retry_count=0), now, cfg, out)
+    if status is None or status.status not in _PAUSABLE:
+        return
+    wanted = cmd.get("deployment_id")
+    if wanted is not None and status.deployment_id != wanted:
+        return
+    reason = Failure(code=PAUSED_CODE, message=cmd["reason"])
+    put_status(tables, replace(status, status=InvocationState.PAUSED, last_failure=reason, modified_at_ms=now))
+    out.append(StopInvocation(status.invocation_id))
+
+
+def on_resume_paused(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
+    """Start a paused invocation again, on `deployment_id` if the command names one (it stays pinned there)."""
+    status = live_status(tables, cmd["invocation_id"])
+    if status is None or status.status is not InvocationState.PAUSED:
+        return
+    deployment = cmd.get("deployment_id") or status.deployment_id
+    do_start_attempt(tables, replace(status, retry_count=0, deployment_id=deployment), now, cfg, out)
