@@ -44,5 +44,20 @@ def discovery_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]
     after = {s["name"]: s for s in new["services"]}
     differences += [f"service {n} added" for n in sorted(after.keys() - before.keys())]
     differences += [f"service {n} removed" for n in sorted(before.keys() - after.keys())]
-    differences += [f"service {n} changed" for n in sorted(before.keys() & after.keys()) if before[n] != after[n]]
+    for name in sorted(before.keys() & after.keys()):
+        differences += _service_differences(before[name], after[name])
     return differences or ["service metadata changed"]
+
+
+def _service_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    name = old["name"]
+    if old["service_type"] != new["service_type"]:
+        return [f"service {name} type {old['service_type']} -> {new['service_type']}"]
+    before = {h["name"]: h for h in old["handlers"]}
+    after = {h["name"]: h for h in new["handlers"]}
+    found = [f"handler {name}/{h} added" for h in sorted(after.keys() - before.keys())]
+    found += [f"handler {name}/{h} removed" for h in sorted(before.keys() - after.keys())]
+    found += [f"handler {name}/{h} changed" for h in sorted(before.keys() & after.keys()) if before[h] != after[h]]
+    if not found and old != new:
+        found.append(f"settings of service {name} changed")
+    return found
