@@ -187,6 +187,5 @@ async def test_removing_a_deployment_that_is_not_latest_names_no_successor(admin
 
 
 async def test_register_flags_must_be_booleans(admin: TestClient, deployment: Deployment) -> None:
-    SHOP = "Shop5"
     status, body = await post(admin, {"uri": deployment.uri, "force": "yes"})
     assert status == 400 and '"force" must be true or false' in body["message"]
