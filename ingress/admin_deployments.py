@@ -154,7 +154,7 @@ def pause_reason(deployment_id: str, invocation_id: str) -> str:
     return (
         f"paused: deployment {deployment_id}, which this invocation is pinned to, was removed with force; resume it "
         f"on another deployment with PATCH /invocations/{invocation_id}/resume?deployment=<id> (or =latest), "
-        "or cancel or kill it"
+        "or kill it"
     )
 
 

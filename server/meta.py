@@ -68,10 +68,14 @@ class MetaState:
 
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
     services: dict[str, ServiceEntry] = field(default_factory=dict)
+    # Deployments whose tombstone was read: invocations pinned to them must not run elsewhere.
+    # Known while keystate.meta keeps the tombstone (delete.retention.ms after compaction).
+    removed: set[str] = field(default_factory=set)
 
     def apply(self, deployment_id: str, record: dict[str, Any] | None) -> None:
         """Apply one keystate.meta record: a DeploymentRecord, or None (tombstone) to remove it."""
         if record is None:
+            self.removed.add(deployment_id)
             if self.deployments.pop(deployment_id, None) is not None:
                 self._rebuild_services()
             return
@@ -80,8 +84,9 @@ class MetaState:
                 f"meta record key {deployment_id!r} does not match its deployment_id "
                 f"{record.get('deployment_id')!r}; the record was not written by keystate"
             )
+        self.removed.discard(deployment_id)
         if deployment_id in self.deployments:
-            # Deployments are immutable: a redelivered record keeps its place in the order.
+            # A redelivered record, or a forced overwrite at the same uri (same id), keeps its place.
             self.deployments[deployment_id] = record
             self._rebuild_services()
             return

@@ -27,9 +27,23 @@ __all__ = [
     "on_resume_paused",
     "on_suspend",
     "partition_key_of",
+    "removed_reason",
 ]
 
 INPUT_ENTRY = "keystate.InputEntry"
+# A started invocation is pinned to its deployment; these are the states a PauseCommand stops.
+_PAUSABLE = (InvocationState.INVOKED, InvocationState.SUSPENDED, InvocationState.BACKING_OFF)
+# The code of the last_failure a pause leaves for operators: the deployment is gone, like a 503.
+PAUSED_CODE = 503
+
+
+def removed_reason(deployment_id: str, invocation_id: InvocationIdStr) -> str:
+    """Why an invocation pinned to a removed deployment is PAUSED, and how to go on (operators read it)."""
+    return (
+        f"paused: deployment {deployment_id}, which this invocation is pinned to, was removed; resume it on "
+        f"another deployment with PATCH /invocations/{invocation_id}/resume?deployment=<id> (or =latest), "
+        "or kill it"
+    )
 
 
 def partition_key_of(invocation_id: InvocationIdStr) -> PartitionKey:
@@ -122,9 +136,18 @@ def do_admit(tables: Tables, status: InvocationStatus, now: int, cfg: Config, ou
 
 
 def do_start_attempt(tables: Tables, status: InvocationStatus, now: int, cfg: Config, out: list[Action]) -> None:
-    """Bump the attempt number (fencing the old one) and order the invoker to run it."""
+    """Bump the attempt number (fencing the old one) and order the invoker to run it.
+
+    An invocation pinned to a removed deployment is paused instead: running it on whatever code
+    is latest now could replay its journal against different handlers.
+    """
     iid = status.invocation_id
     target = status.target
+    if status.deployment_id is not None and cfg.deployment_removed(status.deployment_id):
+        reason = Failure(code=PAUSED_CODE, message=removed_reason(status.deployment_id, iid))
+        put_status(tables, replace(status, status=InvocationState.PAUSED, last_failure=reason, modified_at_ms=now))
+        out.append(StopInvocation(iid))
+        return
     deployment = status.deployment_id or cfg.deployment_for(target.service)
     status = replace(
         status,
@@ -292,10 +315,6 @@ def do_purge(tables: Tables, status: InvocationStatus) -> None:
                 table.delete(key)
 
 
-# A started invocation is pinned to its deployment; these are the states a PauseCommand stops.
-_PAUSABLE = (InvocationState.INVOKED, InvocationState.SUSPENDED, InvocationState.BACKING_OFF)
-# The code of the last_failure a pause leaves for operators: the deployment is gone, like a 503.
-PAUSED_CODE = 503
 
 
 def on_pause(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:

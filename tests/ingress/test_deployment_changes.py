@@ -63,3 +63,14 @@ def test_find_by_uri_and_latest_for() -> None:
     assert state.find_by_uri("http://a:9080") == a and state.find_by_uri("http://c:9080") is None
     assert state.latest_for(a["deployment_id"]) == ["Counter"]
     assert state.latest_for(b["deployment_id"]) == ["Greeter"]
+
+
+def test_a_tombstone_marks_the_deployment_removed() -> None:
+    state = MetaState()
+    a = record("http://a:9080", GREETER)
+    state.apply(a["deployment_id"], a)
+    assert state.removed == set()
+
+    state.apply(a["deployment_id"], None)
+
+    assert state.removed == {a["deployment_id"]} and a["deployment_id"] not in state.deployments

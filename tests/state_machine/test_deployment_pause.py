@@ -7,7 +7,18 @@ from typing import Any
 from keystate.processors.state_machine import Config, Invoke
 from keystate.processors.state_machine.actions import StopInvocation
 
-from .builders import Story, attempt_failed, awakeable, completion, object_target, of_type, output, service_target, suspend
+from .builders import (
+    Story,
+    attempt_failed,
+    awakeable,
+    completion,
+    invoke,
+    object_target,
+    of_type,
+    output,
+    service_target,
+    suspend,
+)
 
 GREETER = service_target("Greeter", "greet")
 ADD = object_target("Counter", "alice", "add")
@@ -122,4 +133,60 @@ def test_the_old_resume_layout_still_resumes():
     story.when(pause(iid))
 
     [inv] = of_type(story.when(("keystate.ResumeCommandV1", {"invocation_id": iid})), Invoke)
+    assert inv.deployment_id == "dp_v1"
+
+
+# ---------------------------------------------------------------- the processor finds the deployment removed
+
+
+def removable() -> tuple[Story, set[str]]:
+    """A story whose deployment dp_v1 is removed when the test adds it to the returned set."""
+    removed: set[str] = set()
+    cfg = Config(
+        deployment_for=lambda service: "dp_v1",
+        deployment_removed=lambda deployment_id: deployment_id in removed,
+        completion_retention_ms=60_000,
+    )
+    return Story(cfg), removed
+
+
+def test_a_retry_after_its_deployment_was_removed_pauses_instead_of_running_elsewhere():
+    story, removed = removable()
+    iid = story.invoke(GREETER)
+    story.when(attempt_failed(iid, 1, "boom"))
+    removed.add("dp_v1")
+
+    actions = story.fire(story.last_timer("RETRY"))
+
+    assert of_type(actions, Invoke) == []
+    status = story.status(iid)
+    assert status["status"] == "PAUSED" and status["deployment_id"] == "dp_v1"
+    assert "deployment dp_v1, which this invocation is pinned to, was removed" in status["last_failure"]["message"]
+    assert f"PATCH /invocations/{iid}/resume?deployment=" in status["last_failure"]["message"]
+
+
+def test_a_completion_after_its_deployment_was_removed_pauses_the_suspended_invocation():
+    story, removed = removable()
+    iid = story.invoke(GREETER)
+    story.step(iid, awakeable("awk-1"))
+    story.when(suspend(iid, 1, 1))
+    removed.add("dp_v1")
+
+    actions = story.when(completion(iid, 1, ("keystate.Value", {"value": b"ok"})))
+
+    assert of_type(actions, Invoke) == []
+    assert story.status(iid)["status"] == "PAUSED"
+    # Resuming "where it was" pauses it again; naming a live deployment runs it there with the completion.
+    assert of_type(story.when(resume_on(iid, None)), Invoke) == []
+    assert story.status(iid)["status"] == "PAUSED"
+    [inv] = of_type(story.when(resume_on(iid, "dp_v2")), Invoke)
+    assert inv.deployment_id == "dp_v2"
+    assert inv.journal[1]["entry"][1]["result"] == ("keystate.Value", {"value": b"ok"})
+
+
+def test_new_invocations_are_not_affected_by_a_removed_deployment():
+    story, removed = removable()
+    removed.add("dp_old")
+
+    [inv] = of_type(story.when(invoke(GREETER)), Invoke)
     assert inv.deployment_id == "dp_v1"
