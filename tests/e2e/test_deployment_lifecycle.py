@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import Producer
 
 from keystate.cli.deployments import invocations_main
+from keystate.schemas.topics import Topics
 
 from harness import SERVICES_SCRIPT, Stack, free_port, http
 from test_durable import _attach, _send, _until
@@ -63,3 +65,35 @@ def test_forced_removal_pauses_pinned_invocations_and_a_resume_onto_another_depl
     assert _invocation(stack, pinned)["deployment_id"] == v2["id"]
     assert "/invoke/Approvals/approve" in new.log_path.read_text()
     assert old.log_path.read_text().count("/invoke/Approvals/approve") == calls_on_v1
+
+
+def test_the_processor_pauses_an_invocation_whose_deployment_was_removed_behind_the_admins_back(
+    stack: Stack, deployment_env: dict[str, str]
+) -> None:
+    stack.processor("a")
+    stack.ingress()
+    old_port, new_port = free_port(), free_port()
+    stack.deployment(SERVICES_SCRIPT, old_port, name="v1", env=deployment_env)
+    v1 = stack.register(f"http://127.0.0.1:{old_port}")["id"]
+    pinned = _send(stack, "Approvals/approve", "behind")
+    awakeable = _until(lambda: http("POST", f"{stack.url}/Mailbox/behind/peek").json(), stack=stack)
+    new = stack.deployment(SERVICES_SCRIPT, new_port, name="v2", env=deployment_env)
+    v2 = stack.register(f"http://127.0.0.1:{new_port}")["id"]
+    # A live attempt goes on on its own deployment; once suspended, the next attempt is the processor's choice.
+    _until(lambda: _invocation(stack, pinned).get("status") == "SUSPENDED", stack=stack)
+    # A tombstone written by some other tool (or an admin that could not see the invocation): no PauseCommand.
+    producer = Producer({"bootstrap.servers": stack.bootstrap})
+    producer.produce(Topics(stack.prefix).meta, None, key=v1.encode())
+    assert producer.flush(30) == 0
+    _until(lambda: http("GET", f"{stack.admin_url}/deployments/{v1}").status == 404, stack=stack)
+
+    # The completion wakes it: its next attempt would have to run on v1, so it is paused instead.
+    assert http("POST", f"{stack.url}/restate/awakeables/{awakeable}/resolve", "ok").status in (200, 202)
+
+    paused = _until(lambda: (inv := _invocation(stack, pinned)).get("status") == "PAUSED" and inv, stack=stack)
+    assert f"deployment {v1}, which this invocation is pinned to, was removed" in paused["last_failure"]["message"]
+    assert "/invoke/Approvals/approve" not in new.log_path.read_text()
+
+    assert http("PATCH", f"{stack.admin_url}/invocations/{pinned}/resume?deployment=latest").status == 202
+    assert _attach(stack, pinned).json() == "approved: ok"
+    assert _invocation(stack, pinned)["deployment_id"] == v2
