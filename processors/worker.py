@@ -183,6 +183,7 @@ class Worker:
             retry_policy=self.settings.retry_policy,
             completion_retention_ms=self.settings.completion_retention_ms,
             deployment_for=self._deployment_for,
+            deployment_removed=lambda deployment_id: deployment_id in self.meta.state.removed,
             service_retry_policy=self._retry_policy_for,
             service_retention_ms=self._retention_for,
             handler_target=self._handler_target,

@@ -27,7 +27,10 @@ SCHEMA_IDS: Final[dict[str, int]] = {
     "keystate.QueryOutputCommand": 111,
     "keystate.QueryOutputReply": 112,
     "keystate.PurgeCommand": 113,
-    "keystate.ResumeCommand": 114,
+    # 114: ResumeCommand before it could name a deployment; still read.
+    "keystate.ResumeCommandV1": 114,
+    "keystate.PauseCommand": 115,
+    "keystate.ResumeCommand": 116,
     # processor tables (changelog values)
     "keystate.InvocationStatus": 201,
     "keystate.JournalRecord": 202,

@@ -181,6 +181,10 @@ def test_exact_bytes_of_a_small_record():
         ("keystate.InvokeCommand", 101),
         ("keystate.JournalAppendCommand", 102),
         ("keystate.PurgeCommand", 113),
+        # 114 keeps ResumeCommand's first layout (read); the current one, naming a deployment, is 116.
+        ("keystate.ResumeCommandV1", 114),
+        ("keystate.PauseCommand", 115),
+        ("keystate.ResumeCommand", 116),
         ("keystate.InvocationStatus", 201),
         ("keystate.JournalRecord", 202),
         ("keystate.InvocationRequest", 301),
