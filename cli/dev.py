@@ -158,6 +158,8 @@ def start() -> int:
     print(f"  grep -o 'secret=[0-9a-f-]*' {RUN / 'examples.log'} | tail -1   # the mailed link")
     print(f"  curl -s {url}/UserSignup/ann/click {json_h} -d '\"<secret>\"'")
     print(f"  curl -s {url}/restate/workflow/UserSignup/ann/attach")
+    print(f"  curl -s {url}/Payments/pay {json_h} -d '{{\"card\": \"4242424242424242\", \"amount_cents\": 1250}}'")
+    print(f"  curl -s {url}/Payments/memo -H 'content-type: text/plain' -d 'paid in full'")
     return 0
 
 
