@@ -33,6 +33,7 @@ from .records import InRecord
 from .partition import PartitionProcessor
 from .restore import ChangelogInfo, RestoreReport, restore_store
 from .restorer import Restorer, StoreRegistry
+from .linger import Linger
 from .runner import run_batch
 from .state_machine import Config
 from .step import BatchStep, Effect, StepResult
@@ -75,7 +76,6 @@ class SessionStats:
 
 # How long the log's poll waits when there is nothing to do (also how late an idle loop sees a request).
 _IDLE_POLL_S = 0.01
-_LINGER_ABOVE = 1.5  # records per batch (moving average) above which a batch lingers
 
 
 class _Reset(ProcessorError):
@@ -120,7 +120,7 @@ class Session:
         self._live_router: Consumer | None = None
         self._next_sweep = time.monotonic() + settings.sweep_interval_s
         self._name = f"processor {settings.instance_id}"
-        self._recent_batch = 0.0  # moving average of records per batch
+        self._linger = Linger(settings.batch_linger_ms)
 
     # ---- the rejoin loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -398,10 +398,14 @@ class Session:
             if first is not None:
                 messages.append(first)
                 if s.batch_max_records > 1:
-                    messages.extend(consumer.consume(s.batch_max_records - 1, self._linger_s()))
+                    messages.extend(consumer.consume(s.batch_max_records - 1, 0))  # what is already here
+                    room = s.batch_max_records - len(messages)
+                    wait = self._linger.wait_s() if room > 0 else 0.0
+                    if wait > 0:
+                        more = consumer.consume(room, wait)
+                        messages.extend(more)
+                        self._linger.gained(len(more))
         records = self._records(messages)
-        # Batches of one mean nobody else is waiting: the next batch does not linger for company.
-        self._recent_batch = 0.8 * self._recent_batch + 0.2 * len(records) if records else self._recent_batch
         if not records and not self.step.pending:
             self.watchdog.progress()
             return
@@ -426,15 +430,6 @@ class Session:
         stats.apply_s += time.perf_counter() - started - (txn.commit_s - committing)
         stats.dead_lettered += result.dead_lettered
         stats.dropped_unowned += result.dropped_unowned
-
-    def _linger_s(self) -> float:
-        """How long a batch waits for more records after its first.
-
-        Lingering pays under concurrency (fewer, larger transactions: the broker's cost is per
-        transaction) and costs a client alone the whole linger twice per call. So the batch lingers
-        only while recent batches held more than one record (`batch_linger_ms`; 0 turns it off).
-        """
-        return self.settings.batch_linger_ms / 1000 if self._recent_batch > _LINGER_ABOVE else 0.0
 
     def _release(self, result: StepResult) -> None:
         """The batch committed: its effects go to the event loop (before the stores write its rows)."""

@@ -63,7 +63,7 @@ class ProcessorSettings:
     batch_max_records: int = 500
     # 2 ms measured better than 0 under load (bench/README.md): a transaction begun right after a
     # commit is refused with CONCURRENT_TRANSACTIONS and retried after retry.backoff.ms. Only batches
-    # under concurrency linger (Session._linger_s): alone, a call would wait it out twice.
+    # whose lingers bring records linger (processors/linger.py): alone, a call would wait it out twice.
     batch_linger_ms: float = 2.0
     transaction_timeout_ms: int = 10_000
     # How soon the group notices a dead processor and moves its partitions to the others.
