@@ -405,6 +405,10 @@ class Session:
                         more = consumer.consume(room, wait)
                         messages.extend(more)
                         self._linger.gained(len(more))
+                    gap = self._linger.gap_left_s(time.monotonic())
+                    if gap > 0 and room > 0:
+                        # Too soon after the last commit: gather what arrives meanwhile (see Linger.gap_left_s).
+                        messages.extend(consumer.consume(s.batch_max_records - len(messages), gap))
         records = self._records(messages)
         if not records and not self.step.pending:
             self.watchdog.progress()
@@ -422,6 +426,7 @@ class Session:
             self._rewind(consumer, router, records)
             return
         self.watchdog.committed()
+        self._linger.committed(time.monotonic())
         stats = self.stats
         stats.batches += 1
         stats.records += len(records)

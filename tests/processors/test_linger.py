@@ -34,3 +34,12 @@ def test_zero_turns_lingering_off() -> None:
     linger = Linger(0.0)
     linger.gained(100)
     assert [linger.wait_s() for _ in range(32)] == [0.0] * 32
+
+
+def test_a_transaction_right_after_a_commit_waits_out_the_gap() -> None:
+    linger = Linger(0.0, gap_ms=2.0)
+    assert linger.gap_left_s(100.0) == 0.0  # nothing committed yet
+    linger.committed(100.0)
+    assert abs(linger.gap_left_s(100.0005) - 0.0015) < 1e-9
+    assert linger.gap_left_s(100.0021) == 0.0
+    assert linger.gap_left_s(105.0) == 0.0
