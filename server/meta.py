@@ -128,6 +128,14 @@ class MetaState:
         return {name: entry.metadata for name, entry in self.services.items()}
 
 
+def _normalized(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` as it reads back from keystate.meta (defaults filled in), so fingerprints compare alike."""
+    try:
+        return dict(codec().decode_as(DEPLOYMENT_RECORD, codec().encode(DEPLOYMENT_RECORD, record)))
+    except ContractError as exc:
+        raise MetaError(f"cannot store deployment {record.get('deployment_id')}: {exc}") from exc
+
+
 def _fingerprint(record: dict[str, Any]) -> str:
     return json.dumps(
         [record["uri"], record["protocol_version"], sorted(record["transports"]), record["services"]],
@@ -255,6 +263,7 @@ async def register(
     unless `breaking` or `force`; a registered uri whose discovery changed unless `force`, which
     then overwrites that deployment in place (its pinned invocations run the new code).
     """
+    record = _normalized(record)
     existing = view.state.find_same(record)
     if existing is not None:
         return Registration(existing, False)
