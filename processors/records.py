@@ -25,6 +25,8 @@ class InRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    # Kafka headers, read only for keystate.requests records (their correlation headers); None otherwise.
+    headers: list[tuple[str, bytes | None]] | None = None
 
     @property
     def origin(self) -> Origin:
