@@ -232,10 +232,6 @@ class BatchStep:
                 assert isinstance(verdict, SkipPublish)
                 log.error("invocation %s: not publishing %s to %s: %s", iid, action.name, topic, verdict.reason)
                 return
-            if topic.startswith(self.settings.topics.replies_prefix) and not self.lookups.topic_exists(topic):
-                # The ingress that owned it stopped (its reply topic goes with it): nobody waits.
-                log.info("invocation %s: not publishing %s to %s: the ingress's reply topic is gone", iid, action.name, topic)
-                return
             value = self.codec.encode(action.name, action.record)
             headers = [("type", action.name.encode()), *result_headers(action.record)]
             self._emit(OutRecord(OutKind.PUBLISH, topic, None, action.key, value, headers, record.origin, iid), result)

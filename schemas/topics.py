@@ -51,7 +51,7 @@ class Topics:
     def replies(self, ingress_id: str) -> str:
         """The reply topic of one ingress instance: QueryOutputReplies and the results it waits for.
 
-        One partition, created by the ingress at start and deleted at a clean stop; short retention.
+        One partition, created by the ingress at start and kept across restarts; an hour's retention.
         """
         return f"{self.replies_prefix}{ingress_id}"
 
