@@ -26,7 +26,7 @@ from keystate.server.meta import MetaState
 from .errors import BatchFailed
 from .partition import PartitionProcessor
 from .quarantine import Quarantine
-from .records import DeliveryFailure, InRecord, OutKind, OutRecord
+from .records import DeliveryFailure, InRecord, KafkaHeaders, OutKind, OutRecord
 from .state_machine import RegisterTimer
 from .runner import run_batch
 from .state_machine import Config
@@ -190,7 +190,7 @@ class ProcessorDriver:
         partition: int = 0,
         key: bytes | None = None,
         value: bytes | None = None,
-        kafka_headers: list[tuple[str, bytes | None]] | None = None,
+        kafka_headers: KafkaHeaders | None = None,
         **request: Any,
     ) -> InRecord:
         """A keystate.requests record (with `kafka_headers`): `value` as given, else an InvocationRequest built from `request`."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,8 @@ from keystate.schemas.ids import InvocationId, InvocationTarget, ServiceType, id
 from keystate.schemas.headers import DEFAULT_REDACT_HEADERS, strip_secrets
 from keystate.schemas.limits import MAX_DELAY_MS
 from keystate.server.meta import MetaState, handler_is_private
+
+from .records import KafkaHeaders
 
 __all__ = [
     "CORRELATION_ID",
@@ -87,7 +89,7 @@ def topic_name_problem(name: str) -> str | None:
 
 def correlation_of(
     key: bytes | None,
-    kafka_headers: Sequence[tuple[str, bytes | None]] | None,
+    kafka_headers: KafkaHeaders | None,
     request_headers: Mapping[str, str],
     redact: Collection[str],
 ) -> dict[str, Any] | None:
@@ -98,13 +100,15 @@ def correlation_of(
     counts too, so producers that cannot set Kafka headers can still correlate.
     """
     headers: dict[str, str] = {}
-    for name, raw in kafka_headers or ():
-        if raw is None:
-            continue
-        try:
-            headers[name] = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            continue
+    pairs = kafka_headers.items() if isinstance(kafka_headers, Mapping) else kafka_headers or ()
+    for name, raw in pairs:
+        if isinstance(raw, str):
+            headers[name] = raw
+        elif raw is not None:
+            try:
+                headers[name] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
     found = next((v for k, v in request_headers.items() if k.lower() == CORRELATION_ID), None)
     if found is not None and not any(k.lower() == CORRELATION_ID for k in headers):
         headers[CORRELATION_ID] = found
@@ -124,7 +128,7 @@ def route_request(
     redact: frozenset[str] = DEFAULT_REDACT_HEADERS,
     *,
     record_key: bytes | None = None,
-    kafka_headers: Sequence[tuple[str, bytes | None]] | None = None,
+    kafka_headers: KafkaHeaders | None = None,
 ) -> Routed | Invalid | Refused:
     """Validate one keystate.requests record against the registered services and the cluster's topics.
 
