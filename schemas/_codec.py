@@ -108,7 +108,12 @@ class Codec:
         except KeyError:
             raise UnknownSchemaError(f"unknown schema id {schema_id}") from None
         if name not in self._resolved:
-            self._resolved[name] = _inline(name, self._raw, set())
+            resolved = _inline(name, self._raw, set())
+            upgrade = self._upgrades.get(name)
+            if upgrade is not None:
+                # Served under the name it was written with, so Avro readers resolve it against the current version.
+                resolved["name"] = upgrade[0].rsplit(".", 1)[-1]
+            self._resolved[name] = resolved
         return copy.deepcopy(self._resolved[name])
 
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
