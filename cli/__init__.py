@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_identity_parser(sub)
     sub.add_parser("dev", help="start|stop the runtime on a local broker with the examples", add_help=False)
-    sub.add_parser("invocations", help="cancel|kill invocations via the admin API", add_help=False)
+    sub.add_parser("invocations", help="describe|cancel|kill|resume invocations via the admin API", add_help=False)
     sub.add_parser("deployments", help="register|list|describe|remove deployments via the admin API", add_help=False)
     from .log_tail import add_parser as add_log_parser
 

@@ -1,5 +1,6 @@
-"""`keystate deployments register URI | list | describe ID | remove ID [--force]` and
-`keystate invocations cancel|kill ID`: talk to the admin API.
+"""`keystate deployments register URI [--force] [--breaking] | list | describe ID | remove ID [--force]` and
+`keystate invocations describe|cancel|kill ID`, `keystate invocations resume ID [--deployment ID|latest]`:
+talk to the admin API.
 
 A token-protected admin API gets `Authorization: Bearer <token>` with the token of
 `--admin-token-file FILE` or else `$KEYSTATE_ADMIN_TOKEN` (the file wins, as on the server).
@@ -135,17 +136,35 @@ def _http_error(exc: urllib.error.HTTPError) -> CliError:
     return CliError(f"the admin API answered {exc.code}: {message}")
 
 
+def _state_text(deployment: dict[str, Any]) -> str:
+    state = deployment.get("state")
+    if state is None:
+        return ""
+    pinned = deployment.get("pinned_invocations")
+    if state == "draining":
+        return f"  [draining: {pinned} pinned]"
+    return f"  [{state}]"
+
+
 def _print_deployment(deployment: dict[str, Any]) -> None:
-    print(f"{deployment['id']}  {deployment['uri']}")
+    print(f"{deployment['id']}  {deployment['uri']}{_state_text(deployment)}")
     for service in deployment["services"]:
         handlers = ", ".join(h["name"] for h in service["handlers"])
         print(f"  {service['name']} ({service['ty']}): {handlers}")
 
 
 def _register(args: argparse.Namespace) -> int:
-    status, deployment = _call(args, "POST", "/deployments", {"uri": args.uri})
-    verb = "registered" if status == 201 else "already registered"
-    print(f"{verb} deployment:")
+    body: dict[str, Any] = {"uri": args.uri}
+    if args.force:
+        body["force"] = True
+    if args.breaking:
+        body["breaking"] = True
+    status, deployment = _call(args, "POST", "/deployments", body)
+    if deployment.get("overwritten"):
+        verb = "overwrote (forced) deployment"
+    else:
+        verb = "registered deployment" if status == 201 else "already registered deployment"
+    print(f"{verb}:")
     _print_deployment(deployment)
     return 0
 
@@ -160,9 +179,21 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+_STATES = {
+    "active": "active: new invocations of {latest} go to it",
+    "draining": "draining: no longer latest; {pinned} started invocation(s) still pinned to it",
+    "drained": "drained: no longer latest and nothing pinned to it; safe to remove",
+    "unknown": "not latest; pinned invocations unknown (the read model is still reading)",
+}
+
+
 def _describe(args: argparse.Namespace) -> int:
     _, deployment = _call(args, "GET", f"/deployments/{_quote(args.id)}")
     _print_deployment(deployment)
+    state = deployment.get("state")
+    if state in _STATES:
+        latest = ", ".join(deployment.get("latest_for") or [])
+        print("  state: " + _STATES[state].format(latest=latest, pinned=deployment.get("pinned_invocations")))
     print(f"  created: {deployment['created_at']}")
     print(f"  protocol: {deployment['protocol_version']}, transports: {', '.join(deployment['transports'])}")
     for service in deployment["services"]:
@@ -174,8 +205,20 @@ def _describe(args: argparse.Namespace) -> int:
 
 def _remove(args: argparse.Namespace) -> int:
     query = "?force=true" if args.force else ""
-    _call(args, "DELETE", f"/deployments/{_quote(args.id)}{query}")
+    _, payload = _call(args, "DELETE", f"/deployments/{_quote(args.id)}{query}")
     print(f"removed deployment {args.id}")
+    payload = payload if isinstance(payload, dict) else {}
+    for entry in payload.get("latest", []):
+        if entry["deployment_id"] is None:
+            print(f"  {entry['service']}: no deployment serves it any more; register one")
+        else:
+            print(f"  {entry['service']}: latest is now {entry['deployment_id']}")
+    paused = payload.get("paused_invocations", [])
+    if paused:
+        print(f"  paused {len(paused)} pinned invocation(s); resume each on another deployment with "
+              "`keystate invocations resume ID --deployment latest`:")
+        for invocation_id in paused:
+            print(f"    {invocation_id}")
     return 0
 
 
@@ -208,6 +251,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", required=True)
     register = _with_admin(sub, "register", help="discover the deployment at URI and register its services")
     register.add_argument("uri", help="base URL the deployment serves on, e.g. http://localhost:9080")
+    register.add_argument(
+        "--breaking", action="store_true",
+        help="register even if it changes a service's type or removes or changes the kind of a handler",
+    )
+    register.add_argument(
+        "--force", action="store_true",
+        help="overwrite the deployment registered at the same URI if its discovery changed (implies --breaking)",
+    )
     register.set_defaults(run=_register)
     listing = _with_admin(sub, "list", help="list registered deployments and their services")
     listing.set_defaults(run=_list)
@@ -216,7 +267,10 @@ def _parser() -> argparse.ArgumentParser:
     describe.set_defaults(run=_describe)
     remove = _with_admin(sub, "remove", help="remove a deployment; refused while invocations are pinned to it")
     remove.add_argument("id", help="deployment id (dp_...)")
-    remove.add_argument("--force", action="store_true", help="remove it even if unfinished invocations run on it (breaks them)")
+    remove.add_argument(
+        "--force", action="store_true",
+        help="remove it even if unfinished invocations run on it: they are paused until resumed elsewhere",
+    )
     remove.set_defaults(run=_remove)
     return parser
 
@@ -235,25 +289,52 @@ def _run(parser: argparse.ArgumentParser, prog: str, argv: list[str] | None) -> 
 
 
 def _invocation_action(args: argparse.Namespace) -> int:
-    _call(args, "PATCH", f"/invocations/{_quote(args.id)}/{args.action}")
+    query = ""
+    if getattr(args, "deployment", None):
+        query = f"?deployment={_quote(args.deployment)}"
+    _call(args, "PATCH", f"/invocations/{_quote(args.id)}/{args.action}{query}")
     print(f"{args.action} of {args.id} requested")
     return 0
 
 
+def _invocation_describe(args: argparse.Namespace) -> int:
+    _, inv = _call(args, "GET", f"/invocations/{_quote(args.id)}")
+    print(f"{inv['id']}  {inv['target']}  {inv['status']}")
+    print(f"  deployment: {inv.get('deployment_id') or '-'}, attempt {inv['attempt']}, retries {inv['retry_count']}")
+    failure = inv.get("last_failure")
+    if failure:
+        label = "paused" if inv["status"] == "PAUSED" else "last failure"
+        print(f"  {label}: [{failure.get('code')}] {failure.get('message')}")
+    if inv.get("completion_status"):
+        print(f"  completed: {inv['completion_status']}")
+    return 0
+
+
 def _invocations_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keystate invocations", description="cancel or kill invocations via the admin API")
+    parser = argparse.ArgumentParser(
+        prog="keystate invocations", description="describe, cancel, kill or resume invocations via the admin API"
+    )
     _admin_options(parser, top=True)
     sub = parser.add_subparsers(dest="action", required=True)
+    describe = _with_admin(sub, "describe", help="show an invocation's status, deployment and why it is paused")
+    describe.add_argument("id", help="invocation id (inv_...), as in the x-restate-id header")
+    describe.set_defaults(run=_invocation_describe)
     for action, help_text in (
         ("cancel", "cancel gracefully: the handler sees a TerminalError and may compensate"),
         ("kill", "end at once, without running more of the handler's code"),
+        ("resume", "start a PAUSED invocation again"),
     ):
         command = _with_admin(sub, action, help=help_text)
         command.add_argument("id", help="invocation id (inv_...), as in the x-restate-id header")
+        if action == "resume":
+            command.add_argument(
+                "--deployment",
+                help="deployment id to resume on (it stays pinned there), or `latest`; needed when its deployment was removed",
+            )
         command.set_defaults(run=_invocation_action)
     return parser
 
 
 def invocations_main(argv: list[str] | None = None) -> int:
-    """`keystate invocations cancel|kill ID`."""
+    """`keystate invocations describe|cancel|kill|resume ID`."""
     return _run(_invocations_parser(), "keystate invocations", argv)

@@ -7,6 +7,7 @@ Everything listens on loopback, so no token is needed; a `$KEYSTATE_ADMIN_TOKEN`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,35 @@ def _register(uri: str) -> dict[str, Any]:
         return dict(json.loads(resp.read()))
 
 
+@contextlib.contextmanager
+def _stderr_into(path: Path) -> Iterator[None]:
+    """Send file descriptor 2 to `path` meanwhile.
+
+    librdkafka writes its start-up chatter ("Purging unserved events", retries while the broker
+    loads its coordinators) straight to fd 2, past Python's logging: it goes to the dev log
+    instead of the terminal, and is shown only if the step fails.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def start() -> int:
     RUN.mkdir(parents=True, exist_ok=True)
     try:
@@ -84,11 +115,15 @@ def start() -> int:
     from keystate.server.kafka_security import ENV_VARS, KafkaSecurity
     from keystate.server.topics import ensure_topics
 
+    dev_log = RUN / "dev.log"
     try:
-        ensure_topics(bootstrap, security=KafkaSecurity())  # the local broker speaks PLAINTEXT
+        with _stderr_into(dev_log):
+            created = ensure_topics(bootstrap, security=KafkaSecurity())  # the local broker speaks PLAINTEXT
     except ServerError as exc:
-        print(f"keystate dev: {exc}", file=sys.stderr)
+        print(f"keystate dev: {exc}\n{_tail(dev_log)}", file=sys.stderr)
         return 1
+    if created:
+        print(f"created topics {', '.join(created)}")
     python = sys.executable
     # The local broker speaks PLAINTEXT: settings meant for another cluster must not reach the runtime.
     plain_env = {k: v for k, v in os.environ.items() if k not in ENV_VARS.values()}
@@ -123,6 +158,8 @@ def start() -> int:
     print(f"  grep -o 'secret=[0-9a-f-]*' {RUN / 'examples.log'} | tail -1   # the mailed link")
     print(f"  curl -s {url}/UserSignup/ann/click {json_h} -d '\"<secret>\"'")
     print(f"  curl -s {url}/restate/workflow/UserSignup/ann/attach")
+    print(f"  curl -s {url}/Payments/pay {json_h} -d '{{\"card\": \"4242424242424242\", \"amount_cents\": 1250}}'")
+    print(f"  curl -s {url}/Payments/memo -H 'content-type: text/plain' -d 'paid in full'")
     return 0
 
 

@@ -15,10 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keystate  # noqa: E402
 from cart import cart  # noqa: E402
 from greeter import counter, greeter  # noqa: E402
+from payments import payments  # noqa: E402
 from signup import user_signup  # noqa: E402
 from subscription import subscription_service  # noqa: E402
 
-SERVICES = [greeter, counter, cart, subscription_service, user_signup]
+SERVICES = [greeter, counter, cart, subscription_service, user_signup, payments]
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

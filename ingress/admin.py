@@ -8,14 +8,20 @@ from typing import Any
 from aiohttp import web
 
 from keystate.schemas.ids import InvalidIdError, InvocationId
-from keystate.server.discovery import discover
-from keystate.server.meta import register, unregister
 
+from .admin_deployments import (
+    RUNTIME_KEY,
+    add_deployment_routes,
+    deployment_json,
+    read_model,
+    resume_deployment,
+    service_json,
+)
 from .auth import ADMIN, auth_middlewares
 from .commands import produce_command
-from .errors import BadRequest, Conflict, NotFound, Unavailable, error_middleware
+from .errors import BadRequest, Conflict, NotFound, error_middleware
 from .http_limits import HTTP_LIMITS_KEY, limits_middleware
-from .readmodel import InvocationReadModel, InvocationSummary
+from .readmodel import InvocationSummary
 from .readmodel_store import decode_cursor, encode_cursor
 from .restate_paths import invocation_status
 from .schema_registry import add_schema_registry_routes
@@ -24,7 +30,6 @@ from .runtime import IngressRuntime
 
 __all__ = ["admin_app", "deployment_json", "invocation_json", "service_json"]
 
-RUNTIME_KEY = web.AppKey("admin_runtime", IngressRuntime)
 _MAX_REQUEST_BYTES = 1024 * 1024
 # Open without a token: liveness probes carry none, and it tells no more than whether the admin is up.
 _OPEN_PATHS = ("/health",)
@@ -48,10 +53,7 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     )
     app[RUNTIME_KEY] = runtime
     app[HTTP_LIMITS_KEY] = runtime.settings.http_limits
-    app.router.add_post("/deployments", _register)
-    app.router.add_get("/deployments", _list_deployments)
-    app.router.add_get("/deployments/{id}", _get_deployment)
-    app.router.add_delete("/deployments/{id}", _delete_deployment)
+    add_deployment_routes(app)
     app.router.add_get("/services", _list_services)
     app.router.add_get("/services/{name}", _get_service)
     app.router.add_get("/invocations", _list_invocations)
@@ -62,99 +64,6 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     app.router.add_get("/identity", _identity)
     add_schema_registry_routes(app, runtime.settings.topics)
     return app
-
-
-def service_json(service: dict[str, Any], deployment_id: str) -> dict[str, Any]:
-    return {
-        "name": service["name"],
-        "ty": service["service_type"],
-        "deployment_id": deployment_id,
-        "handlers": [
-            {
-                "name": h["name"],
-                "ty": h["kind"],
-                "input_content_type": h.get("input_content_type"),
-                "output_content_type": h.get("output_content_type"),
-                "retry_policy": h.get("retry_policy"),
-                "ingress_private": bool(h.get("ingress_private", False)),
-            }
-            for h in service["handlers"]
-        ],
-        "retry_policy": service.get("retry_policy"),
-        "inactivity_timeout_ms": service.get("inactivity_timeout_ms"),
-        "abort_timeout_ms": service.get("abort_timeout_ms"),
-        "journal_retention_ms": service.get("retention_ms"),
-        "ingress_private": bool(service.get("ingress_private", False)),
-        "forward_headers": list(service.get("forward_headers", [])),
-    }
-
-
-def deployment_json(record: dict[str, Any]) -> dict[str, Any]:
-    created = datetime.fromtimestamp(record["created_at_ms"] / 1000, tz=UTC)
-    return {
-        "id": record["deployment_id"],
-        "uri": record["uri"],
-        "protocol_version": record["protocol_version"],
-        "transports": list(record["transports"]),
-        "services": [service_json(s, record["deployment_id"]) for s in record["services"]],
-        "created_at": created.isoformat().replace("+00:00", "Z"),
-    }
-
-
-async def _register(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME_KEY]
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise BadRequest(f'the body must be JSON like {{"uri": "http://localhost:9080"}} ({exc})') from exc
-    if not isinstance(body, dict) or "uri" not in body:
-        raise BadRequest('the body must be a JSON object with the deployment\'s "uri", e.g. {"uri": "http://localhost:9080"}')
-    if runtime.http is None:
-        raise Unavailable("the admin API is starting; retry in a moment")
-    settings = runtime.settings
-    record = await discover(
-        body["uri"], settings.discovery_timeout, allow=settings.deployment_allow, identity=settings.identity
-    )
-    registration = await register(
-        runtime.meta, runtime.require_producer(), record, timeout=runtime.settings.register_timeout
-    )
-    payload = deployment_json(registration.deployment)
-    return web.json_response(payload, status=201 if registration.created else 200)
-
-
-async def _list_deployments(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME_KEY]
-    return web.json_response({"deployments": [deployment_json(r) for r in runtime.meta.state.deployments.values()]})
-
-
-def _deployment(runtime: IngressRuntime, deployment_id: str) -> dict[str, Any]:
-    record = runtime.meta.state.deployments.get(deployment_id)
-    if record is None:
-        raise NotFound(f"unknown deployment {deployment_id!r}; list deployments with GET /deployments")
-    return record
-
-
-async def _get_deployment(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME_KEY]
-    return web.json_response(deployment_json(_deployment(runtime, request.match_info["id"])))
-
-
-async def _delete_deployment(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME_KEY]
-    deployment_id = request.match_info["id"]
-    _deployment(runtime, deployment_id)
-    if not _flag(request, "force"):
-        model = _read_model(runtime, f"; remove the deployment anyway with DELETE /deployments/{deployment_id}?force=true")
-        pinned = await model.pinned_to(deployment_id)
-        if pinned:
-            raise Conflict(
-                f"deployment {deployment_id} has {pinned} invocation{'s' if pinned != 1 else ''} pinned to it "
-                "that have not completed (an invocation finishes on the deployment it started on); wait for them, "
-                f"cancel or kill them (GET /invocations?deployment={deployment_id} lists them), or remove it anyway "
-                f"with DELETE /deployments/{deployment_id}?force=true, which breaks them"
-            )
-    await unregister(runtime.meta, runtime.require_producer(), deployment_id, timeout=runtime.settings.register_timeout)
-    return web.Response(status=202)
 
 
 async def _list_services(request: web.Request) -> web.Response:
@@ -189,29 +98,6 @@ async def _identity(request: web.Request) -> web.Response:
     if identity is None:
         return web.json_response({"public_keys": [], "signature_scheme": "unsigned"})
     return web.json_response({"public_keys": [identity.public_key], "signature_scheme": "v1"})
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    value = request.query.get(name)
-    if value is None:
-        return False
-    if value.lower() in ("", "true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise BadRequest(f"query parameter {name}={value!r} must be true or false")
-
-
-def _read_model(runtime: IngressRuntime, hint: str = "") -> InvocationReadModel:
-    model = runtime.invocations
-    if model.error is not None:
-        raise Unavailable(f"the invocation read model cannot read {model.topic}: {model.error}{hint}")
-    if not model.ready:
-        raise Unavailable(
-            f"the invocation read model is still reading {model.topic} ({model.records_seen} records so far); "
-            f"retry in a moment{hint}"
-        )
-    return model
 
 
 def _iso(ms: int | None) -> str | None:
@@ -251,7 +137,7 @@ def _invocation_id(request: web.Request) -> str:
 
 async def _list_invocations(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
-    model = _read_model(runtime)
+    model = read_model(runtime)
     text = request.query.get("limit", str(_DEFAULT_LIMIT))
     try:
         limit = int(text)
@@ -283,7 +169,7 @@ async def _list_invocations(request: web.Request) -> web.Response:
 async def _get_invocation(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     invocation_id = _invocation_id(request)
-    summary = await _read_model(runtime).get(invocation_id)
+    summary = await read_model(runtime).get(invocation_id)
     if summary is None:
         raise NotFound(
             f"unknown invocation {invocation_id}: it never existed, was purged, or is too new for the read model; "
@@ -336,6 +222,8 @@ async def _act(request: web.Request, action: str) -> web.Response:
     record: dict[str, Any] = {"invocation_id": invocation_id}
     if action in ("cancel", "kill"):
         record["reason"] = f"{action} requested through the admin API"
+    elif action == "resume":
+        record["deployment_id"] = resume_deployment(runtime, invocation_id, request.query.get("deployment"), known)
     await produce_command(
         runtime,
         _ACTIONS[action],

@@ -72,19 +72,21 @@ class _MemoryTransaction:
         self.last = {}
 
     def produce(self, records: Sequence[OutRecord]) -> list[DeliveryFailure]:
+        # As with Kafka, a refused record shows when the transaction flushes: in commit.
+        self.open = list(records)
+        return []
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> list[DeliveryFailure]:
         out: list[DeliveryFailure] = []
-        for i, record in enumerate(records):
+        for i, record in enumerate(self.open):
             for rule in self.failures:
                 if rule.times != 0 and rule.predicate(record):
                     if rule.times is not None:
                         rule.times -= 1
                     out.append(DeliveryFailure(i, rule.error, rule.record_fault))
                     break
-            else:
-                self.open.append(record)
-        return out
-
-    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        if out:
+            return out  # nothing is written; the caller aborts
         for record in self.open:
             written = self.topics.setdefault(record.topic, [])
             written.append(record)
@@ -94,6 +96,7 @@ class _MemoryTransaction:
                 self.last[where] = sum(1 for r in written if r.partition == record.partition) - 1
         self.offsets.update(offsets)
         self.open = []
+        return []
 
     def delivered(self) -> Mapping[tuple[str, int], int]:
         return self.last

@@ -27,10 +27,12 @@ class Transaction(Protocol):
     def begin(self) -> None: ...
 
     def produce(self, records: Sequence[OutRecord]) -> list[DeliveryFailure]:
-        """Produce and flush `records`; the failures name records by their index."""
+        """Hand `records` to the producer; the records it refused at once, by index."""
         ...
 
-    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None: ...
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> list[DeliveryFailure]:
+        """Commit with `offsets`; [] when committed, else the records the broker refused (then abort)."""
+        ...
 
     def abort(self) -> None: ...
 
@@ -71,7 +73,7 @@ def run_batch(
         try:
             failures = txn.produce(result.produced)
             if not failures:
-                txn.commit(result.offsets)
+                failures = txn.commit(result.offsets)
         except BaseException:
             # Whether it committed is unknown: the stores drop the batch and catch up from the changelog.
             step.discard(result.touched)

@@ -62,7 +62,8 @@ class ProcessorSettings:
     group_id: str = "keystate-processors"
     batch_max_records: int = 500
     # 2 ms measured better than 0 under load (bench/README.md): a transaction begun right after a
-    # commit is refused with CONCURRENT_TRANSACTIONS and retried after retry.backoff.ms.
+    # commit is refused with CONCURRENT_TRANSACTIONS and retried after retry.backoff.ms. Only batches
+    # under concurrency linger (Session._linger_s): alone, a call would wait it out twice.
     batch_linger_ms: float = 2.0
     transaction_timeout_ms: int = 10_000
     # How soon the group notices a dead processor and moves its partitions to the others.
@@ -182,6 +183,7 @@ class Worker:
             retry_policy=self.settings.retry_policy,
             completion_retention_ms=self.settings.completion_retention_ms,
             deployment_for=self._deployment_for,
+            deployment_removed=lambda deployment_id: deployment_id in self.meta.state.removed,
             service_retry_policy=self._retry_policy_for,
             service_retention_ms=self._retention_for,
             handler_target=self._handler_target,

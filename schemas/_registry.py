@@ -28,8 +28,11 @@ SCHEMA_IDS: Final[dict[str, int]] = {
     "keystate.QueryOutputCommand": 111,
     "keystate.QueryOutputReply": 112,
     "keystate.PurgeCommand": 113,
-    "keystate.ResumeCommand": 114,
-    "keystate.InvokeCommand": 115,
+    # 114: ResumeCommand before it could name a deployment; still read.
+    "keystate.ResumeCommandV1": 114,
+    "keystate.PauseCommand": 115,
+    "keystate.ResumeCommand": 116,
+    "keystate.InvokeCommand": 117,
     # processor tables (changelog values)
     # 201: InvocationStatus before `correlation` and `reply_topics`; still read, upgraded on read.
     "keystate.InvocationStatusV1": 201,

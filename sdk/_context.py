@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar, cast
 from keystate.schemas.ids import HandlerKind, InvocationTarget, ServiceType
 
 from ._machine import Failure, Machine, Result, Value
+from ._run import RunOptions, StepRetry
 from ._service import Handler, handler_of
 from .errors import AttemptEnded, RetryableError, Suspended, TerminalError
 from .serde import Serde, serde_for
@@ -52,20 +53,6 @@ class Request:
     id: str
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class RunOptions(Generic[T]):
-    """How a `ctx.run_typed` step is retried and serialized.
-
-    `max_attempts` counts attempts of the invocation: once reached, the step's error is journaled
-    as a terminal failure (code 500) instead of retrying the invocation again.
-    """
-
-    max_attempts: int | None = None
-    initial_retry_interval: timedelta | None = None
-    serde: Serde[T] | None = None
-    type_hint: type[T] | None = None
 
 
 class DurableFuture(Generic[T]):
@@ -344,8 +331,7 @@ class InvocationCore:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         serde: Serde[Any],
-        max_attempts: int | None,
-        initial_retry_interval: timedelta | None,
+        retry: StepRetry,
     ) -> DurableFuture[Any]:
         with self.op():
             index, replayed = self.machine.sys_run(name)
@@ -356,7 +342,7 @@ class InvocationCore:
             )
             if replayed is None:
                 self._runs_in_flight += 1
-                coro = self._execute_run(index, name, action, args, kwargs, serde, max_attempts, initial_retry_interval)
+                coro = self._execute_run(index, name, action, args, kwargs, serde, retry)
                 task = self._loop.create_task(coro)
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -370,8 +356,7 @@ class InvocationCore:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         serde: Serde[Any],
-        max_attempts: int | None,
-        initial_retry_interval: timedelta | None,
+        retry: StepRetry,
     ) -> None:
         machine = self.machine
         try:
@@ -388,10 +373,11 @@ class InvocationCore:
                 result = Failure(exc.status_code, exc.message)
             except Exception as exc:
                 assert machine.start is not None
-                if max_attempts is not None and machine.start.retry_count + 1 >= max_attempts:
+                start = machine.start
+                if retry.gives_up(start.retry_count, start.duration_since_first_attempt_ms):
                     result = Failure(500, f"{type(exc).__name__}: {exc}")
                 else:
-                    retry_ms = None if initial_retry_interval is None else int(initial_retry_interval / timedelta(milliseconds=1))
+                    retry_ms = retry.delay_ms(start.retry_count)
                     if isinstance(exc, RetryableError) and exc.retry_after is not None:
                         retry_ms = exc.retry_after_ms
                     machine.sys_fail(
@@ -460,18 +446,28 @@ class Context:
         self,
         name: str,
         action: Callable[..., T] | Callable[..., Awaitable[T]],
-        *args: Any,
+        *positional: Any,
         serde: Serde[T] | None = None,
         max_attempts: int | None = None,
-        initial_retry_interval: timedelta | None = None,
+        max_retry_duration: timedelta | None = None,
         type_hint: type[T] | None = None,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        initial_retry_interval: timedelta | None = None,
     ) -> DurableFuture[T]:
-        """Run `action(*args)` once and journal its result; replays return the journaled result.
+        """Run `action(*args, **kwargs)` once and journal its result; replays return the journaled result.
 
-        A sync `action` runs in a thread. The future completes once the result is durable.
+        The arguments go either positionally (`ctx.run("x", fn, 1, 2)`) or as restate-sdk passes
+        them (`ctx.run("x", fn, args=(1, 2), kwargs={...})`), not both. A sync `action` runs in a
+        thread. The future completes once the result is durable. `max_attempts` and
+        `max_retry_duration` bound the retries as in `RunOptions`.
         """
-        hint = type_hint if type_hint is not None else _return_hint(action)
-        return self._core.run(name, action, args, {}, serde_for(hint, serde), max_attempts, initial_retry_interval)
+        call_args = _run_arguments(name, positional, args, kwargs)
+        options = RunOptions(
+            serde=serde, type_hint=type_hint, max_attempts=max_attempts, max_retry_duration=max_retry_duration,
+            initial_retry_interval=initial_retry_interval,
+        )
+        return self._run(name, action, call_args, kwargs or {}, options)
 
     def run_typed(
         self,
@@ -483,10 +479,18 @@ class Context:
         **kwargs: Any,
     ) -> DurableFuture[T]:
         """`run` with its options in a `RunOptions`, passing `*args, **kwargs` to `action`."""
-        opts = options or RunOptions()
+        if options is not None and not isinstance(options, RunOptions):
+            raise TypeError(f"ctx.run_typed({name!r}, action, options, *args): options must be a keystate.RunOptions or None, "
+                            f"got {type(options).__name__}")
+        return self._run(name, action, args, kwargs, options or RunOptions())
+
+    def _run(
+        self, name: str, action: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: RunOptions[T]
+    ) -> DurableFuture[T]:
+        if not callable(action):
+            raise TypeError(f"ctx.run({name!r}, action): action must be callable, got {type(action).__name__}")
         hint = opts.type_hint if opts.type_hint is not None else _return_hint(action)
-        serde = serde_for(hint, opts.serde)
-        return self._core.run(name, action, args, kwargs, serde, opts.max_attempts, opts.initial_retry_interval)
+        return self._core.run(name, action, args, kwargs, serde_for(hint, opts.serde), opts.step_retry())
 
     def sleep(self, delta: timedelta) -> DurableSleepFuture:
         """A durable timer; survives crashes and suspension."""
@@ -724,6 +728,19 @@ def context_class(handler: Handler) -> type[Context]:
     if handler.service_type is ServiceType.VIRTUAL_OBJECT:
         return ObjectSharedContext if handler.kind is HandlerKind.SHARED else ObjectContext
     return WorkflowContext if handler.kind is HandlerKind.WORKFLOW else WorkflowSharedContext
+
+
+def _run_arguments(
+    name: str, positional: tuple[Any, ...], args: tuple[Any, ...] | None, kwargs: dict[str, Any] | None
+) -> tuple[Any, ...]:
+    """The positional arguments of a run action, given inline or as restate-sdk's `args=`."""
+    if args is not None and positional:
+        raise TypeError(f"ctx.run({name!r}, ...): pass the action's arguments either after it or as args=(...), not both")
+    if args is not None and not isinstance(args, (tuple, list)):
+        raise TypeError(f"ctx.run({name!r}, ..., args=...): args must be a tuple, e.g. args=({args!r},)")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(f"ctx.run({name!r}, ..., kwargs=...): kwargs must be a dict of keyword arguments")
+    return tuple(args) if args is not None else positional
 
 
 def _return_hint(action: Callable[..., Any]) -> Any:

@@ -95,12 +95,13 @@ def _handler_manifest(handler: Handler) -> dict[str, Any]:
     def content_type(serde: Any) -> str:
         return str(getattr(serde, "content_type", "application/json"))
 
+    accept = handler.accept or content_type(handler.input_serde)
     out: dict[str, Any] = {
         "name": handler.name,
         "ty": handler.kind.value,
         # A handler without an argument takes no body.
-        "input": {"contentType": content_type(handler.input_serde)} if handler.takes_input else {},
-        "output": {"contentType": content_type(handler.output_serde)},
+        "input": {"contentType": accept} if handler.takes_input else {},
+        "output": {"contentType": handler.content_type or content_type(handler.output_serde)},
     }
     if handler.retry_policy is not None:
         out["retryPolicy"] = _retry_policy_manifest(handler.retry_policy)

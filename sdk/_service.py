@@ -64,6 +64,19 @@ def _header_names(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted({n.lower() for n in names}))
 
 
+_MEDIA_TYPE = re.compile(r"(\*|[!#$%&'*+.^_`|~0-9A-Za-z-]+)/(\*|[!#$%&'*+.^_`|~0-9A-Za-z-]+)(\s*;.*)?")
+
+
+def _media_type(name: str, value: str | None, *, wildcard: bool) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _MEDIA_TYPE.fullmatch(value.strip()):
+        raise ValueError(f"{name} must be a media type like 'application/json' or None, got {value!r}")
+    if not wildcard and "*" in value.split(";", 1)[0]:
+        raise ValueError(f"{name} is the content type of the output, a wildcard like {value!r} is not one")
+    return value.strip()
+
+
 def _positive(name: str, value: timedelta | None) -> timedelta | None:
     if value is not None and (not isinstance(value, timedelta) or value <= timedelta(0)):
         raise ValueError(f"{name} must be a positive timedelta or None, got {value!r}")
@@ -85,6 +98,10 @@ class Handler:
     retry_policy: InvocationRetryPolicy | None = None
     # None: as the service says (Restate's rule).
     ingress_private: bool | None = None
+    # What the ingress accepts as the body (may be a wildcard like "text/*") and the content
+    # type of the output; None: the serde's content type.
+    accept: str | None = None
+    content_type: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -162,7 +179,11 @@ class _ServiceBase:
         output_serde: Serde[Any] | None,
         retry_policy: InvocationRetryPolicy | None = None,
         ingress_private: bool | None = None,
+        accept: str | None = None,
+        content_type: str | None = None,
     ) -> None:
+        accept = _media_type("accept", accept, wildcard=True)
+        content_type = _media_type("content_type", content_type, wildcard=False)
         if ingress_private is not None and not isinstance(ingress_private, bool):
             raise TypeError(f"ingress_private must be True, False or None (as the service), got {ingress_private!r}")
         if retry_policy is not None and not isinstance(retry_policy, InvocationRetryPolicy):
@@ -194,6 +215,8 @@ class _ServiceBase:
             output_serde=serde_for(hints.get("return"), output_serde),
             retry_policy=retry_policy,
             ingress_private=ingress_private,
+            accept=accept,
+            content_type=content_type,
         )
         setattr(fn, _ATTR, handler)
 
@@ -212,14 +235,23 @@ class Service(_ServiceBase):
         output_serde: Serde[Any] | None = None,
         invocation_retry_policy: InvocationRetryPolicy | None = None,
         ingress_private: bool | None = None,
+        accept: str | None = None,
+        content_type: str | None = None,
     ) -> Callable[[F], F]:
-        """Register `async def h(ctx: Context, arg: T) -> R` (or `h(ctx)`) as a handler."""
+        """Register `async def h(ctx: Context, arg: T) -> R` (or `h(ctx)`) as a handler.
+
+        `accept`: the content types the ingress takes as the request body (wildcards like
+        `text/*` allowed; default: the input serde's); `content_type`: the content type of the
+        output (default: the output serde's). Both go into the discovery manifest as Restate's
+        `input.contentType` and `output.contentType`.
+        """
         if kind is not None:
             raise ValueError("services have no handler kinds; use a VirtualObject for exclusive/shared")
 
         def register(fn: F) -> F:
             # Services have no concurrency kind; the contract's Target needs one, EXCLUSIVE is its default.
-            self._register(fn, name, HandlerKind.EXCLUSIVE, input_serde, output_serde, invocation_retry_policy, ingress_private)
+            self._register(fn, name, HandlerKind.EXCLUSIVE, input_serde, output_serde, invocation_retry_policy, ingress_private,
+                           accept, content_type)
             return fn
 
         return register
@@ -239,14 +271,19 @@ class VirtualObject(_ServiceBase):
         output_serde: Serde[Any] | None = None,
         invocation_retry_policy: InvocationRetryPolicy | None = None,
         ingress_private: bool | None = None,
+        accept: str | None = None,
+        content_type: str | None = None,
     ) -> Callable[[F], F]:
-        """Register an exclusive (`ObjectContext`) or shared (`ObjectSharedContext`) handler."""
+        """Register an exclusive (`ObjectContext`) or shared (`ObjectSharedContext`) handler.
+
+        `accept` and `content_type` as in `Service.handler`."""
         kinds = {None: HandlerKind.EXCLUSIVE, "exclusive": HandlerKind.EXCLUSIVE, "shared": HandlerKind.SHARED}
         if kind not in kinds:
             raise ValueError(f"kind must be 'exclusive' or 'shared', got {kind!r}")
 
         def register(fn: F) -> F:
-            self._register(fn, name, kinds[kind], input_serde, output_serde, invocation_retry_policy, ingress_private)
+            self._register(fn, name, kinds[kind], input_serde, output_serde, invocation_retry_policy, ingress_private,
+                           accept, content_type)
             return fn
 
         return register
@@ -299,13 +336,16 @@ class Workflow(_ServiceBase):
         output_serde: Serde[Any] | None = None,
         invocation_retry_policy: InvocationRetryPolicy | None = None,
         ingress_private: bool | None = None,
+        accept: str | None = None,
+        content_type: str | None = None,
     ) -> Callable[[F], F]:
         """Register the run handler (`WorkflowContext`); a workflow has exactly one."""
 
         def register(fn: F) -> F:
             if any(h.kind is HandlerKind.WORKFLOW for h in self.handlers.values()):
                 raise ValueError(f"workflow {self.name} already has a main handler")
-            self._register(fn, name, HandlerKind.WORKFLOW, input_serde, output_serde, invocation_retry_policy, ingress_private)
+            self._register(fn, name, HandlerKind.WORKFLOW, input_serde, output_serde, invocation_retry_policy, ingress_private,
+                           accept, content_type)
             return fn
 
         return register
@@ -318,11 +358,14 @@ class Workflow(_ServiceBase):
         output_serde: Serde[Any] | None = None,
         invocation_retry_policy: InvocationRetryPolicy | None = None,
         ingress_private: bool | None = None,
+        accept: str | None = None,
+        content_type: str | None = None,
     ) -> Callable[[F], F]:
         """Register a shared handler (`WorkflowSharedContext`), e.g. a signal or a query."""
 
         def register(fn: F) -> F:
-            self._register(fn, name, HandlerKind.SHARED, input_serde, output_serde, invocation_retry_policy, ingress_private)
+            self._register(fn, name, HandlerKind.SHARED, input_serde, output_serde, invocation_retry_policy, ingress_private,
+                           accept, content_type)
             return fn
 
         return register

@@ -6,6 +6,7 @@ ServerError
  +-- KafkaSettingsError   the Kafka security settings are incomplete or contradict each other
  +-- TopicConfigError     existing topics do not match what keystate needs
  +-- MetaError            a deployment or service registration is invalid
+ |    +-- RegistrationConflict  it would break callers or change what a registered uri serves
  +-- IdentityError        the request identity key file is missing, unreadable or not ed25519
 """
 
@@ -34,6 +35,13 @@ class TopicConfigError(ServerError):
 
 class MetaError(ServerError):
     """A deployment or its services cannot be registered; the message says how to fix it."""
+
+
+class RegistrationConflict(MetaError):
+    """A registration was refused: breaking changes, or a registered uri that now serves other code.
+
+    The message lists what changed and names the flag that registers it anyway.
+    """
 
 
 class IdentityError(ServerError):

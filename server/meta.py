@@ -14,7 +14,8 @@ from confluent_kafka import Message
 from keystate.schemas._codec import codec
 from keystate.schemas.errors import ContractError
 
-from .errors import KafkaUnavailable, MetaError
+from .deployment_changes import breaking_changes, discovery_differences
+from .errors import KafkaUnavailable, MetaError, RegistrationConflict
 from .kafka import AsyncProducer, KafkaSettings, TopicFollower
 
 __all__ = [
@@ -67,10 +68,14 @@ class MetaState:
 
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
     services: dict[str, ServiceEntry] = field(default_factory=dict)
+    # Deployments whose tombstone was read: invocations pinned to them must not run elsewhere.
+    # Known while keystate.meta keeps the tombstone (delete.retention.ms after compaction).
+    removed: set[str] = field(default_factory=set)
 
     def apply(self, deployment_id: str, record: dict[str, Any] | None) -> None:
         """Apply one keystate.meta record: a DeploymentRecord, or None (tombstone) to remove it."""
         if record is None:
+            self.removed.add(deployment_id)
             if self.deployments.pop(deployment_id, None) is not None:
                 self._rebuild_services()
             return
@@ -79,8 +84,9 @@ class MetaState:
                 f"meta record key {deployment_id!r} does not match its deployment_id "
                 f"{record.get('deployment_id')!r}; the record was not written by keystate"
             )
+        self.removed.discard(deployment_id)
         if deployment_id in self.deployments:
-            # Deployments are immutable: a redelivered record keeps its place in the order.
+            # A redelivered record, or a forced overwrite at the same uri (same id), keeps its place.
             self.deployments[deployment_id] = record
             self._rebuild_services()
             return
@@ -103,8 +109,23 @@ class MetaState:
                 return existing
         return None
 
+    def find_by_uri(self, uri: str) -> dict[str, Any] | None:
+        """The newest registered deployment at `uri`, whatever it serves."""
+        for existing in reversed(list(self.deployments.values())):
+            if existing["uri"] == uri:
+                return existing
+        return None
+
     def service(self, name: str) -> ServiceEntry | None:
         return self.services.get(name)
+
+    def latest_for(self, deployment_id: str) -> list[str]:
+        """The services whose new invocations go to `deployment_id` (it is their latest), sorted."""
+        return sorted(name for name, entry in self.services.items() if entry.deployment_id == deployment_id)
+
+    def current_services(self) -> dict[str, dict[str, Any]]:
+        """Each registered service as its latest deployment serves it."""
+        return {name: entry.metadata for name, entry in self.services.items()}
 
 
 def _fingerprint(record: dict[str, Any]) -> str:
@@ -177,10 +198,17 @@ class MetaView:
             if not future.done():
                 future.set_result(record)
 
-    async def wait_for(self, deployment_id: str, timeout: float = 30.0, *, removed: bool = False) -> dict[str, Any] | None:
-        """Wait until the view has the deployment (or, with `removed`, no longer has it)."""
+    async def wait_for(
+        self, deployment_id: str, timeout: float = 30.0, *, removed: bool = False, like: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Wait until the view has the deployment (as `like`, if given) or, with `removed`, no longer has it."""
+        wanted = None if like is None else _fingerprint(like)
+
         def settled() -> bool:
-            return (deployment_id in self.state.deployments) != removed
+            current = self.state.deployments.get(deployment_id)
+            if removed:
+                return current is None
+            return current is not None and (wanted is None or _fingerprint(current) == wanted)
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -207,18 +235,50 @@ class MetaView:
 class Registration(NamedTuple):
     deployment: dict[str, Any]
     created: bool
+    # A forced registration of a registered uri replaced that deployment's record (same id).
+    overwritten: bool = False
 
 
 async def register(
-    view: MetaView, producer: AsyncProducer, record: dict[str, Any], *, timeout: float = 30.0
+    view: MetaView,
+    producer: AsyncProducer,
+    record: dict[str, Any],
+    *,
+    force: bool = False,
+    breaking: bool = False,
+    timeout: float = 30.0,
 ) -> Registration:
     """Register a deployment and return once `view` has read it back (read-your-writes).
 
     The same uri with the same services returns the existing deployment (`created=False`).
+    Refused with `RegistrationConflict` (Restate's rule): breaking changes to registered services
+    unless `breaking` or `force`; a registered uri whose discovery changed unless `force`, which
+    then overwrites that deployment in place (its pinned invocations run the new code).
     """
     existing = view.state.find_same(record)
     if existing is not None:
         return Registration(existing, False)
+    uri = record["uri"]
+    same_uri = view.state.find_by_uri(uri)
+    if same_uri is not None and not force:
+        old_id = same_uri["deployment_id"]
+        raise RegistrationConflict(
+            f"{uri} is already registered as deployment {old_id} and its discovery changed "
+            f"({'; '.join(discovery_differences(same_uri, record))}); a second deployment at the same uri would "
+            f"leave {old_id}'s pinned invocations running the new code. Serve the new version at a new uri and "
+            f"register that, or overwrite {old_id} with `keystate deployments register --force {uri}` "
+            '(admin API: "force": true)'
+        )
+    if not (force or breaking):
+        changes = breaking_changes(view.state.current_services(), record)
+        if changes:
+            raise RegistrationConflict(
+                f"the deployment at {uri} makes breaking changes: {'; '.join(changes)}. Callers and invocations "
+                f"of the old handlers would fail; keep the old handlers, or register it anyway with "
+                f'`keystate deployments register --breaking {uri}` (admin API: "breaking": true)'
+            )
+    if same_uri is not None:
+        record = {**record, "deployment_id": same_uri["deployment_id"]}
     deployment_id = record["deployment_id"]
     try:
         value = codec().encode(DEPLOYMENT_RECORD, record)
@@ -234,16 +294,30 @@ async def register(
         raise KafkaUnavailable(
             f"Kafka did not acknowledge deployment {deployment_id} within {timeout:g} s; is it running?"
         ) from exc
-    stored = await view.wait_for(deployment_id, timeout)
+    stored = await view.wait_for(deployment_id, timeout, like=record)
     assert stored is not None
-    return Registration(stored, True)
+    if same_uri is not None:
+        log.warning("deployment %s at %s overwritten with changed discovery (forced)", deployment_id, uri)
+    return Registration(stored, same_uri is None, same_uri is not None)
 
 
-async def unregister(view: MetaView, producer: AsyncProducer, deployment_id: str, *, timeout: float = 30.0) -> None:
-    """Remove a deployment (tombstone) and return once `view` no longer has it."""
+async def unregister(
+    view: MetaView, producer: AsyncProducer, deployment_id: str, *, timeout: float = 30.0
+) -> dict[str, str | None]:
+    """Remove a deployment (tombstone) and return once `view` no longer has it.
+
+    Returns, for each service it was the latest deployment of, the deployment that is latest now
+    (None: no deployment serves that service any more).
+    """
     if deployment_id not in view.state.deployments:
         raise MetaError(f"unknown deployment {deployment_id}; list deployments with GET /deployments")
+    was_latest = view.state.latest_for(deployment_id)
     # A None value is a tombstone: compaction drops the deployment for good.
     delivery = producer.produce(view.settings.topics.meta, None, key=deployment_id.encode("utf-8"))  # type: ignore[arg-type]
     await asyncio.wait_for(delivery, timeout)
     await view.wait_for(deployment_id, timeout, removed=True)
+    successors: dict[str, str | None] = {}
+    for name in was_latest:
+        entry = view.state.service(name)
+        successors[name] = None if entry is None else entry.deployment_id
+    return successors

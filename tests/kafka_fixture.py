@@ -15,7 +15,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from keystate.cli.kafka import JavaNotFound, LocalKafka, LocalKafkaError, MavenNotFound
 
-__all__ = ["SaslBroker", "create_topic", "kafka_admin", "kafka_bootstrap", "kafka_sasl", "unique_topic_prefix"]
+__all__ = [
+    "SaslBroker", "create_topic", "docker_problem", "kafka_admin", "kafka_bootstrap", "kafka_container", "kafka_sasl",
+    "unique_topic_prefix",
+]
 
 HOW_TO_GET_A_BROKER = (
     "integration tests need Kafka: install a JDK 17+ and Maven (apt-get install openjdk-17-jre-headless maven) "
@@ -43,22 +46,32 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         finally:
             broker.stop()
         return
-    if not _docker_answers():
-        pytest.fail(f"{HOW_TO_GET_A_BROKER} (local broker: {missing}; no Docker engine answers)", pytrace=False)
-    yield from _kafka_container()
+    problem = docker_problem()
+    if problem is not None:
+        pytest.fail(f"{HOW_TO_GET_A_BROKER} (local broker: {missing}; {problem})", pytrace=False)
+    yield from kafka_container()
 
 
-def _docker_answers() -> bool:
+def docker_problem() -> str | None:
+    """Why no Docker engine can be used here (a sentence for a skip or failure), or None if one answers."""
     docker = shutil.which("docker")
     if docker is None:
-        return False
+        return "no Docker engine: the `docker` command is not on PATH"
     try:
-        return subprocess.run([docker, "info"], capture_output=True, timeout=20, check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+        done = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                              timeout=20, check=False)
+    except subprocess.TimeoutExpired:
+        return "no Docker engine: `docker info` did not answer within 20 s"
+    except OSError as exc:
+        return f"no Docker engine: running {docker} failed: {exc}"
+    if done.returncode != 0 or not done.stdout.strip():
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        return f"no Docker engine answers `docker info`: {said[-1] if said else f'exit status {done.returncode}'}"
+    return None
 
 
-def _kafka_container() -> Iterator[str]:
+def kafka_container() -> Iterator[str]:
+    """A KRaft broker in a container (testcontainers), for as long as the generator is not closed."""
     from testcontainers.community.kafka import KafkaContainer
 
     with KafkaContainer().with_kraft() as container:

@@ -88,6 +88,8 @@ _HANDLERS = {
     "keystate.KillCommand": cancellation.on_kill,
     "keystate.CompleteAwakeableCommand": promises.on_complete_awakeable,
     "keystate.ResumeCommand": lifecycle.on_resume_paused,
+    "keystate.ResumeCommandV1": lifecycle.on_resume_paused,
+    "keystate.PauseCommand": lifecycle.on_pause,
     "keystate.PurgeCommand": _on_purge,
     "keystate.QueryOutputCommand": _on_query,
 }

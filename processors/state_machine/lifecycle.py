@@ -20,15 +20,30 @@ __all__ = [
     "do_start_attempt",
     "on_attempt_failed",
     "on_invoke",
+    "on_pause",
     "on_resume",
     "do_purge",
     "on_purge",
     "on_resume_paused",
     "on_suspend",
     "partition_key_of",
+    "removed_reason",
 ]
 
 INPUT_ENTRY = "keystate.InputEntry"
+# A started invocation is pinned to its deployment; these are the states a PauseCommand stops.
+_PAUSABLE = (InvocationState.INVOKED, InvocationState.SUSPENDED, InvocationState.BACKING_OFF)
+# The code of the last_failure a pause leaves for operators: the deployment is gone, like a 503.
+PAUSED_CODE = 503
+
+
+def removed_reason(deployment_id: str, invocation_id: InvocationIdStr) -> str:
+    """Why an invocation pinned to a removed deployment is PAUSED, and how to go on (operators read it)."""
+    return (
+        f"paused: deployment {deployment_id}, which this invocation is pinned to, was removed; resume it on "
+        f"another deployment with PATCH /invocations/{invocation_id}/resume?deployment=<id> (or =latest), "
+        "or kill it"
+    )
 
 
 def partition_key_of(invocation_id: InvocationIdStr) -> PartitionKey:
@@ -130,9 +145,18 @@ def do_admit(tables: Tables, status: InvocationStatus, now: int, cfg: Config, ou
 
 
 def do_start_attempt(tables: Tables, status: InvocationStatus, now: int, cfg: Config, out: list[Action]) -> None:
-    """Bump the attempt number (fencing the old one) and order the invoker to run it."""
+    """Bump the attempt number (fencing the old one) and order the invoker to run it.
+
+    An invocation pinned to a removed deployment is paused instead: running it on whatever code
+    is latest now could replay its journal against different handlers.
+    """
     iid = status.invocation_id
     target = status.target
+    if status.deployment_id is not None and cfg.deployment_removed(status.deployment_id):
+        reason = Failure(code=PAUSED_CODE, message=removed_reason(status.deployment_id, iid))
+        put_status(tables, replace(status, status=InvocationState.PAUSED, last_failure=reason, modified_at_ms=now))
+        out.append(StopInvocation(iid))
+        return
     deployment = status.deployment_id or cfg.deployment_for(target.service)
     status = replace(
         status,
@@ -311,7 +335,30 @@ def do_purge(tables: Tables, status: InvocationStatus) -> None:
                 table.delete(key)
 
 
-def on_resume_paused(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
+
+
+def on_pause(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
+    """Park a started invocation (on the named deployment, if any) until an operator resumes it.
+
+    The running attempt is stopped and fenced: PAUSED accepts no journal appends, suspensions or
+    failures of that attempt, and a pending retry timer finds nothing to restart. Completions that
+    arrive meanwhile are kept in the journal for the next attempt.
+    """
     status = live_status(tables, cmd["invocation_id"])
-    if status is not None and status.status is InvocationState.PAUSED:
-        do_start_attempt(tables, replace(status, retry_count=0), now, cfg, out)
+    if status is None or status.status not in _PAUSABLE:
+        return
+    wanted = cmd.get("deployment_id")
+    if wanted is not None and status.deployment_id != wanted:
+        return
+    reason = Failure(code=PAUSED_CODE, message=cmd["reason"])
+    put_status(tables, replace(status, status=InvocationState.PAUSED, last_failure=reason, modified_at_ms=now))
+    out.append(StopInvocation(status.invocation_id))
+
+
+def on_resume_paused(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
+    """Start a paused invocation again, on `deployment_id` if the command names one (it stays pinned there)."""
+    status = live_status(tables, cmd["invocation_id"])
+    if status is None or status.status is not InvocationState.PAUSED:
+        return
+    deployment = cmd.get("deployment_id") or status.deployment_id
+    do_start_attempt(tables, replace(status, retry_count=0, deployment_id=deployment), now, cfg, out)

@@ -90,6 +90,10 @@ def _no_deployment(service: str) -> str | None:
     return None
 
 
+def _never_removed(deployment_id: str) -> bool:
+    return False
+
+
 def _no_policy(service: str, handler: str) -> RetryPolicy | None:
     return None
 
@@ -111,6 +115,9 @@ class Config:
     completion_retention_ms: int = 24 * 3600 * 1000
     # Which deployment new invocations of a service go to (pinned at their first attempt).
     deployment_for: Callable[[str], str | None] = _no_deployment
+    # Whether a deployment was removed: an invocation pinned to it is paused instead of started
+    # on other code (the shell knows it from the tombstones in keystate.meta).
+    deployment_removed: Callable[[str], bool] = _never_removed
     service_retry_policy: Callable[[str, str], RetryPolicy | None] = _no_policy
     # Per-service retention (workflow retention, idempotency retention) overriding the default.
     service_retention_ms: Callable[[str], int | None] = _no_retention

@@ -83,13 +83,18 @@ async def test_re_registering_the_same_deployment_is_idempotent(admin: TestClien
     assert sum(d["uri"] == deployment.uri for d in listed) == 1
 
 
-async def test_a_changed_deployment_registers_anew_and_wins(
+def other_uri(deployment: Deployment) -> str:
+    """The same server under another uri: a new version served at a new address."""
+    return deployment.uri.replace("127.0.0.1", "localhost")
+
+
+async def test_a_changed_deployment_at_a_new_uri_registers_anew_and_wins(
     admin: TestClient, deployment: Deployment, ingress_settings: IngressSettings
 ) -> None:
     deployment.respond = lambda: web.json_response(manifest(service("Shop", "SERVICE", handler("buy"))))
     first = await (await admin.post("/deployments", json={"uri": deployment.uri})).json()
     deployment.respond = lambda: web.json_response(manifest(service("Shop", "SERVICE", handler("buy"), handler("sell"))))
-    second_response = await admin.post("/deployments", json={"uri": deployment.uri})
+    second_response = await admin.post("/deployments", json={"uri": other_uri(deployment)})
     second = await second_response.json()
 
     assert second_response.status == 201 and second["id"] != first["id"]
@@ -112,7 +117,7 @@ async def test_delete_removes_a_deployment_and_its_services_fall_back(admin: Tes
     deployment.respond = lambda: web.json_response(manifest(service("Mail", "SERVICE", handler("send_mail"))))
     first = await (await admin.post("/deployments", json={"uri": deployment.uri})).json()
     deployment.respond = lambda: web.json_response(manifest(service("Mail", "SERVICE", handler("send_mail"), handler("x"))))
-    second = await (await admin.post("/deployments", json={"uri": deployment.uri})).json()
+    second = await (await admin.post("/deployments", json={"uri": other_uri(deployment)})).json()
 
     deleted = await admin.delete(f"/deployments/{second['id']}")
 

@@ -22,13 +22,13 @@ def target(service: str, handler: str, key: str | None = None, service_type: str
 
 def start(tgt: dict[str, Any], known_entries: int = 1, *, state: dict[str, bytes] | None = None,
           random_seed: int = 7, retry_count: int = 0, invocation_id: str = PARENT_ID,
-          partial_state: bool = False) -> tuple[str, dict[str, Any]]:
+          partial_state: bool = False, duration_since_first_attempt_ms: int = 0) -> tuple[str, dict[str, Any]]:
     return (NS + "StartMessage", {
         "invocation_id": invocation_id, "attempt": retry_count, "target": tgt,
         "known_entries": known_entries,
         "state": [{"key": k, "value": v} for k, v in (state or {}).items()],
         "partial_state": partial_state, "random_seed": random_seed, "retry_count": retry_count,
-        "duration_since_first_attempt_ms": 0,
+        "duration_since_first_attempt_ms": duration_since_first_attempt_ms,
     })
 
 

@@ -47,3 +47,15 @@ def test_suspension_derives_from_base_exception() -> None:
     from keystate.errors import Suspended
 
     assert issubclass(Suspended, BaseException) and not issubclass(Suspended, Exception)
+
+
+def test_restates_module_names_port_unchanged() -> None:
+    # `from restate.exceptions import TerminalError` and `restate.serde.BytesSerde` port by the import alone.
+    import keystate.exceptions
+
+    assert keystate.exceptions.TerminalError is keystate.TerminalError
+    assert keystate.exceptions.RetryableError is keystate.RetryableError
+    assert keystate.serde.BytesSerde is not None
+    fields = set(keystate.RunOptions.__dataclass_fields__)
+    assert {"serde", "type_hint", "max_attempts", "max_duration", "initial_retry_interval", "max_retry_interval",
+            "retry_interval_factor", "max_retry_duration"} <= fields

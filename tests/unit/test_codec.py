@@ -202,11 +202,15 @@ def test_exact_bytes_of_a_small_record():
 @pytest.mark.parametrize(
     ("name", "schema_id"),
     [
-        # 101/201/302 keep the layout before correlation (read and upgraded); the current ones are 115/209/304.
+        # 101/201/302 keep the layout before correlation (read and upgraded); the current ones are 117/209/304.
         ("keystate.InvokeCommandV1", 101),
-        ("keystate.InvokeCommand", 115),
+        ("keystate.InvokeCommand", 117),
         ("keystate.JournalAppendCommand", 102),
         ("keystate.PurgeCommand", 113),
+        # 114 keeps ResumeCommand's first layout (read); the current one, naming a deployment, is 116.
+        ("keystate.ResumeCommandV1", 114),
+        ("keystate.PauseCommand", 115),
+        ("keystate.ResumeCommand", 116),
         ("keystate.InvocationStatusV1", 201),
         ("keystate.InvocationStatus", 209),
         ("keystate.JournalRecord", 202),
