@@ -7,8 +7,9 @@ With `make dev` running (broker on 127.0.0.1:19092, admin API on :9070, the exam
 It produces an InvocationRequest for Greeter/greet to `keystate.requests` and reads the
 InvocationResult from `keystate.results`. The admin port serves the schema registry API, so the
 serializer needs no schema of its own (`use.latest.version`), and the deserializer finds the
-writer's schema by the id in each record. The request carries a fresh idempotency key, and the
-result repeats it: that is how this client finds its own result among everyone else's.
+writer's schema by the id in each record. The request record carries a Kafka key and a fresh
+`correlation-id` Kafka header; its result repeats both (`result["correlation"]`, and the header on
+the result record): that is how this client finds its own result among everyone else's.
 Set $KEYSTATE_ADMIN_TOKEN when the admin API requires a token.
 """
 
@@ -26,6 +27,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+
+
+CORRELATION_ID = "correlation-id"
 
 
 def registry_client(url: str, token: str | None = None) -> SchemaRegistryClient:
@@ -61,18 +65,24 @@ def invoke(
     *,
     prefix: str = "keystate.",
     timeout: float = 60.0,
+    key: bytes | None = None,
 ) -> dict[str, Any]:
-    """Produce `request` (an InvocationRequest) and return its InvocationResult.
+    """Produce `request` (an InvocationRequest) with a fresh `correlation-id` header and return its InvocationResult.
 
-    The request gets a fresh idempotency key unless it has one: the result carries it back.
+    The record's Kafka key is `key` (default: the correlation id); the result carries both back.
     """
     requests_topic, results_topic = f"{prefix}requests", f"{prefix}results"
-    request = {**request, "idempotency_key": request.get("idempotency_key") or uuid.uuid4().hex}
+    correlation_id = uuid.uuid4().hex
     consumer = follow_results(bootstrap, results_topic)
     try:
         producer = Producer({"bootstrap.servers": bootstrap})
         value = serializer(request, SerializationContext(requests_topic, MessageField.VALUE))
-        producer.produce(requests_topic, key=request["idempotency_key"].encode(), value=value)
+        producer.produce(
+            requests_topic,
+            key=key if key is not None else correlation_id.encode(),
+            value=value,
+            headers=[(CORRELATION_ID, correlation_id.encode())],
+        )
         if producer.flush(10) != 0:
             raise TimeoutError(f"the request was not delivered to {requests_topic} within 10 s; is Kafka at {bootstrap}?")
         deadline = time.monotonic() + timeout
@@ -80,8 +90,11 @@ def invoke(
             message = consumer.poll(0.5)
             if message is None or message.error() is not None:
                 continue
+            # The header is enough to skip other clients' results without decoding them.
+            if (CORRELATION_ID, correlation_id.encode()) not in (message.headers() or []):
+                continue
             result = deserializer(message.value(), SerializationContext(results_topic, MessageField.VALUE))
-            if isinstance(result, dict) and result.get("idempotency_key") == request["idempotency_key"]:
+            if isinstance(result, dict) and (result.get("correlation") or {}).get("headers", {}).get(CORRELATION_ID) == correlation_id:
                 return result
         raise TimeoutError(
             f"no result within {timeout} s; is the handler registered? Rejected requests are in {prefix}requests.dlq"

@@ -284,7 +284,8 @@ async def _invoke(request: web.Request) -> web.Response:
         "headers": headers,
         "idempotency_key": idempotency_key,
         "caller": None,
-        "reply_topic": None,
+        # Calls and requests that want a reply are answered on this ingress's own topic (a plain send: nobody waits).
+        "reply_topic": runtime.reply_topic if request_id is not None or not route.send else None,
         "execute_at_ms": execute_at_ms,
         "created_at_ms": now_ms,
         "source": "ingress",

@@ -165,7 +165,7 @@ async def _ask(runtime: IngressRuntime, query: _Query, pending: PendingReply, *,
         "workflow": None,
         **query.selector,
         "request_id": pending.request_id,
-        "reply_topic": runtime.settings.topics.results,
+        "reply_topic": runtime.reply_topic,
         "attach": attach,
     }
     await produce_command(

@@ -1,4 +1,4 @@
-"""`ResultWaiter`: follows keystate.results from its end; resolves waiters for InvocationResults and QueryOutputReplies."""
+"""`ResultWaiter`: follows the ingress's reply topic from its end; resolves waiters for InvocationResults and QueryOutputReplies."""
 
 from __future__ import annotations
 
@@ -49,17 +49,21 @@ class PendingReply:
 
 
 class ResultWaiter:
-    """Futures for invocation results and query replies, resolved by following the results topic.
+    """Futures for invocation results and query replies, resolved by following one topic.
 
+    That topic is the ingress's own reply topic (`Topics.replies`): every command the ingress waits on
+    names it as `reply_topic`, so the processors send the QueryOutputReply and the InvocationResult
+    there, in that order, on its one partition; keystate.results stays the public stream.
     Register (`expect`, `expect_reply`) BEFORE producing the command: the follower starts at the
     end of the topic, so a record written before the registration would otherwise be missed.
     Records are told apart by their Kafka `type` header (the schema id in the value when absent).
     """
 
-    def __init__(self, settings: KafkaSettings, *, max_pending: int = 10_000) -> None:
+    def __init__(self, settings: KafkaSettings, topic: str | None = None, *, max_pending: int = 10_000) -> None:
         self._settings = settings
         self._max_pending = max_pending
-        self._follower = TopicFollower(settings, settings.topics.results, self._on_record, from_beginning=False)
+        self.topic = topic or settings.topics.results
+        self._follower = TopicFollower(settings, self.topic, self._on_record, from_beginning=False)
         # Several requests may wait for one invocation (attach, repeated idempotency keys).
         self._by_id: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._by_request: dict[str, PendingReply] = {}

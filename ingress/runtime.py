@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,17 +22,42 @@ from keystate.server.identity import RequestIdentity, signing_middleware
 from keystate.server.kafka import AsyncProducer, KafkaSecurity, KafkaSettings
 from keystate.server.meta import MetaView
 from keystate.server.state_dir import STATE_DIR_ENV, default_state_dir
-from keystate.server.topics import check_record_limits
+from keystate.server.topics import check_record_limits, create_reply_topic
 
 from .auth import ADMIN, INGRESS, BearerToken, check_listen
-from .errors import Unavailable
+from .errors import IngressError, Unavailable
 from .http_limits import HttpLimits, parser_options
 from .readmodel import InvocationReadModel
 from .results import ResultWaiter
 
-__all__ = ["STATE_DIR_ENV", "IngressRuntime", "IngressSettings", "default_state_dir", "run_ingress"]
+__all__ = [
+    "INGRESS_ID_ENV",
+    "STATE_DIR_ENV",
+    "IngressRuntime",
+    "IngressSettings",
+    "default_ingress_id",
+    "default_state_dir",
+    "run_ingress",
+]
 
 log = logging.getLogger(__name__)
+
+INGRESS_ID_ENV = "KEYSTATE_INGRESS_ID"
+_INGRESS_ID = re.compile(r"[a-zA-Z0-9_-]{1,100}")
+
+
+def default_ingress_id(state_dir: Path | None = None) -> str:
+    """`$KEYSTATE_INGRESS_ID`, else `<host name>-<hash of the state dir>`: names the reply topic `<prefix>replies.<id>`.
+
+    Stable across restarts, so a restarted ingress reuses its reply topic instead of leaving one behind
+    per start; one ingress per state dir is already the rule (its read model lives there).
+    """
+    configured = os.environ.get(INGRESS_ID_ENV)
+    if configured:
+        return configured
+    where = str((state_dir or default_state_dir()).resolve())
+    host = re.sub(r"[^a-zA-Z0-9_-]+", "-", socket.gethostname())[:60].strip("-") or "ingress"
+    return f"{host}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
 
 @dataclass(frozen=True, slots=True)
 class IngressSettings:
@@ -62,9 +90,24 @@ class IngressSettings:
     # The key the admin signs discovery requests with and serves at GET /identity (the processors'
     # key: see keystate.server.identity); None: discovery is unsigned.
     identity: RequestIdentity | None = None
+    # Names the reply topic (`<prefix>replies.<ingress_id>`) the processors answer this ingress on
+    # ($KEYSTATE_INGRESS_ID; "" = `default_ingress_id(state_dir)`, stable across restarts).
+    ingress_id: str = ""
 
     def __post_init__(self) -> None:
         max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range
+        if not self.ingress_id:
+            object.__setattr__(self, "ingress_id", default_ingress_id(Path(self.state_dir)))
+        if not _INGRESS_ID.fullmatch(self.ingress_id):
+            raise IngressError(
+                f"ingress id {self.ingress_id[:60]!r} cannot name a topic: use 1 to 100 ASCII letters, digits, '_' "
+                f"or '-' ({INGRESS_ID_ENV})"
+            )
+
+    @property
+    def reply_topic(self) -> str:
+        """Where the processors send this ingress its replies and the results it waits for."""
+        return self.topics.replies(self.ingress_id)
 
     @property
     def max_body_bytes(self) -> int:
@@ -99,7 +142,7 @@ class IngressRuntime:
         self.settings = settings
         self.producer: AsyncProducer | None = None
         self.meta = MetaView(settings.kafka)
-        self.results = ResultWaiter(settings.kafka, max_pending=settings.max_pending_calls)
+        self.results = ResultWaiter(settings.kafka, settings.reply_topic, max_pending=settings.max_pending_calls)
         self.invocations = InvocationReadModel(settings.kafka, settings.readmodel_path)
         self.log_partitions = 0
         self.http: aiohttp.ClientSession | None = None
@@ -118,6 +161,15 @@ class IngressRuntime:
                 check_record_limits,
                 self.settings.bootstrap,
                 self.settings.topics,
+                self.settings.max_payload_bytes,
+                timeout=self.settings.start_timeout,
+                security=self.settings.kafka_security,
+            )
+            await asyncio.to_thread(
+                create_reply_topic,
+                self.settings.bootstrap,
+                self.settings.topics,
+                self.settings.ingress_id,
                 self.settings.max_payload_bytes,
                 timeout=self.settings.start_timeout,
                 security=self.settings.kafka_security,
@@ -144,6 +196,11 @@ class IngressRuntime:
         if self.producer is not None:
             producer, self.producer = self.producer, None
             await asyncio.to_thread(producer.close)
+
+    @property
+    def reply_topic(self) -> str:
+        """The `reply_topic` of every command this ingress waits on (see `ResultWaiter`)."""
+        return self.settings.reply_topic
 
     def require_producer(self) -> AsyncProducer:
         if self.producer is None:

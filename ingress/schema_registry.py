@@ -80,10 +80,11 @@ class SchemaRegistry:
 
     def __init__(self, topics: Topics, schemas: Codec | None = None) -> None:
         self._codec = schemas or codec()
-        # One version each: a record changed incompatibly would get a new id and become version 2.
+        # A record's versions in id order: a new version gets a new id and the next version number.
         by_subject = {
             f"{topics.requests}-value": ("keystate.InvocationRequest",),
-            f"{topics.results}-value": ("keystate.InvocationResult",),
+            # 1: before `correlation` (still on the topic); 2: with it, compatible (the field has a default).
+            f"{topics.results}-value": ("keystate.InvocationResultV1", "keystate.InvocationResult"),
             f"{topics.requests_dlq}-value": ("keystate.DeadLetter",),
         }
         self._subjects = {

@@ -26,7 +26,7 @@ from keystate.server.meta import MetaState
 from .errors import BatchFailed
 from .partition import PartitionProcessor
 from .quarantine import Quarantine
-from .records import DeliveryFailure, InRecord, OutKind, OutRecord
+from .records import DeliveryFailure, InRecord, KafkaHeaders, OutKind, OutRecord
 from .state_machine import RegisterTimer
 from .runner import run_batch
 from .state_machine import Config
@@ -188,14 +188,21 @@ class ProcessorDriver:
         self.failures.append(RecordFailure(matches, error, times, record_fault))
 
     # ---- input --------------------------------------------------------------------------------
-    def request(self, partition: int = 0, key: bytes | None = None, value: bytes | None = None, **request: Any) -> InRecord:
-        """A keystate.requests record: `value` as given, else an InvocationRequest built from `request`."""
+    def request(
+        self,
+        partition: int = 0,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        kafka_headers: KafkaHeaders | None = None,
+        **request: Any,
+    ) -> InRecord:
+        """A keystate.requests record (with `kafka_headers`): `value` as given, else an InvocationRequest built from `request`."""
         if value is None:
             fields = {"key": None, "headers": {}, "idempotency_key": None, "reply_topic": None, "delay_ms": None, **request}
             value = self.codec.encode("keystate.InvocationRequest", fields)
         offset = self._request_offsets.get(partition, 0)
         self._request_offsets[partition] = offset + 1
-        return InRecord(self.topics_names.requests, partition, offset, key, value, self.now_ms)
+        return InRecord(self.topics_names.requests, partition, offset, key, value, self.now_ms, kafka_headers)
 
     def log_record(self, partition: int, value: bytes | None, key: bytes | None = None) -> InRecord:
         """A raw record on keystate.log at the partition's next offset (committed and read at once)."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["DeliveryFailure", "InRecord", "Origin", "OutKind", "OutRecord", "PENDING_TOPIC"]
+__all__ = ["DeliveryFailure", "InRecord", "KafkaHeaders", "Origin", "OutKind", "OutRecord", "PENDING_TOPIC"]
+
+KafkaHeaders = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None]
+"""A record's Kafka headers as confluent_kafka gives them (a consumed record: a list of pairs)."""
 
 Origin = tuple[str, int, int]
 """(topic, partition, offset) of the consumed record that caused a produced record."""
@@ -25,6 +29,8 @@ class InRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    # Kafka headers, read only for keystate.requests records (their correlation headers); None otherwise.
+    headers: KafkaHeaders | None = None
 
     @property
     def origin(self) -> Origin:

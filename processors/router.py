@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +14,22 @@ from keystate.schemas.headers import DEFAULT_REDACT_HEADERS, strip_secrets
 from keystate.schemas.limits import MAX_DELAY_MS
 from keystate.server.meta import MetaState, handler_is_private
 
-__all__ = ["MAX_DELAY_MS", "Invalid", "Refused", "Routed", "TopicExists", "route_request", "topic_name_problem"]
+from .records import KafkaHeaders
+
+__all__ = [
+    "CORRELATION_ID",
+    "MAX_DELAY_MS",
+    "Invalid",
+    "Refused",
+    "Routed",
+    "TopicExists",
+    "correlation_of",
+    "route_request",
+    "topic_name_problem",
+]
 
 INVOCATION_REQUEST = "keystate.InvocationRequest"
+CORRELATION_ID = "correlation-id"
 
 
 _TOPIC_CHARS = re.compile(r"[a-zA-Z0-9._-]+")
@@ -74,6 +87,37 @@ def topic_name_problem(name: str) -> str | None:
     return None
 
 
+def correlation_of(
+    key: bytes | None,
+    kafka_headers: KafkaHeaders | None,
+    request_headers: Mapping[str, str],
+    redact: Collection[str],
+) -> dict[str, Any] | None:
+    """The `keystate.Correlation` a request's result carries: its Kafka key and Kafka headers; None if it has neither.
+
+    Headers that are not UTF-8 are left out, and so are the secret ones (`redact`), even those a service
+    forwards: results are public. A `correlation-id` given only in the InvocationRequest's `headers` map
+    counts too, so producers that cannot set Kafka headers can still correlate.
+    """
+    headers: dict[str, str] = {}
+    pairs = kafka_headers.items() if isinstance(kafka_headers, Mapping) else kafka_headers or ()
+    for name, raw in pairs:
+        if isinstance(raw, str):
+            headers[name] = raw
+        elif raw is not None:
+            try:
+                headers[name] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+    found = next((v for k, v in request_headers.items() if k.lower() == CORRELATION_ID), None)
+    if found is not None and not any(k.lower() == CORRELATION_ID for k in headers):
+        headers[CORRELATION_ID] = found
+    headers = strip_secrets(headers, redact)
+    if key is None and not headers:
+        return None
+    return {"key": key, "headers": headers}
+
+
 def route_request(
     codec: Codec,
     value: bytes | None,
@@ -82,10 +126,14 @@ def route_request(
     source: str,
     topic_exists: TopicExists | None = None,
     redact: frozenset[str] = DEFAULT_REDACT_HEADERS,
+    *,
+    record_key: bytes | None = None,
+    kafka_headers: KafkaHeaders | None = None,
 ) -> Routed | Invalid | Refused:
     """Validate one keystate.requests record against the registered services and the cluster's topics.
 
     Headers named in `redact` (the secret deny-list) are dropped unless the service forwards them.
+    The record's Kafka key (`record_key`) and `kafka_headers` travel with the invocation onto its result (`correlation_of`).
     """
     if value is None:
         return Invalid("empty record value; produce an Avro InvocationRequest in the Confluent wire format")
@@ -93,6 +141,7 @@ def route_request(
         request = codec.decode_as(INVOCATION_REQUEST, value)
     except ContractError as exc:
         return Invalid(f"not an InvocationRequest: {exc}")
+    correlation = correlation_of(record_key, kafka_headers, request.get("headers") or {}, redact)
     service, handler, key = request["service"], request["handler"], request.get("key")
     entry = meta.service(service)
     if entry is None:
@@ -145,6 +194,7 @@ def route_request(
             "failure": failure,
             "idempotency_key": idempotency_key,
             "completed_at_ms": now_ms,
+            "correlation": correlation,
         }
         return Refused(iid, result, reply_topic)
     headers = strip_secrets(request.get("headers") or {}, redact, metadata.get("forward_headers", ()))
@@ -159,5 +209,6 @@ def route_request(
         "execute_at_ms": now_ms + delay if delay else None,
         "created_at_ms": now_ms,
         "source": source,
+        "correlation": correlation,
     }
     return Routed(iid, record)

@@ -469,7 +469,8 @@ class Session:
             assert topic is not None and partition is not None and offset is not None  # set on every record
             if topic == self.topics.requests and partition not in self._requests_owned:
                 continue  # revoked since it was fetched: the new owner reads it again
-            records.append(InRecord(topic, partition, offset, msg.key(), msg.value(), msg.timestamp()[1]))
+            headers = msg.headers() if topic == self.topics.requests else None  # a request's correlation headers
+            records.append(InRecord(topic, partition, offset, msg.key(), msg.value(), msg.timestamp()[1], headers))
         return records
 
     # ---- sweep and back-pressure ----------------------------------------------------------------

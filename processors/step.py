@@ -26,7 +26,7 @@ from .router import Invalid, Refused, TopicExists, route_request
 from .state_machine import Action, Publish, SendToPartition
 from .store import Checkpoint
 
-__all__ = ["BatchStep", "Effect", "StepLookups", "StepResult", "StepSettings", "retry_command"]
+__all__ = ["BatchStep", "Effect", "StepLookups", "StepResult", "StepSettings", "result_headers", "retry_command"]
 
 log = logging.getLogger(__name__)
 
@@ -233,10 +233,8 @@ class BatchStep:
                 log.error("invocation %s: not publishing %s to %s: %s", iid, action.name, topic, verdict.reason)
                 return
             value = self.codec.encode(action.name, action.record)
-            self._emit(
-                OutRecord(OutKind.PUBLISH, topic, None, action.key, value, [("type", action.name.encode())], record.origin, iid),
-                result,
-            )
+            headers = [("type", action.name.encode()), *result_headers(action.record)]
+            self._emit(OutRecord(OutKind.PUBLISH, topic, None, action.key, value, headers, record.origin, iid), result)
         else:
             result.effects.append((record.partition, action))
 
@@ -272,6 +270,8 @@ class BatchStep:
                 source,
                 self.lookups.topic_exists,
                 self.settings.redact_headers,
+                record_key=record.key,
+                kafka_headers=record.headers,
             )
             if isinstance(routed, Invalid):
                 self._dead_letter(record, routed.reason, result)
@@ -298,7 +298,7 @@ class BatchStep:
         iid = str(refused.invocation_id)
         log.warning("refusing request at %s (invocation %s): %s", _where(record), iid, refused.result["failure"]["message"])
         value = self.codec.encode("keystate.InvocationResult", refused.result)
-        headers = [("type", b"keystate.InvocationResult")]
+        headers = [("type", b"keystate.InvocationResult"), *result_headers(refused.result)]
         for topic in dict.fromkeys([self.settings.topics.results, refused.reply_topic]):
             if topic is not None:
                 out = OutRecord(OutKind.PUBLISH, topic, None, iid.encode(), value, headers, record.origin, iid)
@@ -379,6 +379,18 @@ class BatchStep:
 def retry_command(iid: str, attempt: int, now_ms: int) -> dict[str, object]:
     """The TimerFiredCommand that starts a new attempt of an invocation stuck at `attempt`."""
     return {"invocation_id": iid, "timer_kind": "RETRY", "entry_index": None, "attempt": attempt, "fire_at_ms": now_ms}
+
+
+def result_headers(record: Mapping[str, object]) -> list[tuple[str, bytes]]:
+    """Kafka headers echoing a result's correlation (the request's own headers), for readers that match on headers.
+
+    keystate's own `type` header is never overwritten by an echoed one.
+    """
+    correlation = record.get("correlation")
+    if not isinstance(correlation, Mapping):
+        return []
+    headers: Mapping[str, str] = correlation.get("headers") or {}
+    return [(name, value.encode()) for name, value in headers.items() if name.lower() != "type"]
 
 
 def _where(record: InRecord) -> str:

@@ -34,7 +34,7 @@ from typing import Any, cast
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.validation import validate
 
-from ._registry import SCHEMA_IDS
+from ._registry import SCHEMA_IDS, UPGRADES
 from .errors import ContractError, DecodeError, EncodeError, UnknownSchemaError
 
 __all__ = ["AVRO_DIR", "MAGIC_BYTE", "Codec", "codec"]
@@ -50,11 +50,15 @@ _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "b
 class Codec:
     """Encodes and decodes keystate records; build once (see `codec()`), then share.
 
-    `directory` and `ids` exist for tests; by default the packaged schemas and `SCHEMA_IDS`.
+    `directory`, `ids` and `upgrades` exist for tests; by default the packaged schemas, `SCHEMA_IDS` and
+    `UPGRADES` (old versions decoded as the current one, missing fields set to their defaults).
     """
 
     def __init__(
-        self, directory: Path = AVRO_DIR, ids: Mapping[str, int] = SCHEMA_IDS
+        self,
+        directory: Path = AVRO_DIR,
+        ids: Mapping[str, int] = SCHEMA_IDS,
+        upgrades: Mapping[str, str] = UPGRADES,
     ) -> None:
         self._raw = _load(directory)
         missing = sorted(set(ids) - set(self._raw))
@@ -74,6 +78,12 @@ class Codec:
             schema_id: (name, self._parsed[name]) for name, schema_id in ids.items()
         }
         self._resolved: dict[str, dict[str, Any]] = {}
+        # Old version -> (current name, the current version's fields it lacks, with their defaults).
+        self._upgrades = {
+            old: (new, _added_defaults(self._raw[old], self._raw[new]))
+            for old, new in upgrades.items()
+            if old in self._ids and new in self._ids
+        }
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -98,7 +108,12 @@ class Codec:
         except KeyError:
             raise UnknownSchemaError(f"unknown schema id {schema_id}") from None
         if name not in self._resolved:
-            self._resolved[name] = _inline(name, self._raw, set())
+            resolved = _inline(name, self._raw, set())
+            upgrade = self._upgrades.get(name)
+            if upgrade is not None:
+                # Served under the name it was written with, so Avro readers resolve it against the current version.
+                resolved["name"] = upgrade[0].rsplit(".", 1)[-1]
+            self._resolved[name] = resolved
         return copy.deepcopy(self._resolved[name])
 
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
@@ -116,18 +131,29 @@ class Codec:
         return out.getvalue()
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
-        """The full record name and the record in wire-format `data`."""
+        """The full record name and the record in wire-format `data`; an old version comes upgraded."""
         name, schema = self._header(data)
-        return name, _read_body(name, schema, data)
+        record = _read_body(name, schema, data)
+        return self._upgrade(name, record)
 
     def decode_as(self, name: str, data: bytes) -> dict[str, Any]:
-        """The record in `data`, which must be of type `name` (full name)."""
+        """The record in `data`, which must be of type `name` (full name), or an old version of it, upgraded."""
         if name not in self._ids:
             raise self._unknown_name(name)
         actual, schema = self._header(data)
-        if actual != name:
+        upgraded = self._upgrades.get(actual)
+        if actual != name and (upgraded is None or upgraded[0] != name):
             raise DecodeError(f"expected a {name} record, got a {actual}")
-        return _read_body(name, schema, data)
+        return self._upgrade(actual, _read_body(actual, schema, data))[1]
+
+    def _upgrade(self, name: str, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        upgrade = self._upgrades.get(name)
+        if upgrade is None:
+            return name, record
+        current, defaults = upgrade
+        for field_name, default in defaults:
+            record[field_name] = copy.deepcopy(default)
+        return current, record
 
     def _header(self, data: bytes) -> tuple[str, dict[str, Any]]:
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -161,6 +187,19 @@ class Codec:
 def codec() -> Codec:
     """The process-wide codec for the packaged schemas."""
     return Codec()
+
+
+def _added_defaults(old: dict[str, Any], new: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The fields `new` adds to `old`, with their defaults; refuses a change that is not such an addition."""
+    before = {f["name"] for f in old["fields"]}
+    added = []
+    for f in new["fields"]:
+        if f["name"] in before:
+            continue
+        if "default" not in f:
+            raise ContractError(f"{new['name']}.{f['name']} has no default, so an old {old['name']} cannot be upgraded")
+        added.append((f["name"], f["default"]))
+    return tuple(added)
 
 
 def _read_body(name: str, schema: dict[str, Any], data: bytes) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["SCHEMA_IDS"]
+__all__ = ["SCHEMA_IDS", "UPGRADES"]
 
 # Ids are forever: an id is written into every record on Kafka, so never change or reuse one,
 # even after its record is removed. A new record, or an incompatible new version of a record,
@@ -14,7 +14,8 @@ __all__ = ["SCHEMA_IDS"]
 # top-level values and have no id.
 SCHEMA_IDS: Final[dict[str, int]] = {
     # keystate.log
-    "keystate.InvokeCommand": 101,
+    # 101: InvokeCommand before `correlation`; still read, upgraded on read (UPGRADES).
+    "keystate.InvokeCommandV1": 101,
     "keystate.JournalAppendCommand": 102,
     "keystate.SuspendCommand": 103,
     "keystate.AttemptFailedCommand": 104,
@@ -31,8 +32,10 @@ SCHEMA_IDS: Final[dict[str, int]] = {
     "keystate.ResumeCommandV1": 114,
     "keystate.PauseCommand": 115,
     "keystate.ResumeCommand": 116,
+    "keystate.InvokeCommand": 117,
     # processor tables (changelog values)
-    "keystate.InvocationStatus": 201,
+    # 201: InvocationStatus before `correlation` and `reply_topics`; still read, upgraded on read.
+    "keystate.InvocationStatusV1": 201,
     "keystate.JournalRecord": 202,
     "keystate.StateValue": 203,
     "keystate.InboxItem": 204,
@@ -40,10 +43,13 @@ SCHEMA_IDS: Final[dict[str, int]] = {
     "keystate.TimerValue": 206,
     "keystate.PromiseValue": 207,
     "keystate.IdempotencyValue": 208,
+    "keystate.InvocationStatus": 209,
     # public topics
     "keystate.InvocationRequest": 301,
-    "keystate.InvocationResult": 302,
+    # 302: InvocationResult before `correlation`; still read, upgraded on read.
+    "keystate.InvocationResultV1": 302,
     "keystate.DeadLetter": 303,
+    "keystate.InvocationResult": 304,
     # keystate.meta
     # 401: the layout before ingress_private / forward_headers; still read, upgraded on read.
     "keystate.DeploymentRecordV1": 401,
@@ -59,3 +65,15 @@ SCHEMA_IDS: Final[dict[str, int]] = {
     "keystate.MessageBatch": 508,
     "keystate.HeartbeatMessage": 509,
 }
+
+UPGRADES: Final[dict[str, str]] = {
+    "keystate.InvokeCommandV1": "keystate.InvokeCommand",
+    "keystate.InvocationStatusV1": "keystate.InvocationStatus",
+    "keystate.InvocationResultV1": "keystate.InvocationResult",
+}
+"""Old versions the codec upgrades on read: old full name -> current full name.
+
+The current version may only add fields with defaults; decoding an old record returns the
+current name with those defaults filled in, so readers see one shape. (keystate.meta's
+DeploymentRecordV1 predates this table and is upgraded by keystate.server.meta.)
+"""

@@ -14,7 +14,7 @@ for `Value`/`Failure` results, `Entry` for the `*Entry` records of a journal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Self, TypeVar
 
@@ -23,6 +23,7 @@ from .ids import InvocationIdStr, ServiceId
 
 __all__ = [
     "CallerRef",
+    "Correlation",
     "Entry",
     "Failure",
     "IdempotencyValue",
@@ -128,6 +129,21 @@ class CallerRef:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Correlation:
+    """`keystate.Correlation`: a keystate.requests record's Kafka key and headers, echoed on its result."""
+
+    key: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_avro(cls, record: Avro) -> Self:
+        return cls(key=record.get("key"), headers=dict(record.get("headers") or {}))
+
+    def to_avro(self) -> Avro:
+        return {"key": self.key, "headers": dict(self.headers)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Failure:
     """`keystate.Failure`: an HTTP-like code and a message."""
 
@@ -178,10 +194,13 @@ class InvocationStatus:
     attached_callers: tuple[CallerRef, ...] = ()
     dedup_key: str | None = None
     cancel_pending: bool = False
+    correlation: Correlation | None = None
+    reply_topics: tuple[str, ...] = ()
 
     @classmethod
     def from_avro(cls, record: Avro) -> Self:
         completion = record.get("completion_status")
+        correlation = record.get("correlation")
         attached = record.get("attached_callers")
         return cls(
             invocation_id=record["invocation_id"],
@@ -208,6 +227,8 @@ class InvocationStatus:
             attached_callers=tuple([CallerRef.from_avro(c) for c in attached]) if attached else (),
             dedup_key=record.get("dedup_key"),
             cancel_pending=record.get("cancel_pending", False),
+            correlation=None if correlation is None else Correlation.from_avro(correlation),
+            reply_topics=tuple(record.get("reply_topics") or ()),
         )
 
     def to_avro(self) -> Avro:
@@ -236,6 +257,8 @@ class InvocationStatus:
             "attached_callers": [c.to_avro() for c in self.attached_callers],
             "dedup_key": self.dedup_key,
             "cancel_pending": self.cancel_pending,
+            "correlation": None if self.correlation is None else self.correlation.to_avro(),
+            "reply_topics": list(self.reply_topics),
         }
 
     @property

@@ -44,6 +44,18 @@ class Topics:
         return f"{self.prefix}results"
 
     @property
+    def replies_prefix(self) -> str:
+        """The start of every ingress's own reply topic (`replies(ingress_id)`)."""
+        return f"{self.prefix}replies."
+
+    def replies(self, ingress_id: str) -> str:
+        """The reply topic of one ingress instance: QueryOutputReplies and the results it waits for.
+
+        One partition, created by the ingress at start and kept across restarts; an hour's retention.
+        """
+        return f"{self.replies_prefix}{ingress_id}"
+
+    @property
     def meta(self) -> str:
         return f"{self.prefix}meta"
 

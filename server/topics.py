@@ -21,8 +21,11 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "TopicSettings",
     "TopicSpec",
+    "REPLY_TOPIC_RETENTION_MS",
     "check_record_limits",
+    "create_reply_topic",
     "ensure_topics",
+    "reply_topic_spec",
     "refuse_legacy_changelogs",
     "topic_specs",
 ]
@@ -166,6 +169,55 @@ def ensure_topics(
         _check_partitions(specs, listed)
     log.info("created topics %s", ", ".join(sorted(created)))
     return created
+
+
+# An ingress's reply topic holds answers that matter for the length of an HTTP call: an hour is plenty,
+# and bounds what the topic of an ingress that is gone for good keeps.
+REPLY_TOPIC_RETENTION_MS = 3600 * 1000
+
+
+def reply_topic_spec(topics: Topics, ingress_id: str, max_payload_bytes: int) -> TopicSpec:
+    """The reply topic of one ingress: one partition, so a reply and the result after it arrive in order."""
+    config = {
+        MAX_MESSAGE_BYTES: str(kafka_sizes(max_payload_bytes).topic_max_message_bytes),
+        "cleanup.policy": "delete",
+        "retention.ms": str(REPLY_TOPIC_RETENTION_MS),
+    }
+    return TopicSpec(topics.replies(ingress_id), 1, config)
+
+
+def create_reply_topic(
+    bootstrap: str,
+    topics: Topics,
+    ingress_id: str,
+    max_payload_bytes: int,
+    *,
+    timeout: float = 30.0,
+    security: KafkaSecurity | None = None,
+) -> str:
+    """Create the ingress's reply topic (the broker's default replication factor) unless it exists; its name.
+
+    The ingress's Kafka principal needs CREATE on `<prefix>replies.*`. The topic outlives the ingress (a
+    restart with the same id reuses it; retention bounds what it keeps): delete those of ingresses that are
+    gone for good by hand.
+    """
+    spec = reply_topic_spec(topics, ingress_id, max_payload_bytes)
+    admin, existing = _admin(bootstrap, security, timeout)
+    if spec.name in existing:
+        _raise_record_limits(admin, [spec], bootstrap, timeout)
+        return spec.name
+    new = NewTopic(spec.name, num_partitions=1, replication_factor=-1, config=dict(spec.config))
+    for name, future in admin.create_topics([new], operation_timeout=timeout, request_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if getattr(exc.args[0], "name", lambda: "")() != "TOPIC_ALREADY_EXISTS":
+                raise KafkaUnavailable(
+                    f"cannot create the ingress's reply topic {name} on {bootstrap}: {exc}; give the ingress's "
+                    f"Kafka user CREATE on topics starting with {topics.replies_prefix}"
+                ) from exc
+    log.info("created reply topic %s", spec.name)
+    return spec.name
 
 
 def check_record_limits(

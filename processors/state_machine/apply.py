@@ -69,6 +69,8 @@ def _on_query(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: l
         target = cmd["workflow"]
         status = idempotency.existing(tables, (target["service"], target["key"], "", ""))
     idempotency.reply(out, cmd["reply_topic"], cmd["request_id"], status)
+    if cmd["attach"] and status is not None:
+        idempotency.do_attach_reply_topic(tables, status, cmd["reply_topic"])
 
 
 def _on_purge(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from keystate.schemas.enums import InvocationState, OutputStatus
@@ -11,12 +12,13 @@ from keystate.schemas.records import CallerRef, IdempotencyValue, InvocationStat
 
 from .actions import Action, Publish, SendToPartition
 from .model import failure, is_workflow_run
-from .rows import get_idempotency, get_status
+from .rows import get_idempotency, get_status, put_status
 from .tables import Key, Tables
 
 __all__ = [
     "answer_duplicate",
     "completion_to",
+    "do_attach_reply_topic",
     "dedup_key",
     "do_forget",
     "do_remember",
@@ -83,6 +85,21 @@ def reply(
                   "previously_accepted": previously_accepted, **result_record(status)}
         key = status.invocation_id
     out.append(Publish(topic, key.encode(), "keystate.QueryOutputReply", record))
+
+
+def do_attach_reply_topic(tables: Tables, status: InvocationStatus, topic: str | None) -> InvocationStatus:
+    """Also send the running invocation's result to `topic` (an ingress's reply topic) when it completes.
+
+    The reply saying RUNNING and the result then travel on one single-partition topic, in that order,
+    so the waiting ingress cannot read the result before it knows to wait for it.
+    """
+    if topic is None or status.status is InvocationState.COMPLETED:
+        return status
+    if topic == status.reply_topic or topic in status.reply_topics:
+        return status
+    attached = replace(status, reply_topics=(*status.reply_topics, topic))
+    put_status(tables, attached)
+    return attached
 
 
 def answer_duplicate(out: list[Action], caller: CallerRef | None, status: InvocationStatus) -> bool:

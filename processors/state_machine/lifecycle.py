@@ -7,7 +7,7 @@ from typing import Any
 
 from keystate.schemas.enums import CompletionStatus, InvocationState, OnMaxAttempts, TimerKind
 from keystate.schemas.ids import InvocationId, InvocationIdStr, PartitionKey, positive_hash
-from keystate.schemas.records import CallerRef, Failure, InvocationStatus, Result, StateValue, Target
+from keystate.schemas.records import CallerRef, Correlation, Failure, InvocationStatus, Result, StateValue, Target
 
 from . import idempotency, inbox, timers
 from .actions import Action, Invoke, Publish, StopInvocation
@@ -64,14 +64,19 @@ def _caller(record: dict[str, Any] | None) -> CallerRef | None:
     return None if record is None else CallerRef.from_avro(record)
 
 
+def _correlation(record: dict[str, Any] | None) -> Correlation | None:
+    return None if record is None else Correlation.from_avro(record)
+
+
 def on_invoke(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
     iid: InvocationIdStr = cmd["invocation_id"]
     request_id = cmd.get("request_id")
     same = get_status(tables, iid)
+    reply_topic = cmd.get("reply_topic")
     if same is not None:
         # Redelivered, or a retried send with the same id: the first one wins.
         if request_id:
-            idempotency.reply(out, None, request_id, same, previously_accepted=True)
+            idempotency.reply(out, reply_topic, request_id, same, previously_accepted=True)
         return
     caller = _caller(cmd.get("caller"))
     dedup = idempotency.dedup_key(cmd)
@@ -79,7 +84,9 @@ def on_invoke(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: l
         first = idempotency.existing(tables, dedup)
         if first is not None:
             if request_id:
-                idempotency.reply(out, None, request_id, first, previously_accepted=True)
+                idempotency.reply(out, reply_topic, request_id, first, previously_accepted=True)
+                # The ingress waits for the first one's result on its reply topic, after this reply.
+                first = idempotency.do_attach_reply_topic(tables, first, reply_topic)
             known = caller == first.caller or caller in first.attached_callers
             if idempotency.answer_duplicate(out, caller, first) and not known and caller is not None:
                 put_status(tables, replace(first, attached_callers=(*first.attached_callers, caller)))
@@ -96,7 +103,7 @@ def on_invoke(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: l
         headers=cmd["headers"],
         idempotency_key=cmd.get("idempotency_key"),
         caller=caller,
-        reply_topic=cmd.get("reply_topic"),
+        reply_topic=reply_topic,
         created_at_ms=cmd["created_at_ms"],
         modified_at_ms=now,
         execute_at_ms=cmd.get("execute_at_ms"),
@@ -110,11 +117,13 @@ def on_invoke(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: l
         cancel_pending=False,
         attached_callers=(),
         dedup_key=None if dedup is None else idempotency.do_remember(tables, dedup, iid),
+        correlation=_correlation(cmd.get("correlation")),
+        reply_topics=(),
     )
     put_status(tables, status)
     put_journal(tables, iid, 0, (INPUT_ENTRY, {"argument": cmd["argument"], "headers": cmd["headers"]}))
     if request_id:
-        idempotency.reply(out, None, request_id, status)
+        idempotency.reply(out, reply_topic, request_id, status)
     execute_at = cmd.get("execute_at_ms")
     if execute_at is not None and execute_at > now:
         timers.do_register(tables, iid, TimerKind.DELAYED_INVOKE, None, None, execute_at, out)
@@ -265,10 +274,14 @@ def do_complete(
         "failure": None if succeeded else result[1],
         "idempotency_key": status.idempotency_key,
         "completed_at_ms": now,
+        "correlation": None if status.correlation is None else status.correlation.to_avro(),
     }
-    out.append(Publish(None, iid.encode(), "keystate.InvocationResult", record))
-    if status.reply_topic:
-        out.append(Publish(status.reply_topic, iid.encode(), "keystate.InvocationResult", record))
+    # keystate.results (None) is the public stream of every result; then the requester's reply topic and
+    # the reply topics of ingresses attached to it, each once.
+    for topic in dict.fromkeys((None, status.reply_topic, *status.reply_topics)):
+        if topic is None and not _public(status, cfg):
+            continue
+        out.append(Publish(topic, iid.encode(), "keystate.InvocationResult", record))
     for caller in (status.caller, *status.attached_callers):
         if caller is not None:
             out.append(idempotency.completion_to(caller, result))
@@ -281,6 +294,7 @@ def do_complete(
         completion_status=completion,
         waiting_on=(),
         attached_callers=(),
+        reply_topics=(),
         modified_at_ms=now,
     )
     if status.retention_ms > 0:
@@ -294,6 +308,12 @@ def do_complete(
             waiting = get_status(tables, next_id)
             if waiting is not None:
                 do_start_attempt(tables, waiting, now, cfg, out)
+
+
+def _public(status: InvocationStatus, cfg: Config) -> bool:
+    """Whether the result goes to keystate.results: always, unless the lead's setting keeps HTTP calls' results
+    on the waiting ingress's reply topic only (one partition less per completing transaction)."""
+    return cfg.publish_ingress_results or status.source != "ingress" or status.reply_topic is None
 
 
 def on_purge(tables: Tables, iid: InvocationIdStr) -> None:

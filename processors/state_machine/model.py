@@ -123,6 +123,9 @@ class Config:
     service_retention_ms: Callable[[str], int | None] = _no_retention
     # The registered truth about callees; None (no registry, e.g. in tests) trusts the caller's target.
     handler_target: HandlerLookup | None = None
+    # Results of HTTP calls also go to keystate.results (the public stream of every result); False: only to
+    # the waiting ingress's reply topic, which saves a partition in the completing transaction.
+    publish_ingress_results: bool = True
 
     def resolve_target(self, target: Mapping[str, Any]) -> dict[str, Any] | str:
         """`target` with its registered service type and handler kind, or a message saying why it cannot be called.

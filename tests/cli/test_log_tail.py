@@ -126,7 +126,9 @@ def test_the_results_and_the_request_of_one_invocation(story: Story) -> None:
 
     assert len(results) == 1
     result = results[0]
-    assert (result["key"], result["type"], result["headers"]) == (iid, "keystate.InvocationResult", {"type": "keystate.InvocationResult"})
+    # The request's correlation header comes back on its result (issue 11), readable as kcat shows it.
+    headers = {"type": "keystate.InvocationResult", "correlation-id": "c-1"}
+    assert (result["key"], result["type"], result["headers"]) == (iid, "keystate.InvocationResult", headers)
     assert result["value"]["status"] == "SUCCEEDED" and result["value"]["output"] == '"Hello Ann!"'
     assert result["value"]["target"]["service"] == "Greeter"
     assert [r["key"] for r in requests] == ["order-7"]  # found through the InvokeCommand's source

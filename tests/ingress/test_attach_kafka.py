@@ -42,7 +42,7 @@ async def _command(runtime: IngressRuntime, name: str, where: Callable[[dict[str
 
 async def _reply(runtime: IngressRuntime, query: dict[str, Any], invocation_id: str | None, status: str, **fields: Any) -> None:
     reply = {"request_id": query["request_id"], "invocation_id": invocation_id, "status": status, **fields}
-    await asyncio.to_thread(produce_reply, runtime.settings.bootstrap, runtime.settings.topics.results, reply)
+    await asyncio.to_thread(produce_reply, runtime.settings.bootstrap, runtime.reply_topic, reply)
 
 
 async def _finish(runtime: IngressRuntime, invocation_id: str, output: bytes) -> None:
@@ -55,7 +55,7 @@ async def _finish(runtime: IngressRuntime, invocation_id: str, output: bytes) ->
         "idempotency_key": None,
         "completed_at_ms": int(time.time() * 1000),
     }
-    await asyncio.to_thread(produce_result, runtime.settings.bootstrap, runtime.settings.topics.results, result)
+    await asyncio.to_thread(produce_result, runtime.settings.bootstrap, runtime.reply_topic, result)
 
 
 async def test_output_of_a_running_invocation_is_470(runtime: IngressRuntime, ingress: TestClient) -> None:
@@ -65,7 +65,7 @@ async def test_output_of_a_running_invocation_is_470(runtime: IngressRuntime, in
 
     assert msg.partition() == InvocationId.parse(iid).partition(4)
     assert dict(msg.headers())["invocation_id"] == iid.encode()
-    assert query["reply_topic"] == runtime.settings.topics.results
+    assert query["reply_topic"] == runtime.reply_topic
     assert query["attach"] is False and query["idempotency"] is None and query["workflow"] is None
     await _reply(runtime, query, iid, "RUNNING")
     response = await asyncio.wait_for(get, 30)

@@ -40,7 +40,7 @@ async def _command(runtime: IngressRuntime, where: Callable[[dict[str, Any]], bo
 
 async def _reply(runtime: IngressRuntime, command: dict[str, Any], **fields: Any) -> None:
     reply = {"request_id": command["request_id"], "invocation_id": command["invocation_id"], "status": "RUNNING", **fields}
-    await asyncio.to_thread(produce_reply, runtime.settings.bootstrap, runtime.settings.topics.results, reply)
+    await asyncio.to_thread(produce_reply, runtime.settings.bootstrap, runtime.reply_topic, reply)
 
 
 def _result(invocation_id: str, command: dict[str, Any], status: str = "SUCCEEDED", **fields: Any) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def _result(invocation_id: str, command: dict[str, Any], status: str = "SUCCEEDE
 
 async def _finish(runtime: IngressRuntime, invocation_id: str, command: dict[str, Any], **fields: Any) -> None:
     s = runtime.settings
-    await asyncio.to_thread(produce_result, s.bootstrap, s.topics.results, _result(invocation_id, command, **fields))
+    await asyncio.to_thread(produce_result, s.bootstrap, s.reply_topic, _result(invocation_id, command, **fields))
 
 
 async def _settled(runtime: IngressRuntime) -> None:
@@ -125,7 +125,7 @@ async def test_a_result_right_behind_its_reply_is_not_missed(runtime: IngressRun
     await asyncio.to_thread(
         produce_records,
         s.bootstrap,
-        s.topics.results,
+        s.reply_topic,
         [("keystate.QueryOutputReply", reply, iid), ("keystate.InvocationResult", _result(iid, command, output=b'"hi"'), iid)],
     )
     response = await asyncio.wait_for(call, 30)

@@ -90,13 +90,15 @@ async def test_a_keyed_call_lands_on_the_partition_of_its_key_and_returns_the_ou
     assert command["idempotency_key"] is None and command["request_id"] is None
     assert command["source"] == "ingress"
     assert command["execute_at_ms"] is None and command["caller"] is None
+    # Answered on this ingress's own reply topic, not on the public keystate.results (issue 11).
+    assert command["reply_topic"] == runtime.reply_topic == f"{runtime.settings.topics.prefix}replies.{runtime.settings.ingress_id}"
     assert command["headers"]["x-custom"] == "yes"
     assert command["headers"]["x-trace"] == "k1"
     assert "connection" not in command["headers"] and "content-length" not in command["headers"]
     assert all(name == name.lower() for name in command["headers"])
 
     await asyncio.to_thread(
-        produce_result, runtime.settings.bootstrap, runtime.settings.topics.results, _result(command, output=b'{"total": 5}')
+        produce_result, runtime.settings.bootstrap, runtime.reply_topic, _result(command, output=b'{"total": 5}')
     )
     response = await asyncio.wait_for(call, 30)
 
@@ -121,7 +123,7 @@ async def test_a_service_call_is_keyed_by_its_id_and_a_failure_keeps_its_code(
 
     failure = {"code": 409, "message": "bob already greeted"}
     await asyncio.to_thread(
-        produce_result, runtime.settings.bootstrap, runtime.settings.topics.results, _result(command, "FAILED", failure=failure)
+        produce_result, runtime.settings.bootstrap, runtime.reply_topic, _result(command, "FAILED", failure=failure)
     )
     response = await asyncio.wait_for(call, 30)
 
@@ -136,7 +138,7 @@ async def test_a_cancelled_invocation_answers_409(runtime: IngressRuntime, ingre
     _, command = await _command_of(runtime, invocation_id)
 
     await asyncio.to_thread(
-        produce_result, runtime.settings.bootstrap, runtime.settings.topics.results, _result(command, "CANCELLED")
+        produce_result, runtime.settings.bootstrap, runtime.reply_topic, _result(command, "CANCELLED")
     )
     response = await asyncio.wait_for(call, 30)
 

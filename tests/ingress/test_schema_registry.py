@@ -88,7 +88,9 @@ async def test_subjects_follow_the_topic_names_with_one_version_each(registry: S
     assert (first.subject, first.version, first.schema_id) == (REQUESTS, 1, 301)
     assert first.schema.schema_str is not None
     assert _canonical(first.schema.schema_str) == _canonical(codec().schema_for_id(301))
-    assert (latest.subject, latest.version, latest.schema_id) == (RESULTS, 1, 302)
+    # InvocationResult got `correlation` (issue 11): version 2, id 304; version 1 (302) stays for old records.
+    assert (latest.subject, latest.version, latest.schema_id) == (RESULTS, 2, 304)
+    assert await asyncio.to_thread(registry.get_versions, RESULTS) == [1, 2]
     assert dlq.schema_id == 303
 
 
@@ -116,11 +118,15 @@ async def test_the_avro_deserializer_reads_results_keystate_wrote(registry: Sche
         "completed_at_ms": 1_700_000_000_000,
     }
     deserializer = AvroDeserializer(registry, conf={"use.latest.version": use_latest})
-    data = codec().encode("keystate.InvocationResult", result)
+    data = codec().encode("keystate.InvocationResult", {**result, "correlation": {"key": b"K", "headers": {"correlation-id": "C"}}})
+    old = codec().encode("keystate.InvocationResultV1", result)  # written before correlation existed
 
     decoded = await asyncio.to_thread(deserializer, data, SerializationContext(TOPICS.results, MessageField.VALUE))
+    decoded_old = await asyncio.to_thread(deserializer, old, SerializationContext(TOPICS.results, MessageField.VALUE))
 
-    assert decoded == result
+    assert decoded == {**result, "correlation": {"key": b"K", "headers": {"correlation-id": "C"}}}
+    # The latest version reads the old record with the new field's default; by its own id, as written.
+    assert decoded_old == ({**result, "correlation": None} if use_latest else result)
 
 
 async def test_lookup_and_register_accept_keystates_schema_in_any_spelling(registry: SchemaRegistryClient) -> None:
@@ -144,7 +150,7 @@ async def test_lookup_and_register_accept_keystates_schema_in_any_spelling(regis
 async def test_register_refuses_another_schema_with_409_naming_what_to_do(registry: SchemaRegistryClient) -> None:
     other = json.loads(REQUEST_AVSC)
     other["fields"] = other["fields"][:4]  # a producer's own trimmed InvocationRequest
-    result_schema = json.dumps(codec().schema_for_id(302))
+    result_schema = json.dumps(codec().schema_for_id(304))
 
     trimmed = await _fails(registry.register_schema, REQUESTS, Schema(json.dumps(other), "AVRO"))
     misplaced = await _fails(registry.register_schema, REQUESTS, Schema(result_schema, "AVRO"))

@@ -30,7 +30,7 @@ async def _answer_query(runtime: IngressRuntime, invocation_id: str, status: str
     _, query = await _command(runtime, QUERY, lambda q: q["invocation_id"] == invocation_id)
     assert query["attach"] is False
     reply = {"request_id": query["request_id"], "invocation_id": None if status == "UNKNOWN" else invocation_id, "status": status}
-    await asyncio.to_thread(produce_reply, runtime.settings.bootstrap, runtime.settings.topics.results, reply)
+    await asyncio.to_thread(produce_reply, runtime.settings.bootstrap, runtime.reply_topic, reply)
 
 
 @pytest.mark.parametrize(

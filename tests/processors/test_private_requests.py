@@ -93,3 +93,48 @@ def test_the_deny_list_comes_from_the_settings(monkeypatch: Any) -> None:
     d.pipe([d.request(service="Greeter", handler="greet", argument=b'"x"', headers={"x-trace": "t", "cookie": "c"})])
     [(_, command)] = d.log_commands()
     assert command["headers"] == {"cookie": "c"}
+
+
+# ---- correlation (issue 11): the request's Kafka key and headers travel with it ----------------------
+
+
+HEADERS = [("correlation-id", b"c-42"), ("authorization", b"Bearer s3cret"), ("binary", b"\xff\xfe"), ("empty", None)]
+
+
+def test_a_request_s_kafka_key_and_headers_travel_with_its_invocation_without_secrets() -> None:
+    d = _driver()
+    d.pipe([d.request(key=b"order-7", kafka_headers=HEADERS, service="Greeter", handler="greet", argument=b'"x"')])
+
+    [(name, command)] = d.log_commands()
+    assert name == "keystate.InvokeCommand"
+    # Not UTF-8, no value, or a secret of the deny-list (even one the service forwards): left out.
+    assert command["correlation"] == {"key": b"order-7", "headers": {"correlation-id": "c-42"}}
+
+
+def test_a_correlation_id_in_the_request_s_headers_map_counts_when_there_is_no_such_kafka_header() -> None:
+    d = _driver()
+    d.pipe([d.request(service="Greeter", handler="greet", argument=b'"x"', headers={"Correlation-Id": "from-map", "x": "y"})])
+
+    [(_, command)] = d.log_commands()
+    assert command["correlation"] == {"key": None, "headers": {"correlation-id": "from-map"}}
+
+
+def test_a_request_without_key_or_headers_has_no_correlation() -> None:
+    d = _driver()
+    d.pipe([d.request(service="Greeter", handler="greet", argument=b'"x"')])
+
+    [(_, command)] = d.log_commands()
+    assert command["correlation"] is None
+
+
+def test_a_refused_request_s_result_carries_its_correlation_in_the_value_and_as_kafka_headers() -> None:
+    d = _driver(existing_topics={"replies"})
+    d.pipe([d.request(key=b"K", kafka_headers=HEADERS, service="Greeter", handler="internal", argument=b'"x"', reply_topic="replies")])
+
+    for topic in (d.topics_names.results, "replies"):
+        [record] = d.records(topic)
+        assert d.codec.decode_as("keystate.InvocationResult", record.value)["correlation"] == {
+            "key": b"K",
+            "headers": {"correlation-id": "c-42"},
+        }
+        assert record.headers == [("type", b"keystate.InvocationResult"), ("correlation-id", b"c-42")]

@@ -264,6 +264,7 @@ def invoke(
     request_id: str | None = None,
     created_at_ms: int = 0,
     source: str = "ingress",
+    correlation: Record | None = None,
 ) -> Command:
     if invocation_id is None:
         invocation_id = new_id(target) if idempotency_key is None else idempotent_id(target, idempotency_key)
@@ -281,6 +282,7 @@ def invoke(
             "created_at_ms": created_at_ms,
             "source": source,
             "request_id": request_id,
+            "correlation": correlation,
         },
     )
 

@@ -94,6 +94,7 @@ def test_output_publishes_the_result_stops_the_attempt_and_keeps_the_status_for_
         "failure": None,
         "idempotency_key": None,
         "completed_at_ms": 5_000,
+        "correlation": None,
     }
     assert story.journal(iid) == []
     status = story.status(iid)

@@ -151,11 +151,32 @@ def test_the_reply_goes_to_the_reply_topic_of_the_query():
     assert [r.topic for r in replies(actions)] == ["my.replies"]
 
 
-def test_attach_to_a_running_invocation_answers_running_now():
+def test_attach_to_a_running_invocation_answers_running_now_and_sends_the_result_to_the_attacher_later():
     story = Story()
     iid = story.invoke(GREETER)
 
-    assert answer(story, query(invocation_id=iid, attach=True)) == running(iid)
+    actions = story.when(query(invocation_id=iid, attach=True, reply_topic="keystate.replies.ing-2"))
+
+    [reply] = replies(actions)
+    assert reply.topic == "keystate.replies.ing-2" and reply.record["status"] == "RUNNING"
+    assert story.status(iid)["reply_topics"] == ["keystate.replies.ing-2"]
+    # A second attach from the same ingress adds nothing: one result per reply topic.
+    story.when(query("q-2", invocation_id=iid, attach=True, reply_topic="keystate.replies.ing-2"))
+    assert story.status(iid)["reply_topics"] == ["keystate.replies.ing-2"]
+
+    done = story.step(iid, output(b"hi"))
+
+    published = [(a.topic, a.name) for a in done if isinstance(a, Publish)]
+    assert published == [(None, "keystate.InvocationResult"), ("keystate.replies.ing-2", "keystate.InvocationResult")]
+    assert story.status(iid)["reply_topics"] == []
+
+
+def test_attach_to_a_completed_invocation_attaches_nothing():
+    story = Story(RETAIN)
+    iid = story.invoke(GREETER)
+    story.step(iid, output(b"hi"))
+
+    assert answer(story, query(invocation_id=iid, attach=True, reply_topic="keystate.replies.ing-2"))["status"] == "SUCCEEDED"
 
 
 # ---------------------------------------------------------------- by idempotency key

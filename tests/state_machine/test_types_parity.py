@@ -29,6 +29,7 @@ RECORD_CLASSES: list[type[Any]] = [
     records.Target,
     records.CallerRef,
     records.Failure,
+    records.Correlation,
 ]
 TABLE_ROWS = RECORD_CLASSES[:8]
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keystate.schemas._codec import AVRO_DIR, Codec, codec
-from keystate.schemas._registry import SCHEMA_IDS
+from keystate.schemas._registry import SCHEMA_IDS, UPGRADES
 from keystate.schemas.errors import ContractError, DecodeError, EncodeError, UnknownSchemaError
 
 TYPES = {f"keystate.{p.stem}": json.loads(p.read_text()) for p in AVRO_DIR.glob("*.avsc")}
@@ -107,8 +107,32 @@ def strategy(schema):
 def test_every_record_round_trips(name, variant):
     record = sample(name, variant)
     data = codec().encode(name, record)
-    assert codec().decode(data) == (name, record)
-    assert codec().decode_as(name, data) == record
+    assert codec().decode(data) == _read_as(name, record)
+    assert codec().decode_as(*_read_as(name, record)[:1], data) == _read_as(name, record)[1]
+
+
+def _read_as(name, record):
+    """What decoding `record` written as `name` gives: old versions come back upgraded (UPGRADES)."""
+    if name not in UPGRADES:
+        return name, record
+    added = {"correlation": None}
+    if name == "keystate.InvocationStatusV1":
+        added["reply_topics"] = []
+    return UPGRADES[name], {**record, **added}
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(UPGRADES.items()))
+def test_an_old_version_is_read_as_the_current_one_with_the_added_fields_defaulted(old, new):
+    record = sample(old, 0)
+    data = codec().encode(old, record)
+    assert data[1:5] == SCHEMA_IDS[old].to_bytes(4, "big")  # still written under its own id
+
+    name, read = codec().decode(data)
+
+    assert name == new
+    assert read == _read_as(old, record)[1]
+    assert codec().decode_as(new, data) == read
+    assert codec().encode(new, read)[1:5] == SCHEMA_IDS[new].to_bytes(4, "big")  # written back as the current one
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -117,7 +141,7 @@ def test_every_record_round_trips(name, variant):
 def test_every_record_round_trips_property(name, data):
     record = data.draw(strategy(name))
     encoded = codec().encode(name, record)
-    assert codec().decode(encoded) == (name, record)
+    assert codec().decode(encoded) == _read_as(name, record)
     assert codec().encode(name, codec().decode_as(name, encoded)) == encoded
 
 
@@ -178,17 +202,21 @@ def test_exact_bytes_of_a_small_record():
 @pytest.mark.parametrize(
     ("name", "schema_id"),
     [
-        ("keystate.InvokeCommand", 101),
+        # 101/201/302 keep the layout before correlation (read and upgraded); the current ones are 117/209/304.
+        ("keystate.InvokeCommandV1", 101),
+        ("keystate.InvokeCommand", 117),
         ("keystate.JournalAppendCommand", 102),
         ("keystate.PurgeCommand", 113),
         # 114 keeps ResumeCommand's first layout (read); the current one, naming a deployment, is 116.
         ("keystate.ResumeCommandV1", 114),
         ("keystate.PauseCommand", 115),
         ("keystate.ResumeCommand", 116),
-        ("keystate.InvocationStatus", 201),
+        ("keystate.InvocationStatusV1", 201),
+        ("keystate.InvocationStatus", 209),
         ("keystate.JournalRecord", 202),
         ("keystate.InvocationRequest", 301),
-        ("keystate.InvocationResult", 302),
+        ("keystate.InvocationResultV1", 302),
+        ("keystate.InvocationResult", 304),
         ("keystate.DeadLetter", 303),
         # 401 keeps the layout it was written with (read and upgraded); the current one is 402.
         ("keystate.DeploymentRecordV1", 401),
@@ -209,7 +237,8 @@ def test_names_are_the_registry_in_id_order():
 @pytest.mark.parametrize("name", NAMES)
 def test_schema_for_id_is_self_contained(name):
     schema = codec().schema_for_id(SCHEMA_IDS[name])
-    assert schema["name"] == name.removeprefix("keystate.")
+    # An old version is served under the name it was written with (the current one's), so readers resolve it.
+    assert schema["name"] == UPGRADES.get(name, name).removeprefix("keystate.")
     assert schema["doc"] == TYPES[name]["doc"]
     parsed = fastavro.parse_schema(schema)  # no named_schemas: must stand alone
     record = sample(name, 1)
