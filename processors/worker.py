@@ -339,11 +339,15 @@ class Worker:
     def _changelog_info(self) -> ChangelogInfo:
         """The changelog topic's id and tombstone retention (blocking; once per session)."""
         topic = self.topics.changelog_topic
+        # A client of its own per session: librdkafka sends describe_configs to the controller its
+        # metadata names, and a long-lived client kept naming a killed node (3-node cluster test:
+        # every rejoin timed out for 8 minutes).
+        admin = AdminClient(self.settings.kafka.admin_config())
         with self.watchdog.calling("describe changelog", 30.0):
             try:
-                described = self._admin.describe_topics(TopicCollection([topic]), request_timeout=20.0)[topic].result()
+                described = admin.describe_topics(TopicCollection([topic]), request_timeout=20.0)[topic].result()
                 resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
-                configs = self._admin.describe_configs([resource], request_timeout=20.0)[resource].result()
+                configs = admin.describe_configs([resource], request_timeout=20.0)[resource].result()
             except KafkaException as exc:
                 raise kafka_error(f"describe {topic} (create keystate's topics with `keystate topics create`)", exc) from exc
         retention = configs.get("delete.retention.ms")
