@@ -406,9 +406,10 @@ class Session:
                         messages.extend(more)
                         self._linger.gained(len(more))
                     gap = self._linger.gap_left_s(time.monotonic())
+                    room = s.batch_max_records - len(messages)
                     if gap > 0 and room > 0:
                         # Too soon after the last commit: gather what arrives meanwhile (see Linger.gap_left_s).
-                        messages.extend(consumer.consume(s.batch_max_records - len(messages), gap))
+                        messages.extend(consumer.consume(room, gap))
         records = self._records(messages)
         if not records and not self.step.pending:
             self.watchdog.progress()
