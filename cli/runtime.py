@@ -284,8 +284,8 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             redact_headers=args.redact_headers,
             identity=identity,
             kafka_security=args.kafka_security,
+            deployment_allow=args.deployment_allow,
         )
-        ingress_settings = dataclasses.replace(ingress_settings, deployment_allow=args.deployment_allow)
         if args.state_dir:
             ingress_settings = dataclasses.replace(ingress_settings, state_dir=Path(args.state_dir))
         serve = run_ingress(
