@@ -17,6 +17,7 @@ from .admin_deployments import (
     resume_deployment,
     service_json,
 )
+from .admin_ui import UI_PATHS, add_ui_routes
 from .auth import ADMIN, auth_middlewares
 from .commands import produce_command
 from .errors import BadRequest, Conflict, NotFound, error_middleware
@@ -31,8 +32,9 @@ from .runtime import IngressRuntime
 __all__ = ["admin_app", "deployment_json", "invocation_json", "service_json"]
 
 _MAX_REQUEST_BYTES = 1024 * 1024
-# Open without a token: liveness probes carry none, and it tells no more than whether the admin is up.
-_OPEN_PATHS = ("/health",)
+# Open without a token: liveness probes carry none, and it tells no more than whether the admin is up;
+# the UI's static files hold no data (its API calls carry the token the user pastes).
+_OPEN_PATHS = ("/health", *UI_PATHS)
 _DEFAULT_LIMIT = 100
 _MAX_LIMIT = 10_000
 _PAST = {"cancel": "cancelled", "kill": "killed", "resume": "resumed"}
@@ -63,6 +65,7 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     app.router.add_get("/health", _health)
     app.router.add_get("/identity", _identity)
     add_schema_registry_routes(app, runtime.settings.topics)
+    add_ui_routes(app)
     return app
 
 
