@@ -87,7 +87,9 @@ export async function renderJournal(view, page) {
   const journal = h("section", { id: "journal-section" });
   fill(view, h("p", {}, h("a", { href: "#/invocations" }, "← Invocations")), header, actions, journal);
 
+  const deployments = await call("GET", "/deployments").then((d) => d.deployments || []).catch(() => []);
   let status = null;
+  let actionsFor = null;
   const load = async () => {
     const [rows, entries] = await Promise.all([
       query(`SELECT * FROM sys_invocation WHERE id = ${sqlString(id)}`),
@@ -98,12 +100,17 @@ export async function renderJournal(view, page) {
       fill(header, h("h1", {}, "Invocation ", h("span", { class: "mono" }, id)),
         h("p", { class: "muted" }, "Unknown invocation: it never existed, was purged, or is too new for the read model."));
       fill(actions);
+      actionsFor = null;
       fill(journal);
       return;
     }
     status = inv.status;
     fill(header, ...invocationHead(inv));
-    fill(actions, ...actionButtons(inv, () => load().catch(page.fail)));
+    // Redrawn only when the status changes: a refresh must not reset a choice the user is making.
+    if (actionsFor !== inv.status) {
+      actionsFor = inv.status;
+      fill(actions, ...actionButtons(inv, deployments, () => load().catch(page.fail)));
+    }
     fill(journal, h("h2", {}, `Journal (${entries.length} entr${entries.length === 1 ? "y" : "ies"})`),
       entries.length ? timeline(entries, inv) :
         h("p", { class: "muted" }, "No journal entries (not started yet, or its journal retention has passed)."));
@@ -140,23 +147,38 @@ function invocationHead(inv) {
   ];
 }
 
-function actionButtons(inv, reload) {
+function actionButtons(inv, deployments, reload) {
   const completed = inv.status === "completed";
-  const buttons = ACTIONS.filter((a) => a.done === completed).map((a) =>
-    h("button", { type: "button", class: a.danger ? "danger" : "", dataset: { action: a.action },
-      onclick: () => act(inv, a, reload) }, a.label));
-  if (completed) {
-    buttons.push(h("button", { type: "button", dataset: { action: "restart-as-new" },
-      onclick: () => restart(inv) }, "Restart as new"));
+  const items = [];
+  for (const spec of ACTIONS.filter((a) => a.done === completed)) {
+    items.push(h("button", { type: "button", class: spec.danger ? "danger" : "", dataset: { action: spec.action },
+      onclick: () => act(inv, spec, reload) }, spec.label));
+    if (spec.action === "resume") {
+      items.push(h("label", { class: "inline muted" }, "on ",
+        h("select", { id: "resume-deployment", title: "the deployment Resume continues the invocation on" },
+          h("option", { value: "" }, "its pinned deployment"),
+          h("option", { value: "latest" }, "the latest deployment"),
+          deployments.map((d) => h("option", { value: d.id }, `${d.id} (${d.state || d.status || "?"})`)))));
+    }
   }
-  return buttons;
+  if (completed || inv.status === "paused") {
+    items.push(h("button", { type: "button", dataset: { action: "restart-as-new" }, onclick: () => restart(inv) }, "Restart as new"),
+      h("label", { class: "inline muted" }, "keeping entries before #",
+        h("input", { id: "restart-from", type: "number", min: 1, size: 4, placeholder: "all",
+          title: "restart from this journal index: the completed entries before it are kept" })));
+  }
+  return items;
 }
 
 async function act(inv, spec, reload) {
-  const path = `/invocations/${encodeURIComponent(inv.id)}/${spec.action}`;
+  let path = `/invocations/${encodeURIComponent(inv.id)}/${spec.action}`;
   let ask = spec.ask;
-  if (spec.action === "resume" && inv.pinned_deployment_id) {
-    ask += " It resumes on its pinned deployment; use the CLI's --deployment to move it to another.";
+  if (spec.action === "resume") {
+    const where = document.getElementById("resume-deployment")?.value;
+    if (where) {
+      path += `?deployment=${encodeURIComponent(where)}`;
+      ask += where === "latest" ? " It moves to the latest deployment." : ` It moves to deployment ${where}.`;
+    }
   }
   if (!(await confirmAction(`${ask}\n\n${inv.id} (${inv.target})`, spec.label))) return;
   try {
@@ -174,9 +196,12 @@ async function act(inv, spec, reload) {
 }
 
 async function restart(inv) {
-  if (!(await confirmAction(`Start a new invocation of ${inv.target} with the same input?\n\n${inv.id}`, "Restart as new"))) return;
+  const from = document.getElementById("restart-from")?.value;
+  const kept = from ? `, keeping its completed entries before #${from}` : "";
+  if (!(await confirmAction(`Start a new invocation of ${inv.target} with the same input${kept}?\n\n${inv.id}`, "Restart as new"))) return;
   try {
-    const answer = await call("PATCH", `/invocations/${encodeURIComponent(inv.id)}/restart-as-new`);
+    const query = from ? `?from=${encodeURIComponent(from)}` : "";
+    const answer = await call("PATCH", `/invocations/${encodeURIComponent(inv.id)}/restart-as-new${query}`);
     notify("Restarted as a new invocation.");
     if (answer && answer.new_invocation_id) location.hash = `#/invocation/${encodeURIComponent(answer.new_invocation_id)}`;
   } catch (err) {
