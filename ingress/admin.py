@@ -55,6 +55,7 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     )
     app[RUNTIME_KEY] = runtime
     app[HTTP_LIMITS_KEY] = runtime.settings.http_limits
+    add_ui_routes(app)
     add_deployment_routes(app)
     app.router.add_get("/services", _list_services)
     app.router.add_get("/services/{name}", _get_service)
@@ -65,7 +66,6 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     app.router.add_get("/health", _health)
     app.router.add_get("/identity", _identity)
     add_schema_registry_routes(app, runtime.settings.topics)
-    add_ui_routes(app)
     return app
 
 
