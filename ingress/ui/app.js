@@ -82,7 +82,7 @@ function setup() {
     input.value = "";
     document.getElementById("token-panel").hidden = true;
     updateTokenButton();
-    notify(token() ? "Token set for this tab." : "Token cleared.");
+    clearNotice();
     show();
   });
   document.getElementById("token-forget").addEventListener("click", () => {

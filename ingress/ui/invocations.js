@@ -11,7 +11,8 @@ const REFRESH_MS = 3000;
 
 const COLUMNS = [
   "id", "target", "target_service_name", "target_service_key", "target_handler_name", "status",
-  "completion_result", "created_at", "modified_at", "pinned_deployment_id", "retry_count", "last_failure",
+  "completion_result", "completion_failure", "created_at", "modified_at", "pinned_deployment_id", "retry_count",
+  "last_failure",
 ];
 
 /** The WHERE clause of the filters (values as SQL literals). */
@@ -85,7 +86,7 @@ export async function renderInvocations(view, page) {
   form.addEventListener("change", (event) => { if (event.target.tagName === "SELECT") apply(event); });
 
   const summary = h("p", { class: "muted", id: "invocations-summary" });
-  const body = h("div", { id: "invocations-table" });
+  const body = h("div", { id: "invocations-table", class: "scroll" });
   const pager = h("div", { class: "pager" });
   fill(view, h("h1", {}, "Invocations"), form, summary, body, pager);
 
@@ -123,16 +124,21 @@ export async function renderInvocations(view, page) {
   page.onLeave(() => clearInterval(timer));
 }
 
+/** "inv_1a2b3c4d…" : enough to tell invocations apart in a table; the link's title has it whole. */
+function shortId(id) {
+  return id.length > 16 ? `${id.slice(0, 14)}…` : id;
+}
+
 function invocationTable(rows) {
-  return table(["Id", "Target", "Status", "Deployment", "Retries", "Created", "Modified", "Last failure"],
+  return table(["Id", "Target", "Status", "Deployment", "Retries", "Created", "Modified", "Failure"],
     rows.map((row) => h("tr", { class: row.completion_result === "failure" ? "failed" : "", dataset: { id: row.id } },
-      h("td", { class: "mono" }, h("a", { href: `#/invocation/${encodeURIComponent(row.id)}` }, row.id)),
+      h("td", { class: "mono" }, h("a", { href: `#/invocation/${encodeURIComponent(row.id)}`, title: row.id }, shortId(row.id))),
       h("td", {}, h("a", { href: `#/invocation/${encodeURIComponent(row.id)}` }, row.target)),
       h("td", {}, badge(row.status, row.completion_result)),
       h("td", { class: "mono" }, short(row.pinned_deployment_id || "", 24)),
       h("td", { class: "num" }, row.retry_count ?? ""),
       h("td", { class: "time" }, when(row.created_at)),
       h("td", { class: "time" }, when(row.modified_at)),
-      h("td", { class: "failure-text" }, short(row.last_failure, 60)))),
+      h("td", { class: "failure-text" }, short(row.completion_failure || row.last_failure, 60)))),
     { class: "grid", id: "invocations" });
 }
