@@ -144,6 +144,19 @@ def test_ui_lists_invocations_shows_a_journal_timeline_and_cancels(page: Any, ui
     assert "Desk/alice/work" in page.locator(f"tr[data-id='{worked}']").inner_text()
     assert "failed" in (page.locator(f"tr[data-id='{failed}']").get_attribute("class") or "")
     assert page.locator(f"tr[data-id='{waiting}'] .badge").get_attribute("data-status") == "suspended"
+    # The table refreshes by itself: a new invocation appears without a reload.
+    _, later, _ = _invoke(stack, "Desk/dave/work", "later")
+    page.locator(f"#invocations tr[data-id='{later}']").wait_for()
+    # The key filter, typed by the user (a quote in it is data, not SQL).
+    page.locator("#filters input[name=key]").fill("o'neil")
+    page.locator("#filters button[type=submit]").click()
+    page.locator("#invocations-summary", has_text="No invocations match").wait_for()
+    page.locator("#filters input[name=key]").fill("alice")
+    page.locator("#filters button[type=submit]").click()
+    page.locator(f"#invocations tr[data-id='{worked}']").wait_for()
+    assert page.locator("#invocations tbody tr").count() == 1
+    assert not page.locator("#notice.error").is_visible()
+    page.goto(f"{stack.admin_url}/ui/#/invocations")
     # The service filter narrows the table to Checkout's invocation.
     page.locator("#filters select[name=service]").select_option("Checkout")
     page.locator(f"#invocations tr[data-id='{failed}']").wait_for()
