@@ -4,7 +4,7 @@ import { call, isKeyed } from "./api.js";
 import { badge, fill, h, short, table, when } from "./dom.js";
 
 function ms(value) {
-  if (value === null || value === undefined) return "";
+  if (value === null || value === undefined) return h("span", { class: "muted" }, "default");
   const seconds = value / 1000;
   if (seconds >= 86400 && seconds % 3600 === 0) return `${seconds / 86400} d`;
   if (seconds >= 60) return `${Math.round(seconds / 60)} min`;
