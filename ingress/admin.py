@@ -17,7 +17,6 @@ from .admin_deployments import (
     resume_deployment,
     service_json,
 )
-from .admin_ui import UI_PATHS, add_ui_routes
 from .auth import ADMIN, auth_middlewares
 from .commands import produce_command
 from .errors import BadRequest, Conflict, NotFound, error_middleware
@@ -28,6 +27,7 @@ from .restate_paths import invocation_status
 from .schema_registry import add_schema_registry_routes
 from .results import target_text
 from .runtime import IngressRuntime
+from .admin_ui import UI_PATHS, add_ui_routes
 
 __all__ = ["admin_app", "deployment_json", "invocation_json", "service_json"]
 
