@@ -95,6 +95,13 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
                         help="wait this long to fill a batch (default %(default)s)")
     parser.add_argument("--retention", type=float, default=_default(ProcessorSettings, "completion_retention_ms") / 1000,
                         help="seconds a completed invocation stays answerable (default %(default)s)")
+    parser.add_argument(
+        "--ingress-results",
+        choices=("public", "private"),
+        default="public" if _default(ProcessorSettings, "publish_ingress_results") else "private",
+        help="results of HTTP calls also go to the public results topic (public), or only to the waiting "
+        "ingress's reply topic (private: one partition less per completing transaction) (default %(default)s)",
+    )
     parser.add_argument("--inactivity-timeout", type=float, default=_default(InvokerSettings, "inactivity_timeout_s"),
                         help="seconds without any message from a deployment before an attempt is retried (default %(default)s)")
     parser.add_argument("--abort-timeout", type=float, default=_default(InvokerSettings, "abort_timeout_s"),
@@ -123,6 +130,12 @@ def _ingress_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-host", help=f"address the admin API listens on (default {LOOPBACK})")
     parser.add_argument("--admin-port", type=int, default=9070, help="admin API port (default %(default)s)")
     parser.add_argument("--host", help="deprecated: sets both --ingress-host and --admin-host")
+    parser.add_argument(
+        "--ingress-id",
+        default=os.environ.get("KEYSTATE_INGRESS_ID", ""),
+        help="names this ingress's reply topic <prefix>replies.<id>; give each ingress its own, stable across "
+        "restarts (default $KEYSTATE_INGRESS_ID, else derived from the host name and the state directory)",
+    )
     parser.add_argument(
         "--ingress-token-file",
         type=Path,
@@ -214,9 +227,14 @@ def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: 
     if ingress:
         from keystate.ingress.auth import AuthSetupError
 
+        from keystate.ingress.errors import IngressError
+        from keystate.ingress.runtime import check_ingress_id
+
         try:
             listen = ingress_listen(args)
-        except AuthSetupError as exc:
+            if args.ingress_id:
+                check_ingress_id(args.ingress_id)
+        except (AuthSetupError, IngressError) as exc:
             log.error("%s", exc)
             return 2
     try:
@@ -254,6 +272,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             batch_max_records=args.batch_max_records,
             batch_linger_ms=args.batch_linger_ms,
             completion_retention_ms=int(args.retention * 1000),
+            publish_ingress_results=args.ingress_results == "public",
             watchdog_stall_s=args.watchdog_stall,
             sweep_interval_s=args.sweep_interval,
             state_dir=args.state_dir,
@@ -285,9 +304,10 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             identity=identity,
             kafka_security=args.kafka_security,
             deployment_allow=args.deployment_allow,
+            ingress_id=args.ingress_id,
+            # Given here, not replaced after: the default ingress id is derived from it.
+            **({"state_dir": Path(args.state_dir)} if args.state_dir else {}),
         )
-        if args.state_dir:
-            ingress_settings = dataclasses.replace(ingress_settings, state_dir=Path(args.state_dir))
         serve = run_ingress(
             ingress_settings,
             listen.ingress_host,

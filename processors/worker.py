@@ -70,6 +70,9 @@ class ProcessorSettings:
     session_timeout_ms: int = 10_000
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     completion_retention_ms: int = 24 * 3600 * 1000
+    # Results of HTTP calls also go to keystate.results; False: only to the waiting ingress's reply
+    # topic, one partition less in the completing transaction (see Config.publish_ingress_results).
+    publish_ingress_results: bool = True
     invoker: InvokerSettings = field(default_factory=InvokerSettings)
     # Largest record the processor writes (key + value + headers); None: derived from the payload
     # limit (`kafka.max_payload_bytes` + envelope headroom, see keystate.schemas.limits). A row or
@@ -182,6 +185,7 @@ class Worker:
         config = Config(
             retry_policy=self.settings.retry_policy,
             completion_retention_ms=self.settings.completion_retention_ms,
+            publish_ingress_results=self.settings.publish_ingress_results,
             deployment_for=self._deployment_for,
             deployment_removed=lambda deployment_id: deployment_id in self.meta.state.removed,
             service_retry_policy=self._retry_policy_for,
