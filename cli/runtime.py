@@ -292,7 +292,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
         )
         tasks.append(asyncio.create_task(Worker(settings).run(stop), name="processor"))
     if listen is not None:
-        from keystate.ingress.runtime import IngressSettings, run_ingress
+        from keystate.ingress.runtime import IngressSettings, default_state_dir, run_ingress
 
         ingress_settings = IngressSettings(
             bootstrap=bootstrap,
@@ -306,7 +306,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             deployment_allow=args.deployment_allow,
             ingress_id=args.ingress_id,
             # Given here, not replaced after: the default ingress id is derived from it.
-            **({"state_dir": Path(args.state_dir)} if args.state_dir else {}),
+            state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
         )
         serve = run_ingress(
             ingress_settings,
