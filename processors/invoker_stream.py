@@ -15,6 +15,7 @@ from keystate.schemas._codec import codec
 from keystate.schemas.errors import ContractError
 from keystate.schemas.limits import truncate_text
 
+from .early import Gate
 from .state_machine import Invoke
 
 if TYPE_CHECKING:
@@ -52,9 +53,10 @@ class Terminal:
 class Attempt:
     """What the invoker knows about one running (or queued) attempt."""
 
-    def __init__(self, action: Invoke, partition: int) -> None:
+    def __init__(self, action: Invoke, partition: int, gate: Gate | None = None) -> None:
         self.action = action
         self.partition = partition
+        self.gate = gate  # started before its batch committed: log writes wait for it (keystate.processors.early)
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.task: asyncio.Task[None] | None = None
         self.pending: list[bytes] = []  # completions that arrived before the socket opened

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from keystate.schemas._codec import Codec
 from keystate.schemas.headers import redact_headers
@@ -26,11 +27,14 @@ from .router import Invalid, Refused, TopicExists, route_request
 from .state_machine import Action, Publish, SendToPartition
 from .store import Checkpoint
 
+if TYPE_CHECKING:
+    from .early import GateAction
+
 __all__ = ["BatchStep", "Effect", "StepLookups", "StepResult", "StepSettings", "result_headers", "retry_command"]
 
 log = logging.getLogger(__name__)
 
-Effect = tuple[int, Action]
+Effect = tuple[int, "Action | GateAction"]
 """(log partition, action) to run after the commit."""
 
 # Room for a dead letter's own fields and headers next to the rejected value.
