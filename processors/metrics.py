@@ -252,7 +252,7 @@ def start_metrics_server(address: MetricsAddress, registry: CollectorRegistry | 
             f"cannot serve metrics on {address.host}:{address.port} ({exc.strerror or exc}); give each processor "
             "on this host its own --metrics-address HOST:PORT (port 0 picks a free one), or --metrics-address off"
         ) from exc
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), int(server.server_address[1])
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/metrics"
     if not _loopback(address.host):
         log.warning(
