@@ -21,7 +21,7 @@ from .auth import ADMIN, auth_middlewares
 from .commands import produce_command
 from .errors import BadRequest, Conflict, NotFound, error_middleware
 from .http_limits import HTTP_LIMITS_KEY, limits_middleware
-from .metrics import add_metrics_route, http_metrics_middleware
+from .metrics import InvocationCounts, add_metrics_route, http_metrics_middleware
 from .readmodel import InvocationSummary
 from .readmodel_store import decode_cursor, encode_cursor
 from .restate_paths import invocation_status
@@ -64,7 +64,7 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     app.router.add_patch("/invocations/{id}/{action}", _patch_invocation)
     app.router.add_get("/health", _health)
     app.router.add_get("/identity", _identity)
-    add_metrics_route(app)
+    add_metrics_route(app, InvocationCounts(runtime.invocations.status_counts))
     add_schema_registry_routes(app, runtime.settings.topics)
     return app
 
