@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,23 +25,23 @@ if TYPE_CHECKING:
     from confluent_kafka import Consumer
 
     from .restore import RestoreReport
+    from .step import StepResult
 
 __all__ = [
     "DEFAULT_METRICS_PORT",
     "METRICS",
     "MetricsAddress",
     "MetricsServer",
+    "BatchCounts",
     "ProcessorMetrics",
     "attempt_failed",
     "attempt_started",
     "batch_committed",
-    "dead_lettered",
     "default_metrics_address",
     "parse_metrics_address",
     "restored",
     "sample_lag",
     "start_metrics_server",
-    "status_written",
     "watch_invoker",
 ]
 
@@ -56,6 +57,25 @@ _COMPLETED = "COMPLETED"
 _COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 _RESTORE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+
+class BatchCounts:
+    """What one run of the batch step completed and dead-lettered; observed once its transaction commits."""
+
+    __slots__ = ("completed", "dead_letters")
+
+    def __init__(self) -> None:
+        self.completed: Tally[tuple[str, str]] = Tally()  # (service, result) -> invocations
+        self.dead_letters: Tally[tuple[str, str]] = Tally()  # (source, reason class) -> records
+
+    def status_written(self, row: Mapping[str, Any] | None) -> None:
+        """A status row was written: counted when it is the invocation's completion (written once)."""
+        if row is not None and row.get("status") == _COMPLETED:
+            result = str(row.get("completion_status") or "unknown").lower()
+            self.completed[(_service(row.get("target")), result)] += 1
+
+    def dead_lettered(self, source: str, reason: str) -> None:
+        self.dead_letters[(source, reason)] += 1
 
 
 class ProcessorMetrics:
@@ -118,15 +138,16 @@ class ProcessorMetrics:
         self._lag_labels: set[tuple[str, str]] = set()
 
     # ---- observations -----------------------------------------------------------------------------
-    def batch_committed(self, records: int, commit_s: float) -> None:
+    def batch_committed(self, records: int, commit_s: float, result: StepResult) -> None:
+        """A batch of `records` is done: its transaction (if it had one) committed in `commit_s`."""
         self.batch_records.observe(records)
-        self.commit_seconds.observe(commit_s)
-
-    def status_written(self, row: Mapping[str, Any] | None) -> None:
-        """A status row was written: count it once when it is the invocation's completion."""
-        if row is not None and row.get("status") == _COMPLETED:
-            result = str(row.get("completion_status") or "unknown").lower()
-            self.invocations_completed.labels(_service(row.get("target")), result).inc()
+        if result.produced or result.offsets:  # else nothing was written: no transaction to time
+            self.commit_seconds.observe(commit_s)
+        counts = result.counts
+        for (service, outcome), n in counts.completed.items():
+            self.invocations_completed.labels(service, outcome).inc(n)
+        for (source, reason), n in counts.dead_letters.items():
+            self.dead_letters.labels(source, reason).inc(n)
 
     def attempt_started(self, service: str, attempt: int) -> None:
         self.attempts.labels(service).inc()
@@ -139,9 +160,6 @@ class ProcessorMetrics:
     def restored(self, report: RestoreReport) -> None:
         self.restore_seconds.labels(report.mode).observe(report.seconds)
         self.restored_records.inc(report.records)
-
-    def dead_lettered(self, source: str, reason: str) -> None:
-        self.dead_letters.labels(source, reason).inc()
 
     def watch_invoker(self, running: Callable[[], int], queued: Callable[[], int], limit: int) -> None:
         """Read the invoker's counts at each scrape (plain int reads: safe from the server's thread)."""
@@ -197,11 +215,9 @@ METRICS = ProcessorMetrics()
 """The process's metrics on prometheus-client's default registry."""
 
 batch_committed = METRICS.batch_committed
-status_written = METRICS.status_written
 attempt_started = METRICS.attempt_started
 attempt_failed = METRICS.attempt_failed
 restored = METRICS.restored
-dead_lettered = METRICS.dead_lettered
 watch_invoker = METRICS.watch_invoker
 sample_lag = METRICS.sample_lag
 

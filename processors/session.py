@@ -439,7 +439,7 @@ class Session:
         stats.apply_s += time.perf_counter() - started - (txn.commit_s - committing)
         stats.dead_lettered += result.dead_lettered
         stats.dropped_unowned += result.dropped_unowned
-        metrics.batch_committed(len(records), txn.commit_s - committing)
+        metrics.batch_committed(len(records), txn.commit_s - committing, result)
 
     def _release(self, result: StepResult) -> None:
         """The batch committed: its effects go to the event loop (before the stores write its rows)."""

@@ -18,12 +18,13 @@ from keystate.schemas.topics import Topics
 from keystate.server.commands import LogRecord, command_record
 from keystate.server.meta import MetaState
 
-from . import changelog, metrics
+from . import changelog
 from .partition import PartitionProcessor
 from .quarantine import Drop, Quarantine, Reject, SkipPublish
 from .records import PENDING_TOPIC, InRecord, Origin, OutKind, OutRecord
 from .router import Invalid, Refused, TopicExists, route_request
 from .state_machine import Action, Publish, SendToPartition
+from .metrics import BatchCounts
 from .store import Checkpoint
 
 __all__ = ["BatchStep", "Effect", "StepLookups", "StepResult", "StepSettings", "result_headers", "retry_command"]
@@ -70,6 +71,8 @@ class StepResult:
     rows: dict[int, dict[bytes, int]] = field(default_factory=dict)
     dropped_unowned: int = 0
     dead_lettered: int = 0
+    # Completions and dead letters of this run, observed only if its transaction commits (a re-run counts anew).
+    counts: BatchCounts = field(default_factory=BatchCounts)
 
 
 class _Rerun(Exception):
@@ -196,7 +199,7 @@ class BatchStep:
             raise _Rerun(record.origin, f"applying {command[0]} for invocation {iid} raised {exc!r}") from exc
         for table, key, value in proc.drain():
             if table == "status":
-                metrics.status_written(value)
+                result.counts.status_written(value)
             row_key, row_value, headers = changelog.row_record(table, key, value)
             out = OutRecord(
                 OutKind.CHANGELOG,
@@ -316,7 +319,7 @@ class BatchStep:
         self, record: InRecord, reason: str, result: StepResult, invocation_id: object = None, *, cause: str
     ) -> None:
         """Write the record to the DLQ with the reason (`cause`: its class, a metrics label); the offset moves past it."""
-        metrics.dead_lettered("requests" if record.topic == self.settings.topics.requests else "log", cause)
+        result.counts.dead_lettered("requests" if record.topic == self.settings.topics.requests else "log", cause)
         log.warning("dead-lettering %s (invocation %s): %s", _where(record), invocation_id, reason)
         value = record.value
         room = self.settings.max_record_bytes - _LETTER_OVERHEAD - len(record.key or b"") - len(reason.encode())

@@ -1,7 +1,7 @@
 """GET /metrics on the ingress and the admin API: behind each listener's token, counting requests by route class.
 
 Real apps on 127.0.0.1 with a runtime never connected to Kafka (as in test_auth.py); the metrics of a
-running stack are checked end to end in tests/e2e/test_metrics.py.
+running stack are checked end to end in tests/e2e/test_metrics_scrape.py.
 """
 
 from __future__ import annotations

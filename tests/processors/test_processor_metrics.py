@@ -18,6 +18,7 @@ from keystate.processors.metrics import (
     parse_metrics_address,
     start_metrics_server,
 )
+from keystate.processors.step import StepResult
 from keystate.server.errors import ServerError
 
 
@@ -38,7 +39,7 @@ def test_the_address_flag_takes_host_port_ipv6_or_off_and_says_how_to_write_it()
 def test_the_listener_serves_the_registry_and_a_busy_port_says_how_to_fix_it() -> None:
     registry = CollectorRegistry()
     metrics = ProcessorMetrics(registry)
-    metrics.batch_committed(7, 0.004)
+    metrics.batch_committed(7, 0.004, StepResult(offsets={("keystate.log", 0): 8}))
     server = start_metrics_server(MetricsAddress("127.0.0.1", 0), registry)
     try:
         with urllib.request.urlopen(server.url, timeout=10) as response:
@@ -57,17 +58,28 @@ def test_the_listener_serves_the_registry_and_a_busy_port_says_how_to_fix_it() -
         s.listen()
 
 
-def test_a_completion_counts_once_by_service_and_result_and_other_status_rows_not_at_all() -> None:
+def test_a_committed_batch_counts_its_completions_and_dead_letters_and_an_empty_one_no_commit() -> None:
     registry = CollectorRegistry()
     metrics = ProcessorMetrics(registry)
     target = {"service": "Counter", "handler": "add"}
+    result = StepResult(offsets={("keystate.log", 0): 3})
+    result.counts.status_written({"status": "INVOKED", "target": target, "completion_status": None})
+    result.counts.status_written(None)  # a purged row
+    result.counts.status_written({"status": "COMPLETED", "target": target, "completion_status": "FAILED"})
+    result.counts.dead_lettered("requests", "invalid")
+    StepResult().counts.status_written({"status": "COMPLETED", "target": target, "completion_status": "SUCCEEDED"})  # never committed
 
-    metrics.status_written({"status": "INVOKED", "target": target, "completion_status": None})
-    metrics.status_written(None)  # a purged row
-    metrics.status_written({"status": "COMPLETED", "target": target, "completion_status": "FAILED"})
+    metrics.batch_committed(3, 0.01, result)
+    metrics.batch_committed(0, 0.0, StepResult())  # nothing written: no transaction
 
-    assert registry.get_sample_value("keystate_invocations_completed_total", {"service": "Counter", "result": "failed"}) == 1
-    assert registry.get_sample_value("keystate_invocations_completed_total", {"service": "Counter", "result": "succeeded"}) is None
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert sample("keystate_invocations_completed_total", service="Counter", result="failed") == 1
+    assert sample("keystate_invocations_completed_total", service="Counter", result="succeeded") is None
+    assert sample("keystate_dead_letters_total", source="requests", reason="invalid") == 1
+    assert sample("keystate_batch_records_count") == 2
+    assert sample("keystate_transaction_commit_seconds_count") == 1
 
 
 def test_error_codes_fall_into_three_classes() -> None:
