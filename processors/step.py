@@ -19,12 +19,12 @@ from keystate.server.commands import LogRecord, command_record
 from keystate.server.meta import MetaState
 
 from . import changelog
+from .metrics import BatchCounts
 from .partition import PartitionProcessor
 from .quarantine import Drop, Quarantine, Reject, SkipPublish
 from .records import PENDING_TOPIC, InRecord, Origin, OutKind, OutRecord
 from .router import Invalid, Refused, TopicExists, route_request
 from .state_machine import Action, Publish, SendToPartition
-from .metrics import BatchCounts
 from .store import Checkpoint
 
 __all__ = ["BatchStep", "Effect", "StepLookups", "StepResult", "StepSettings", "result_headers", "retry_command"]
