@@ -119,6 +119,13 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
                         help="seconds between sweeps for invocations left without a live attempt (default %(default)s)")
     parser.add_argument("--store-cache-rows", type=int, default=_default(ProcessorSettings, "store_cache_rows"),
                         help="decoded rows kept in memory per partition (default %(default)s)")
+    parser.add_argument(
+        "--metrics-address",
+        default=os.environ.get("KEYSTATE_METRICS_ADDRESS"),
+        help="HOST:PORT of the processor's Prometheus GET /metrics (port 0: a free port, logged), or off "
+        "(default $KEYSTATE_METRICS_ADDRESS, else 127.0.0.1:(9170 + N) for a numeric --instance-id N and a free "
+        "port otherwise; `keystate runtime`: off, its admin API's /metrics serves the same process's metrics)",
+    )
     parser.add_argument("--store-block-cache-mb", type=int,
                         default=_default(ProcessorSettings, "store_block_cache_bytes") >> 20,
                         help="RocksDB block cache of the process, MiB (default %(default)s)")
@@ -223,6 +230,17 @@ def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: 
     except (PayloadLimitError, ContractError, KafkaSettingsError, MetaError) as exc:
         log.error("%s", exc)
         return 2
+    if processor:
+        from keystate.processors.metrics import default_metrics_address, parse_metrics_address
+
+        try:
+            if args.metrics_address is not None:
+                args.metrics_address = parse_metrics_address(args.metrics_address)
+            elif not ingress:  # a runtime's admin API serves the same registry at /metrics
+                args.metrics_address = default_metrics_address(args.instance_id)
+        except ServerError as exc:
+            log.error("%s", exc)
+            return 2
     listen = None
     if ingress:
         from keystate.ingress.auth import AuthSetupError
@@ -252,6 +270,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = []
+    metrics_server = None
     # One key for the process: the processor signs attempts with it, the admin discovery requests.
     identity = await asyncio.to_thread(load_identity, args.identity_key_file, args.state_dir)
     if not processor:  # a processor logs it as its invoker starts
@@ -290,6 +309,10 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             ),
             redact_headers=args.redact_headers,
         )
+        if args.metrics_address is not None:
+            from keystate.processors.metrics import start_metrics_server
+
+            metrics_server = start_metrics_server(args.metrics_address)
         tasks.append(asyncio.create_task(Worker(settings).run(stop), name="processor"))
     if listen is not None:
         from keystate.ingress.runtime import IngressSettings, default_state_dir, run_ingress
@@ -325,6 +348,8 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             task.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     stopper.cancel()
+    if metrics_server is not None:
+        metrics_server.stop()
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
             raise result

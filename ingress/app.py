@@ -43,6 +43,7 @@ from .errors import (
     error_middleware,
 )
 from .http_limits import HTTP_LIMITS_KEY, limits_middleware
+from .metrics import add_metrics_route, http_metrics_middleware
 from .restate_paths import RUNTIME_KEY, restate_paths
 from .runtime import IngressRuntime
 
@@ -73,11 +74,12 @@ def ingress_app(runtime: IngressRuntime) -> web.Application:
     authenticate = auth_middlewares(runtime.settings.ingress_token, INGRESS)
     app = web.Application(
         client_max_size=runtime.settings.max_body_bytes,
-        middlewares=[error_middleware, limits_middleware, *authenticate],
+        middlewares=[http_metrics_middleware("ingress"), error_middleware, limits_middleware, *authenticate],
     )
     app[RUNTIME_KEY] = runtime
     app[HTTP_LIMITS_KEY] = runtime.settings.http_limits
     app[MAX_BODY_KEY] = runtime.settings.max_body_bytes
+    add_metrics_route(app)  # before the catch-all: GET /metrics is never an invocation
     app.router.add_route("*", "/restate/{path:.*}", restate_paths)
     app.router.add_route("*", "/{path:.*}", _invoke)
     return app

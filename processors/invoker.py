@@ -31,6 +31,7 @@ from keystate.server.address_policy import AddressNotAllowed, AddressPolicy, Gua
 from keystate.server.identity import RequestIdentity, signing_middleware
 from keystate.server.kafka import AsyncProducer, KafkaUnavailable
 
+from . import metrics
 from .early import Gate
 from .invoker_slots import AttemptSlots
 from .invoker_stream import Attempt, AttemptError, AttemptStream, Oversized, Terminal, failure
@@ -167,6 +168,7 @@ class Invoker:
             self.stop(action.invocation_id)
         attempt = Attempt(action, self._partition_of(action.invocation_id), gate=gate)
         self._live[action.invocation_id] = attempt
+        metrics.attempt_started(action.target["service"], action.attempt)
         attempt.task = asyncio.create_task(self._run(attempt), name=f"attempt {action.invocation_id}#{action.attempt}")
 
     def notify(self, invocation_id: str, attempt_no: int, index: int, result: Any) -> None:

@@ -15,6 +15,7 @@ from keystate.schemas._codec import codec
 from keystate.schemas.errors import ContractError
 from keystate.schemas.limits import truncate_text
 
+from . import metrics
 from .early import Gate
 from .state_machine import Invoke
 
@@ -85,6 +86,7 @@ def failure(
         "" if retryable else " for good",
         message,
     )
+    metrics.attempt_failed(action.target["service"], code)
     return Terminal(
         FAILED,
         {

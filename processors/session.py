@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from keystate.server.errors import ServerError
 
+from . import metrics
 from .backpressure import PauseGate
 from .bounded import BoundedCaller
 from .errors import CallAbandoned, GroupMoved, InstanceFenced, ProcessorError, TransactionFailed
@@ -189,6 +190,7 @@ class Session:
                 self._refill_timers()
                 self._sweep()
                 self._backpressure(consumer)
+                metrics.sample_lag((consumer, router))
         finally:
             self._live_consumer = None
             self._live_router = None
@@ -381,6 +383,7 @@ class Session:
             self.hooks.submit_effects(timers)
             consumer.resume([TopicPartition(self.topics.log, partition)])
             self.stats.restores.append(outcome)
+            metrics.restored(outcome)
             log.info("%s, resuming %d invocations, %d timers", outcome.describe(), resumed, len(timers))
 
     def _refill_timers(self) -> None:
@@ -437,6 +440,7 @@ class Session:
         stats.apply_s += time.perf_counter() - started - (txn.commit_s - committing)
         stats.dead_lettered += result.dead_lettered
         stats.dropped_unowned += result.dropped_unowned
+        metrics.batch_committed(len(records), txn.commit_s - committing, result)
 
     def _start_early(self, result: StepResult) -> Settle | None:
         """Start the batch's new attempts now, their log writes gated on the commit (see keystate.processors.early)."""

@@ -29,6 +29,7 @@ from keystate.server.kafka import AsyncProducer, KafkaSettings, kafka_error
 from keystate.server.meta import MetaView
 from keystate.server.state_dir import default_state_dir
 
+from . import metrics
 from .effects import EffectExecutor
 from .errors import LoopStuck
 from .invoker import Invoker, InvokerSettings
@@ -180,6 +181,10 @@ class Worker:
         self.log_partitions = self._producer.partitions(self.topics.log)
         self.invoker = Invoker(self._producer, self.topics.log, self.log_partitions, self._resolve_uri, self.settings.invoker)
         await self.invoker.start()
+        invoker = self.invoker
+        metrics.watch_invoker(
+            lambda: invoker.live() - invoker.queued(), invoker.queued, self.settings.invoker.max_concurrent_attempts_per_deployment
+        )
         self.timers = TimerService(self._producer, self.topics.log, partitions=self.log_partitions)
         self.executor = EffectExecutor(self.invoker, self.timers, self.log_partitions)
         config = Config(
