@@ -186,14 +186,18 @@ def configure_export(endpoint: str | None, default_service_name: str) -> Any:
     `$OTEL_EXPORTER_OTLP_ENDPOINT` (e.g. http://127.0.0.1:4318; /v1/traces is appended).
     The service name is `$OTEL_SERVICE_NAME`, else `default_service_name`. Returns the provider (call
     its `shutdown()` at exit to flush) or None when nothing is to be exported.
-    Raises `TracingSetupError` when an endpoint is configured but OpenTelemetry is not installed.
+    Raises `TracingSetupError` when `endpoint` is given but OpenTelemetry is not installed (only a
+    warning for the environment variables).
     """
     configured = endpoint or os.environ.get(OTLP_ENDPOINT_ENV) or os.environ.get(OTLP_TRACES_ENDPOINT_ENV)
     if not configured:
         return None
     if not ENABLED:
-        source = "--otlp-endpoint" if endpoint else f"${OTLP_ENDPOINT_ENV}"
-        raise TracingSetupError(f"{source} asks for traces, but OpenTelemetry is not installed; {INSTALL_HINT}")
+        if endpoint:
+            raise TracingSetupError(f"--otlp-endpoint asks for traces, but OpenTelemetry is not installed; {INSTALL_HINT}")
+        # An environment variable may be meant for other programs: no reason to refuse to start.
+        log.warning("$%s is set, but OpenTelemetry is not installed: no traces are exported; %s", OTLP_ENDPOINT_ENV, INSTALL_HINT)
+        return None
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider

@@ -8,7 +8,7 @@ SDK's in-memory exporter.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -17,10 +17,8 @@ import pytest
 from aiohttp import web
 from confluent_kafka import Producer
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.util._once import Once
 
 import keystate
 from keystate import Context, Service
@@ -72,22 +70,6 @@ async def greet(ctx: Context, name: str) -> str:
 
 def _traceparent(trace_id: int, span_id: int) -> str:
     return f"00-{trace_id:032x}-{span_id:016x}-01"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """A global TracerProvider recording into memory; the globals are reset afterwards, so no other test traces."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    assert trace.get_tracer_provider() is provider, "another test left a TracerProvider installed"
-    try:
-        yield exporter
-    finally:
-        provider.shutdown()
-        trace._TRACER_PROVIDER = None  # noqa: SLF001 - OpenTelemetry sets its provider only once per process
-        trace._TRACER_PROVIDER_SET_ONCE = Once()  # noqa: SLF001
 
 
 @dataclass
