@@ -61,7 +61,7 @@ INSTALL_HINT = "install the otel extra: pip install 'keystate[otel]'"
 _forced: contextvars.ContextVar[tuple[int | None, int | None]] = contextvars.ContextVar(
     "keystate_forced_ids", default=(None, None)
 )
-_tracers: dict[tuple[int, str], Any] = {}
+_tracers: dict[str, tuple[Any, Any]] = {}  # scope name -> (provider, its tracer)
 
 
 class TracingSetupError(ServerError):
@@ -100,14 +100,14 @@ def tracer(name: str) -> Any:
     if not active():
         return None
     provider = trace.get_tracer_provider()
-    key = (id(provider), name)
-    found = _tracers.get(key)
-    if found is None:
-        found = provider.get_tracer(name)
-        inner = getattr(found, "id_generator", None)
-        if inner is not None and not isinstance(inner, _ForcingIds):
-            setattr(found, "id_generator", _ForcingIds(inner))  # noqa: B010 - only keystate's own tracer, not the provider
-        _tracers[key] = found
+    cached = _tracers.get(name)
+    if cached is not None and cached[0] is provider:
+        return cached[1]
+    found = provider.get_tracer(name)
+    inner = getattr(found, "id_generator", None)
+    if inner is not None and not isinstance(inner, _ForcingIds):
+        setattr(found, "id_generator", _ForcingIds(inner))  # noqa: B010 - only keystate's own tracer, not the provider
+    _tracers[name] = (provider, found)
     return found
 
 

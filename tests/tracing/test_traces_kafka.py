@@ -27,6 +27,7 @@ from keystate.processors.worker import ProcessorSettings, Worker
 from keystate.schemas._codec import codec
 from keystate.schemas.topics import Topics
 from keystate.server.kafka import KafkaSettings
+from keystate.server.tracing import derived_trace_id
 from keystate.server.topics import TopicSettings, ensure_topics
 from tests.e2e.harness import free_port, http, wait_http
 
@@ -66,6 +67,18 @@ async def greet(ctx: Context, name: str) -> str:
     await ctx.sleep(timedelta(milliseconds=20))
     echoed = await ctx.service_call(echo, name)
     return f"hello {echoed}"
+
+
+failed_once: set[str] = set()
+
+
+@traced.handler()
+async def flaky(ctx: Context, name: str) -> str:
+    """Fails its first attempt (retryably), succeeds on the next."""
+    if name not in failed_once:
+        failed_once.add(name)
+        raise RuntimeError("the first attempt fails")
+    return name
 
 
 def _traceparent(trace_id: int, span_id: int) -> str:
@@ -188,18 +201,19 @@ async def test_one_trace_from_the_http_request_through_the_attempt_into_the_hand
     assert _parent(got["callee-work"]) == got["attempt TracedCallee/echo"].context.span_id
 
 
+async def _produce_request(running: Running, service: str, handler: str, argument: bytes, headers: list[tuple[str, bytes]]) -> None:
+    request = {"service": service, "handler": handler, "key": None, "argument": argument, "headers": {},
+               "idempotency_key": None, "reply_topic": None, "delay_ms": None}
+    producer = Producer({"bootstrap.servers": running.bootstrap})
+    producer.produce(running.topics.requests, codec().encode("keystate.InvocationRequest", request), headers=headers)
+    assert await asyncio.to_thread(producer.flush, 30) == 0
+
+
 async def test_a_request_produced_to_kafka_with_a_traceparent_header_joins_its_trace(
     running: Running, spans: InMemorySpanExporter
 ) -> None:
-    request = {"service": "TracedCallee", "handler": "echo", "key": None, "argument": b'"Bo"', "headers": {},
-               "idempotency_key": None, "reply_topic": None, "delay_ms": None}
-    producer = Producer({"bootstrap.servers": running.bootstrap})
-    producer.produce(
-        running.topics.requests,
-        codec().encode("keystate.InvocationRequest", request),
-        headers=[("traceparent", _traceparent(PRODUCER_TRACE, PRODUCER_SPAN).encode())],
-    )
-    assert await asyncio.to_thread(producer.flush, 30) == 0
+    traceparent = _traceparent(PRODUCER_TRACE, PRODUCER_SPAN).encode()
+    await _produce_request(running, "TracedCallee", "echo", b'"Bo"', [("traceparent", traceparent)])
 
     got = await _wait_for(
         spans, "invocation TracedCallee/echo", "attempt TracedCallee/echo", "callee-work", trace_id=PRODUCER_TRACE
@@ -208,3 +222,29 @@ async def test_a_request_produced_to_kafka_with_a_traceparent_header_joins_its_t
     assert _parent(invocation) == PRODUCER_SPAN
     assert _parent(got["attempt TracedCallee/echo"]) == invocation.context.span_id
     assert _parent(got["callee-work"]) == got["attempt TracedCallee/echo"].context.span_id
+
+
+async def test_every_attempt_of_an_untraced_request_is_a_child_of_one_invocation_span_of_its_own_trace(
+    running: Running, spans: InMemorySpanExporter
+) -> None:
+    # No traceparent anywhere: the invocation's trace and span ids derive from its id, so each attempt
+    # (any processor, any restart) finds the same parent before the invocation span is recorded.
+    await _produce_request(running, "Traced", "flaky", b'"Cy"', [])
+    invocation = None
+    for _ in range(600):
+        invocation = next((s for s in spans.get_finished_spans() if s.name == "invocation Traced/flaky"), None)
+        if invocation is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert invocation is not None, [s.name for s in spans.get_finished_spans()]
+    assert invocation.parent is None and invocation.attributes is not None
+    assert invocation.context.trace_id == derived_trace_id(str(invocation.attributes["keystate.invocation.id"]))
+
+    attempts = sorted(
+        (s for s in spans.get_finished_spans() if s.name == "attempt Traced/flaky"),
+        key=lambda s: s.attributes["keystate.attempt"] if s.attributes else 0,
+    )
+    assert [_parent(a) for a in attempts] == [invocation.context.span_id] * 2
+    assert [a.attributes["keystate.attempt.outcome"] for a in attempts if a.attributes] == ["failed", "output"]
+    assert attempts[0].status.status_code is trace.StatusCode.ERROR
+    assert "the first attempt fails" in (attempts[0].status.description or "")
