@@ -13,6 +13,11 @@ The invocation span's id is derived from the invocation id, so every attempt, on
 is its child before it is recorded; its trace id is the invocation's `traceparent`'s (from the
 invocation's headers, journaled in its Input entry), or else derived from the invocation id too.
 A call's or send's span context goes into the callee's headers: the callee's invocation is its child.
+
+Entry spans last from the entry's arrival until Kafka acknowledged its append (a run's execution is
+the SDK's `ctx.run <name>` span, in the deployment); a sleep's lasts until its wake-up time. An
+invocation that ends without an output (killed, or purged while suspended) records no invocation
+span: its attempts then point at a parent that is never exported.
 """
 
 from __future__ import annotations
