@@ -21,6 +21,7 @@ from keystate.server.address_policy import AddressPolicy
 from keystate.server.errors import KafkaSettingsError, MetaError, ServerError
 from keystate.server.identity import load_identity
 from keystate.server.kafka import KafkaSettings
+from keystate.server.tracing import OTLP_ENDPOINT_ENV, SERVICE_NAME_ENV, TracingSetupError, configure_export
 
 from .kafka_flags import add_kafka_security_args, kafka_security
 
@@ -70,6 +71,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="ed25519 private key (PKCS#8 PEM) that requests to deployments are signed with; give every processor "
         "and the admin the same one (default $KEYSTATE_IDENTITY_KEY_FILE, else <state dir>/identity.pem, "
         "generated at the first start)",
+    )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        help="export OpenTelemetry traces over OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318 "
+        f"(/v1/traces is appended); needs pip install 'keystate[otel]' (default ${OTLP_ENDPOINT_ENV}; "
+        f"unset: no export; service name ${SERVICE_NAME_ENV} or keystate-<command>)",
     )
     add_kafka_security_args(parser)
 
@@ -218,8 +226,6 @@ def add_parsers(sub: Any, bootstrap: Callable[[argparse.Namespace], str]) -> Non
 
 
 def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: bool) -> int:
-    from keystate.processors.errors import ProcessorError
-
     try:
         args.max_payload_bytes = max_payload_bytes(args.max_payload_bytes)
         args.redact_headers = redact_headers(args.redact_headers)
@@ -241,6 +247,26 @@ def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: 
         except ServerError as exc:
             log.error("%s", exc)
             return 2
+    try:
+        tracer_provider = configure_export(args.otlp_endpoint, _service_name(processor=processor, ingress=ingress))
+    except TracingSetupError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        return _serve(args, bootstrap, processor=processor, ingress=ingress)
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # exports the spans still queued
+
+
+def _service_name(*, processor: bool, ingress: bool) -> str:
+    """The default OpenTelemetry service name of the command."""
+    return "keystate" if processor and ingress else "keystate-processor" if processor else "keystate-ingress"
+
+
+def _serve(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: bool) -> int:
+    from keystate.processors.errors import ProcessorError
+
     listen = None
     if ingress:
         from keystate.ingress.auth import AuthSetupError

@@ -31,7 +31,7 @@ from keystate.server.address_policy import AddressNotAllowed, AddressPolicy, Gua
 from keystate.server.identity import RequestIdentity, signing_middleware
 from keystate.server.kafka import AsyncProducer, KafkaUnavailable
 
-from . import metrics
+from . import metrics, tracing
 from .early import Gate
 from .invoker_slots import AttemptSlots
 from .invoker_stream import Attempt, AttemptError, AttemptStream, Oversized, Terminal, failure
@@ -225,6 +225,8 @@ class Invoker:
     # ---- one attempt ----------------------------------------------------------------------------
     async def _run(self, attempt: Attempt) -> None:
         action = attempt.action
+        attempt.trace = tracing.start_attempt(action)
+        terminal: Terminal | None = tracing.STOPPED
         try:
             terminal = await self._attempt(attempt)
             terminal = await self._settle_appends(attempt, terminal)
@@ -239,6 +241,7 @@ class Invoker:
                 action.attempt,
             )
         finally:
+            tracing.end_attempt(attempt.trace, action, terminal, attempt.output_appended)
             if self._live.get(action.invocation_id) is attempt:
                 del self._live[action.invocation_id]
             await self._close_ws(attempt)
@@ -344,6 +347,7 @@ class Invoker:
         index = message["index"]
         entry = message["entry"]
         entry_type = entry["entry"][0]
+        journaled = tracing.entry_span(attempt.trace, index, entry)  # before the record: it may add headers
         command = self._record(
             action,
             _APPEND,
@@ -363,6 +367,8 @@ class Invoker:
         delivered = self._producer.produce(self._topic, command.value, **command.produce_kwargs())
         attempt.unsettled.add(delivered)
         delivered.add_done_callback(lambda f: self._appended(attempt, index, f))
+        if journaled is not None:
+            delivered.add_done_callback(journaled)
         if entry_type == _OUTPUT_ENTRY:
             attempt.output_appended = True
         if entry_type == _RUN_ENTRY and ws is not None:
