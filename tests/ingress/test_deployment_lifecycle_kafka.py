@@ -76,7 +76,7 @@ async def test_a_breaking_change_is_refused_with_each_change_listed_unless_break
     assert status == 201 and accepted["id"] != first["id"]
     shop = await (await admin.get(f"/services/{SHOP}")).json()
     assert shop["deployment_id"] == accepted["id"]
-    assert [(h["name"], h["ty"]) for h in shop["handlers"]] == [("buy", "SHARED")]
+    assert [(h["name"], h["ty"]) for h in shop["handlers"]] == [("buy", "Shared")]
 
 
 async def test_the_cli_refuses_a_breaking_change_and_registers_it_with_breaking(
