@@ -19,10 +19,11 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rich.console import Console, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
@@ -31,6 +32,7 @@ __all__ = [
     "AdminHttpError",
     "AdminToken",
     "CliError",
+    "NoQueryRoute",
     "add_admin_options",
     "add_watch_option",
     "admin_from",
@@ -44,6 +46,7 @@ __all__ = [
     "rows_table",
     "run_group",
     "short",
+    "show",
     "sql_literal",
     "watch",
 ]
@@ -123,6 +126,10 @@ class AdminHttpError(CliError):
         self.failure = failure
 
 
+class NoQueryRoute(CliError):
+    """The admin API has no `POST /query` (a keystate older than SQL introspection)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Admin:
     """The admin API at `url`, called with `token` (if any)."""
@@ -164,7 +171,7 @@ class Admin:
             _, answer = self.call("POST", "/query", {"query": sql})
         except AdminHttpError as exc:
             if exc.failure.status in (404, 405):
-                raise CliError(
+                raise NoQueryRoute(
                     f"the admin API at {self.url} has no POST /query (answered {exc.failure.status}); it is older "
                     "than SQL introspection: upgrade keystate there"
                 ) from exc
@@ -304,19 +311,36 @@ def confirm(question: str, yes: bool) -> bool:
     return answer in ("y", "yes")
 
 
-def watch(render: Callable[[], RenderableType], interval: float | None, out: Console | None = None) -> int:
+def show(items: RenderableType | Sequence[RenderableType], out: Console | None = None) -> None:
+    """Print `items` in order; text is not wrapped or cropped (a long failure message stays one line)."""
+    out = out or console()
+    for item in items if isinstance(items, list | tuple) else [items]:
+        plain = isinstance(item, str | Text)
+        out.print(item, soft_wrap=plain, markup=False if isinstance(item, str) else None)
+
+
+def watch(
+    render: Callable[[], RenderableType | Sequence[RenderableType]], interval: float | None, out: Console | None = None
+) -> int:
     """Print `render()` once, or with `interval` refresh it every `interval` s until Ctrl-C."""
     out = out or console()
     if interval is None:
-        out.print(render())
+        show(render(), out)
         return 0
+    from rich.console import Group
     from rich.live import Live
 
+    def group() -> RenderableType:
+        items = render()
+        if isinstance(items, list | tuple):
+            return Group(*items)
+        return cast(RenderableType, items)
+
     try:
-        with Live(render(), console=out, auto_refresh=False) as live:
+        with Live(group(), console=out, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
-                live.update(render(), refresh=True)
+                live.update(group(), refresh=True)
     except KeyboardInterrupt:
         return 0
 

@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -26,6 +26,7 @@ from ._admin import (
     print_json,
     quote,
     run_group,
+    show,
 )
 
 __all__ = [
@@ -65,7 +66,7 @@ def deployments_table(deployments: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
-def deployment_table(deployment: dict[str, Any]) -> RenderableType:
+def deployment_table(deployment: dict[str, Any]) -> list[RenderableType]:
     """One deployment: a summary and a table of its handlers."""
     lines = [f"{deployment['id']}  {deployment['uri']}"]
     state = deployment.get("state")
@@ -87,7 +88,7 @@ def deployment_table(deployment: dict[str, Any]) -> RenderableType:
                 h.get("input_content_type") or "application/json", h.get("output_content_type") or "application/json",
                 "yes" if public else "no",
             )
-    return Group(Text("\n".join(lines)), handlers)
+    return [Text("\n".join(lines)), handlers]
 
 
 def _register(args: argparse.Namespace) -> int:
@@ -104,9 +105,7 @@ def _register(args: argparse.Namespace) -> int:
         verb = "overwrote (forced) deployment"
     else:
         verb = "registered deployment" if status == 201 else "already registered deployment"
-    out = console()
-    out.print(f"{verb}:", markup=False)
-    out.print(deployment_table(deployment))
+    show([f"{verb}:", *deployment_table(deployment)])
     return 0
 
 
@@ -127,7 +126,7 @@ def _describe(args: argparse.Namespace) -> int:
     if args.json:
         print_json(deployment)
     else:
-        console().print(deployment_table(deployment))
+        show(deployment_table(deployment))
     return 0
 
 

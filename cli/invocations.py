@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
 from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
@@ -22,6 +22,7 @@ from rich.text import Text
 from ._admin import (
     Admin,
     CliError,
+    NoQueryRoute,
     add_admin_options,
     add_watch_option,
     admin_from,
@@ -65,7 +66,7 @@ def _status_text(row: dict[str, Any]) -> str:
     return f"{status} ({result})" if status == "completed" and result else status
 
 
-def invocations_table(rows: Sequence[dict[str, Any]], total: int | None = None) -> RenderableType:
+def invocations_table(rows: Sequence[dict[str, Any]], total: int | None = None) -> list[RenderableType]:
     """`invocations list`: one row per invocation, newest first, and how many of how many are shown."""
     table = Table(header_style="bold")
     for name in ("ID", "TARGET", "STATUS", "ATTEMPT", "CREATED", "MODIFIED", "DEPLOYMENT", "LAST FAILURE"):
@@ -82,7 +83,7 @@ def invocations_table(rows: Sequence[dict[str, Any]], total: int | None = None) 
     shown = f"{len(rows)} invocation{'s' if len(rows) != 1 else ''}"
     if total is not None and total > len(rows):
         shown += f" of {total} matching (raise --limit to see more)"
-    return Group(table, Text(shown))
+    return [table, Text(shown)]
 
 
 def invocation_summary(row: dict[str, Any]) -> list[str]:
@@ -168,18 +169,37 @@ def _list(args: argparse.Namespace) -> int:
         print_json(rows()[0])
         return 0
 
-    def render() -> RenderableType:
+    def render() -> list[RenderableType]:
         listed, total = rows()
         if not listed:
-            return Text("no invocations match")
+            return [Text("no invocations match")]
         return invocations_table(listed, total)
 
     return watch(render, args.watch)
 
 
-def _describe_rows(admin: Admin, invocation_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _row_of_admin_json(inv: dict[str, Any]) -> dict[str, Any]:
+    """GET /invocations/{id}'s answer in sys_invocation's columns (for an admin without POST /query)."""
+    failure = inv.get("last_failure") or {}
+    status = str(inv.get("status") or "").lower().replace("_", "-")
+    return {
+        "id": inv["id"], "target": inv.get("target"), "status": {"invoked": "running"}.get(status, status),
+        "completion_result": inv.get("completion_status"), "pinned_deployment_id": inv.get("deployment_id"),
+        "attempt": inv.get("attempt"), "retry_count": inv.get("retry_count"), "created_at": inv.get("created_at"),
+        "modified_at": inv.get("modified_at"), "scheduled_at": inv.get("scheduled_at"),
+        "idempotency_key": inv.get("idempotency_key"), "last_failure": failure.get("message"),
+        "last_failure_error_code": failure.get("code"),
+    }
+
+
+def _describe_rows(admin: Admin, invocation_id: str) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """The invocation's sys_invocation row and journal; the journal is None where the admin has no /query."""
     literal = sql_literal(invocation_id)
-    found = admin.query(f"SELECT * FROM sys_invocation WHERE id = {literal}")
+    try:
+        found = admin.query(f"SELECT * FROM sys_invocation WHERE id = {literal}")
+    except NoQueryRoute:
+        _, inv = admin.call("GET", f"/invocations/{quote(invocation_id)}")
+        return _row_of_admin_json(inv), None
     if not found:
         raise CliError(
             f"no invocation {invocation_id} at {admin.url}: it never existed, was purged, or is too new for the "
@@ -196,9 +216,12 @@ def _describe(args: argparse.Namespace) -> int:
         print_json({"invocation": row, "journal": journal})
         return 0
 
-    def render() -> RenderableType:
+    def render() -> list[RenderableType]:
         row, journal = _describe_rows(admin, args.id)
-        return Group(Text("\n".join(invocation_summary(row))), journal_timeline(journal))
+        if journal is None:
+            note = f"(no journal: the admin API at {admin.url} has no POST /query; upgrade keystate there)"
+            return [Text("\n".join(invocation_summary(row))), Text(note)]
+        return [Text("\n".join(invocation_summary(row))), journal_timeline(journal)]
 
     return watch(render, args.watch)
 
@@ -263,6 +286,8 @@ def _action(args: argparse.Namespace) -> int:
     rows = admin.query(ids_sql(f, args.limit))
     out = console()
     out.print(rows_table(rows[:_PREVIEW], ["id", "target", "status"]))
+    if len(rows) > _PREVIEW:
+        out.print(f"… and {len(rows) - _PREVIEW} more", markup=False)
     more = f" (the oldest {len(rows)}; raise --limit for the rest)" if total > len(rows) else ""
     out.print(f"{total} invocation{'s' if total != 1 else ''} to {args.action}{more}", markup=False)
     if not confirm(f"{args.action} {len(rows)} invocation{'s' if len(rows) != 1 else ''}?", args.yes):

@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -25,9 +25,10 @@ from ._admin import (
     print_json,
     quote,
     run_group,
+    show,
 )
 
-__all__ = ["config_table", "main", "parse_duration", "service_table", "services_table"]
+__all__ = ["config_table", "main", "parse_duration", "patch_body", "service_table", "services_table"]
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"(\d+)(ms|min|s|m|h|d)")
@@ -87,7 +88,7 @@ def config_table(service: dict[str, Any]) -> Table:
     return table
 
 
-def service_table(service: dict[str, Any]) -> RenderableType:
+def service_table(service: dict[str, Any]) -> list[RenderableType]:
     """`services describe`: the service, its handlers and its settings."""
     head = Text(f"{service['name']}  {service['ty']}  deployment {service.get('deployment_id') or '-'}")
     handlers = Table(header_style="bold")
@@ -99,7 +100,7 @@ def service_table(service: dict[str, Any]) -> RenderableType:
             h["name"], h["ty"], h.get("input_content_type") or "application/json",
             h.get("output_content_type") or "application/json", "yes" if public else "no",
         )
-    return Group(head, handlers, config_table(service))
+    return [head, handlers, config_table(service)]
 
 
 def _get(args: argparse.Namespace) -> dict[str, Any]:
@@ -124,7 +125,7 @@ def _describe(args: argparse.Namespace) -> int:
     if args.json:
         print_json(service)
     else:
-        console().print(service_table(service))
+        show(service_table(service))
     return 0
 
 

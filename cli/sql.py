@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from rich.console import Group
+from rich.console import RenderableType
 from rich.text import Text
 
 from ._admin import add_admin_options, admin_from, add_watch_option, print_json, rows_table, run_group, watch
@@ -23,11 +23,11 @@ def _run(args: argparse.Namespace) -> int:
         print_json(admin.query(args.query))
         return 0
 
-    def render() -> Group:
+    def render() -> list[RenderableType]:
         rows = admin.query(args.query)
         if not rows:
-            return Group(Text("no rows"))
-        return Group(rows_table(rows), Text(f"{len(rows)} row{'s' if len(rows) != 1 else ''}"))
+            return [Text("no rows")]
+        return [rows_table(rows), Text(f"{len(rows)} row{'s' if len(rows) != 1 else ''}")]
 
     return watch(render, args.watch)
 
