@@ -112,28 +112,45 @@ def apply_edits(state: Mapping[str, bytes], sets: Sequence[str], removes: Sequen
     return result
 
 
+def _no_state_routes(admin: Admin, exc: AdminHttpError) -> CliError | AdminHttpError:
+    """A 404/405 from an admin without the state routes says so; other errors (unknown service...) stay."""
+    if exc.failure.status in (404, 405) and "unknown service" not in exc.failure.message:
+        return CliError(
+            f"the admin API at {admin.url} has no state routes (answered {exc.failure.status}: {exc.failure.message}); "
+            "it is older than state editing: upgrade keystate there"
+        )
+    return exc
+
+
 def _read(admin: Admin, service: str, key: str) -> tuple[str | None, dict[str, bytes]]:
-    _, answer = admin.call("GET", f"/services/{quote(service)}/state/{quote(key)}")
+    try:
+        _, answer = admin.call("GET", f"/services/{quote(service)}/state/{quote(key)}")
+    except AdminHttpError as exc:
+        raise _no_state_routes(admin, exc) from exc
     if not isinstance(answer, dict) or not isinstance(answer.get("state"), dict):
         raise CliError(f'the admin API at {admin.url} answered the state read without "state"; is --admin the admin port?')
     return answer.get("version"), _decode(answer["state"])
 
 
-def _write(admin: Admin, service: str, key: str, version: str | None, state: Mapping[str, bytes]) -> None:
+def _write(admin: Admin, service: str, key: str, version: str | None, state: Mapping[str, bytes]) -> str:
+    """Send the new state; what became of it (applied, or queued behind the key's running invocations)."""
     body = {
         "object_key": key,
         "version": version,
         "new_state": {k: base64.b64encode(v).decode() for k, v in state.items()},
     }
     try:
-        admin.call("POST", f"/services/{quote(service)}/state", body)
+        status, _ = admin.call("POST", f"/services/{quote(service)}/state", body)
     except AdminHttpError as exc:
         if exc.failure.status == 409:
             raise CliError(
                 f"the state of {service}/{key} changed since it was read, so the edit was refused "
                 f"({exc.failure.message}); run the command again to edit the current state"
             ) from exc
-        raise
+        raise _no_state_routes(admin, exc) from exc
+    if status == 202:
+        return "queued: it waits for the key's running invocations and is applied in their order"
+    return "applied"
 
 
 def _get(args: argparse.Namespace) -> int:
@@ -179,9 +196,8 @@ def _edit(args: argparse.Namespace) -> int:
     if after == before:
         print(f"no change to the state of {args.service}/{args.key}; nothing sent")
         return 0
-    _write(admin, args.service, args.key, version, after)
-    print(f"sent the new state of {args.service}/{args.key} ({len(after)} keys); it is applied in order with "
-          "the key's exclusive handlers")
+    outcome = _write(admin, args.service, args.key, version, after)
+    print(f"new state of {args.service}/{args.key} ({len(after)} keys): {outcome}")
     return 0
 
 
@@ -194,8 +210,8 @@ def _clear(args: argparse.Namespace) -> int:
     if not confirm(f"clear all {len(before)} state keys of {args.service}/{args.key}?", args.yes):
         print("nothing done")
         return 1
-    _write(admin, args.service, args.key, version, {})
-    print(f"sent the clearing of {args.service}/{args.key}; it is applied in order with the key's exclusive handlers")
+    outcome = _write(admin, args.service, args.key, version, {})
+    print(f"cleared the state of {args.service}/{args.key}: {outcome}")
     return 0
 
 
