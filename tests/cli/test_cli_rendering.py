@@ -150,3 +150,45 @@ def test_services_and_their_settings() -> None:
     assert row(listing, "Cart", "VirtualObject", "yes", "add, get", "dp_1")
     assert row(config, "journal retention", "1d") and row(config, "inactivity timeout", "1m30s")
     assert row(config, "abort timeout", "default") and row(config, "public", "yes")
+
+
+def test_config_patch_sends_restates_fields_and_checks_durations_first() -> None:
+    from keystate.cli.services import _parser, patch_body
+
+    args = _parser().parse_args(
+        ["config", "patch", "Cart", "--journal-retention", "1d", "--inactivity-timeout", "90s", "--public", "false"]
+    )
+    assert patch_body(args) == {"journal_retention": "1d", "inactivity_timeout": "90s", "public": False}
+    with pytest.raises(CliError, match="is not a duration"):
+        patch_body(_parser().parse_args(["config", "patch", "Cart", "--abort-timeout", "soon"]))
+    with pytest.raises(CliError, match="nothing to change: give one of --public"):
+        patch_body(_parser().parse_args(["config", "patch", "Cart"]))
+
+
+def test_a_bulk_action_without_an_id_a_target_or_a_filter_asks_for_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from keystate.cli import main
+
+    code = main(["invocations", "--admin", "http://127.0.0.1:1", "kill"])
+
+    assert code == 1
+    assert "name what to kill: an invocation id (inv_...), a target (svc, svc/handler, obj/key)" in capsys.readouterr().err
+
+
+def test_every_group_is_wired_into_the_keystate_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from keystate.cli import main
+
+    for group in ("invocations", "services", "state", "sql", "deployments"):
+        with pytest.raises(SystemExit) as exited:
+            main([group, "--help"])
+        assert exited.value.code == 0
+        assert f"usage: keystate {group}" in capsys.readouterr().out
+
+
+def test_an_unreachable_admin_names_its_url(capsys: pytest.CaptureFixture[str]) -> None:
+    from keystate.cli import main
+
+    code = main(["sql", "--admin", "http://127.0.0.1:1", "SELECT 1"])
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "keystate sql: cannot reach the admin API at http://127.0.0.1:1" in err and "--admin" in err
