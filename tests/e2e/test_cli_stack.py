@@ -47,6 +47,17 @@ def listed(stack: Stack, capsys: pytest.CaptureFixture[str], *argv: str) -> dict
     return {r["id"]: r for r in run_json(stack, capsys, "invocations", "list", *argv)}
 
 
+def described(stack: Stack, capsys: pytest.CaptureFixture[str], invocation_id: str) -> dict[str, Any] | None:
+    """`invocations describe ID --json`, or None while the read model does not have it yet."""
+    code, out, _ = run(stack, capsys, "invocations", "describe", invocation_id, "--json")
+    return json.loads(out) if code == 0 else None
+
+
+def stored(stack: Stack, capsys: pytest.CaptureFixture[str], service: str, key: str) -> dict[str, bytes]:
+    state = run_json(stack, capsys, "state", "get", service, key)["state"]
+    return {k: base64.b64decode(v) for k, v in state.items()}
+
+
 def test_a_workflow_an_object_and_a_failing_service_through_the_cli(
     running: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -65,21 +76,20 @@ def test_a_workflow_an_object_and_a_failing_service_through_the_cli(
     assert "boom" in run_json(running, capsys, "invocations", "describe", failing)["invocation"]["completion_failure"]
 
     # The workflow: its journal, in order, as the timeline shows it.
-    described = run_json(running, capsys, "invocations", "describe", wf_id)
-    assert described["invocation"]["status"] == "completed"
-    assert described["invocation"]["completion_result"] == "success"
-    assert described["invocation"]["target"] == "ShortFlow/cli-wf/short_run"
-    assert [e["entry_type"] for e in described["journal"]] == ["Input", "SetState", "Output"]
+    flow = _until(lambda: (d := described(running, capsys, wf_id)) and d["invocation"]["status"] == "completed" and d, stack=running)
+    assert flow["invocation"]["completion_result"] == "success"
+    assert flow["invocation"]["target"] == "ShortFlow/cli-wf/short_run"
+    assert [e["entry_type"] for e in flow["journal"]] == ["Input", "SetState", "Output"]
     code, out, _ = run(running, capsys, "invocations", "describe", wf_id)
     assert code == 0
     assert f"{wf_id}  ShortFlow/cli-wf/short_run  completed (success)" in out
     assert "journal (3 entries)" in out and "SetState" in out and "  completed: success" in out
 
     # The object: found by its obj/key prefix, and its state.
-    by_key = listed(running, capsys, "Mailbox/cli-box")
+    by_key = _until(lambda: (found := listed(running, capsys, "Mailbox/cli-box")).get(put_id) and found, stack=running)
     assert by_key[put_id]["target"] == "Mailbox/cli-box/put" and by_key[put_id]["status"] == "completed"
-    state = run_json(running, capsys, "state", "get", "Mailbox", "cli-box")
-    assert {k: base64.b64decode(v) for k, v in state["state"].items()} == {"value": b'"hello"'}
+    # The read model follows the changelog a moment behind the handler's answer.
+    _until(lambda: stored(running, capsys, "Mailbox", "cli-box") == {"value": b'"hello"'}, stack=running)
     code, out, _ = run(running, capsys, "state", "get", "Mailbox", "cli-box")
     assert code == 0 and '"hello"' in out
 
@@ -126,10 +136,13 @@ def test_state_edit_and_clear_reach_the_handlers(
     running: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert http("POST", f"{running.url}/Mailbox/cli-edit/put", "hello").status == 200
+    # Edits start from the state the read model has: wait until it has the put.
+    _until(lambda: stored(running, capsys, "Mailbox", "cli-edit") == {"value": b'"hello"'}, stack=running)
 
     code, out, err = run(running, capsys, "state", "edit", "Mailbox", "cli-edit", "--set", 'value="bye"')
     assert code == 0, err
     _until(lambda: http("POST", f"{running.url}/Mailbox/cli-edit/peek").json() == "bye", stack=running)
+    _until(lambda: stored(running, capsys, "Mailbox", "cli-edit") == {"value": b'"bye"'}, stack=running)
 
     # $EDITOR gets the state as JSON; what it saves is sent.
     editor = tmp_path / "editor.py"
@@ -144,6 +157,7 @@ def test_state_edit_and_clear_reach_the_handlers(
     code, out, err = run(running, capsys, "state", "edit", "Mailbox", "cli-edit")
     assert code == 0, err
     _until(lambda: http("POST", f"{running.url}/Mailbox/cli-edit/peek").json() == "from-editor", stack=running)
+    _until(lambda: stored(running, capsys, "Mailbox", "cli-edit") == {"value": b'"from-editor"'}, stack=running)
 
     code, out, err = run(running, capsys, "state", "clear", "Mailbox", "cli-edit", "--yes")
     assert code == 0, err
@@ -166,9 +180,35 @@ def test_services_and_single_invocation_actions(running: Stack, capsys: pytest.C
     assert code == 0, err
     assert f"cancel of {nap} requested" in out
     assert _attach(running, nap).status == 409
-    _until(
-        lambda: run_json(running, capsys, "invocations", "describe", nap)["invocation"]["status"] == "completed",
-        stack=running,
-    )
+    _until(lambda: ((described(running, capsys, nap) or {}).get("invocation") or {}).get("status") == "completed", stack=running)
     code, _, err = run(running, capsys, "invocations", "kill", nap)
     assert code == 1 and "has already completed" in err
+
+
+def test_pause_resume_restart_as_new_and_purge_through_the_cli(running: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    # pause / resume one sleeping invocation; it then finishes.
+    sleeping = _send(running, "Sleeper/nap", 1500)
+    _until(lambda: sleeping in listed(running, capsys, "Sleeper/nap", "--status", "suspended"), stack=running)
+    code, out, err = run(running, capsys, "invocations", "pause", sleeping)
+    assert code == 0 and f"pause of {sleeping} requested" in out, err
+    _until(lambda: sleeping in listed(running, capsys, "Sleeper", "--status", "paused"), stack=running)
+    code, out, err = run(running, capsys, "invocations", "resume", sleeping)
+    assert code == 0, err
+    assert _attach(running, sleeping).json() == 1500
+
+    # restart-as-new: the same target and input again, under a new id.
+    done = _send(running, "Sleeper/nap", 5)
+    assert _attach(running, done).json() == 5
+    _until(lambda: done in listed(running, capsys, "Sleeper/nap", "--status", "succeeded"), stack=running)
+    code, out, err = run(running, capsys, "invocations", "restart-as-new", done)
+    assert code == 0, err
+    new_id = out.split(" as ")[1].strip()
+    assert new_id.startswith("inv_") and new_id != done
+    assert _attach(running, new_id).json() == 5
+
+    # purge in bulk: every succeeded nap goes.
+    _until(lambda: {sleeping, done, new_id} <= set(listed(running, capsys, "Sleeper/nap", "--status", "succeeded")), stack=running)
+    code, out, err = run(running, capsys, "invocations", "purge", "Sleeper/nap", "--status", "succeeded", "--yes")
+    assert code == 0, err
+    assert "purged 3, failed 0" in out
+    _until(lambda: not {sleeping, done, new_id} & set(listed(running, capsys, "Sleeper")), stack=running)
