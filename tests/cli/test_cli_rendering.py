@@ -192,3 +192,25 @@ def test_an_unreachable_admin_names_its_url(capsys: pytest.CaptureFixture[str]) 
     assert code == 1
     err = capsys.readouterr().err
     assert "keystate sql: cannot reach the admin API at http://127.0.0.1:1" in err and "--admin" in err
+
+
+def test_watch_refreshes_until_ctrl_c_and_then_exits_cleanly() -> None:
+    import io
+
+    from rich.console import Console
+
+    from keystate.cli._admin import watch
+
+    calls: list[int] = []
+
+    def render() -> list[str]:
+        calls.append(len(calls))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return [f"refresh {len(calls)}"]
+
+    out = Console(file=io.StringIO(), width=80)
+
+    assert watch(render, 0.0, out) == 0
+    assert calls == [0, 1, 2]
+    assert "refresh" in out.file.getvalue()  # type: ignore[attr-defined]
