@@ -196,11 +196,13 @@ class Admin:
 
 
 def _failure(exc: urllib.error.HTTPError) -> HttpFailure:
-    raw = exc.read()
+    """The admin's `{"code", "message"}` error; anything else is not echoed (it may be some other server's page)."""
     try:
-        message = json.loads(raw).get("message") or raw.decode("utf-8", "replace")
-    except (ValueError, AttributeError):
-        message = raw.decode("utf-8", "replace") or str(exc.reason)
+        message = json.loads(exc.read()).get("message")
+    except (ValueError, AttributeError, OSError):
+        message = None
+    if not isinstance(message, str) or not message:
+        message = f"{exc.reason} (not the admin API's JSON error; is --admin the admin port, 9070?)"
     return HttpFailure(exc.code, message)
 
 

@@ -214,3 +214,25 @@ def test_watch_refreshes_until_ctrl_c_and_then_exits_cleanly() -> None:
     assert watch(render, 0.0, out) == 0
     assert calls == [0, 1, 2]
     assert "refresh" in out.file.getvalue()  # type: ignore[attr-defined]
+
+
+async def test_a_foreign_servers_error_page_is_not_echoed(capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from keystate.cli import main
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="<html>internal secret-ish page</html>")
+
+    app = web.Application()
+    app.router.add_get("/services", page)
+    async with TestServer(app, host="127.0.0.1") as server:
+        code = await asyncio.to_thread(main, ["services", "--admin", str(server.make_url("")), "list"])
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "answered 500: Internal Server Error (not the admin API's JSON error; is --admin the admin port" in err
+    assert "secret-ish" not in err
