@@ -1,8 +1,9 @@
-"""The `keystate` command line: local Kafka, topics, processors, ingress, deployments."""
+"""The `keystate` command line: local Kafka, topics, processors, ingress, and the admin API's groups."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -10,6 +11,16 @@ import sys
 __all__ = ["main"]
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+# The groups that talk to the admin API: name -> (module, help). Each module's main parses the rest.
+_ADMIN_GROUPS = {
+    "deployments": ("deployments", "register|list|describe|remove deployments via the admin API"),
+    "invocations": (
+        "invocations", "list|describe|cancel|kill|purge|pause|resume|restart-as-new invocations, one or in bulk"
+    ),
+    "services": ("services", "list|describe services, view or change their settings (config view|patch)"),
+    "state": ("state", "get|edit|clear the state of a virtual object or workflow"),
+    "sql": ("sql", "read-only SQL over sys_invocation, sys_journal, state, ... through the admin API"),
+}
 
 
 def _bootstrap(args: argparse.Namespace) -> str:
@@ -78,8 +89,8 @@ def _parser() -> argparse.ArgumentParser:
 
     add_identity_parser(sub)
     sub.add_parser("dev", help="start|stop the runtime on a local broker with the examples", add_help=False)
-    sub.add_parser("invocations", help="describe|cancel|kill|resume invocations via the admin API", add_help=False)
-    sub.add_parser("deployments", help="register|list|describe|remove deployments via the admin API", add_help=False)
+    for group, (_, help_text) in _ADMIN_GROUPS.items():
+        sub.add_parser(group, help=help_text, add_help=False)
     from .log_tail import add_parser as add_log_parser
 
     add_log_parser(sub, _bootstrap)
@@ -97,14 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         from . import dev
 
         return dev.main(argv[1:])
-    if argv[:1] == ["deployments"]:
-        from . import deployments
-
-        return deployments.main(argv[1:])
-    if argv[:1] == ["invocations"]:
-        from . import deployments
-
-        return deployments.invocations_main(argv[1:])
+    if argv[:1] and argv[0] in _ADMIN_GROUPS:
+        module = importlib.import_module(f".{_ADMIN_GROUPS[argv[0]][0]}", __name__)
+        return int(module.main(argv[1:]))
     args = _parser().parse_args(argv)
     return int(args.run(args))
 

@@ -160,6 +160,11 @@ def start() -> int:
     print(f"  curl -s {url}/restate/workflow/UserSignup/ann/attach")
     print(f"  curl -s {url}/Payments/pay {json_h} -d '{{\"card\": \"4242424242424242\", \"amount_cents\": 1250}}'")
     print(f"  curl -s {url}/Payments/memo -H 'content-type: text/plain' -d 'paid in full'")
+    print("then look inside:")
+    print("  keystate invocations list                 # -w to follow; --status, --service, --key, target prefixes")
+    print("  keystate invocations describe <inv_...>   # status and the journal as a timeline")
+    print("  keystate state get Counter alice")
+    print("  keystate sql \"SELECT status, count(*) AS n FROM sys_invocation GROUP BY status\"")
     return 0
 
 

@@ -21,6 +21,7 @@ from keystate.server.address_policy import AddressPolicy
 from keystate.server.errors import KafkaSettingsError, MetaError, ServerError
 from keystate.server.identity import load_identity
 from keystate.server.kafka import KafkaSettings
+from keystate.server.tracing import OTLP_ENDPOINT_ENV, SERVICE_NAME_ENV, TracingSetupError, configure_export
 
 from .kafka_flags import add_kafka_security_args, kafka_security
 
@@ -71,6 +72,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "and the admin the same one (default $KEYSTATE_IDENTITY_KEY_FILE, else <state dir>/identity.pem, "
         "generated at the first start)",
     )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        help="export OpenTelemetry traces over OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318 "
+        f"(/v1/traces is appended); needs pip install 'keystate[otel]' (default ${OTLP_ENDPOINT_ENV}; "
+        f"unset: no export; service name ${SERVICE_NAME_ENV} or keystate-<command>)",
+    )
     add_kafka_security_args(parser)
 
 
@@ -95,6 +103,13 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
                         help="wait this long to fill a batch (default %(default)s)")
     parser.add_argument("--retention", type=float, default=_default(ProcessorSettings, "completion_retention_ms") / 1000,
                         help="seconds a completed invocation stays answerable (default %(default)s)")
+    parser.add_argument(
+        "--ingress-results",
+        choices=("public", "private"),
+        default="public" if _default(ProcessorSettings, "publish_ingress_results") else "private",
+        help="results of HTTP calls also go to the public results topic (public), or only to the waiting "
+        "ingress's reply topic (private: one partition less per completing transaction) (default %(default)s)",
+    )
     parser.add_argument("--inactivity-timeout", type=float, default=_default(InvokerSettings, "inactivity_timeout_s"),
                         help="seconds without any message from a deployment before an attempt is retried (default %(default)s)")
     parser.add_argument("--abort-timeout", type=float, default=_default(InvokerSettings, "abort_timeout_s"),
@@ -112,6 +127,13 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
                         help="seconds between sweeps for invocations left without a live attempt (default %(default)s)")
     parser.add_argument("--store-cache-rows", type=int, default=_default(ProcessorSettings, "store_cache_rows"),
                         help="decoded rows kept in memory per partition (default %(default)s)")
+    parser.add_argument(
+        "--metrics-address",
+        default=os.environ.get("KEYSTATE_METRICS_ADDRESS"),
+        help="HOST:PORT of the processor's Prometheus GET /metrics (port 0: a free port, logged), or off "
+        "(default $KEYSTATE_METRICS_ADDRESS, else 127.0.0.1:(9170 + N) for a numeric --instance-id N and a free "
+        "port otherwise; `keystate runtime`: off, its admin API's /metrics serves the same process's metrics)",
+    )
     parser.add_argument("--store-block-cache-mb", type=int,
                         default=_default(ProcessorSettings, "store_block_cache_bytes") >> 20,
                         help="RocksDB block cache of the process, MiB (default %(default)s)")
@@ -123,6 +145,12 @@ def _ingress_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-host", help=f"address the admin API listens on (default {LOOPBACK})")
     parser.add_argument("--admin-port", type=int, default=9070, help="admin API port (default %(default)s)")
     parser.add_argument("--host", help="deprecated: sets both --ingress-host and --admin-host")
+    parser.add_argument(
+        "--ingress-id",
+        default=os.environ.get("KEYSTATE_INGRESS_ID", ""),
+        help="names this ingress's reply topic <prefix>replies.<id>; give each ingress its own, stable across "
+        "restarts (default $KEYSTATE_INGRESS_ID, else derived from the host name and the state directory)",
+    )
     parser.add_argument(
         "--ingress-token-file",
         type=Path,
@@ -198,8 +226,6 @@ def add_parsers(sub: Any, bootstrap: Callable[[argparse.Namespace], str]) -> Non
 
 
 def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: bool) -> int:
-    from keystate.processors.errors import ProcessorError
-
     try:
         args.max_payload_bytes = max_payload_bytes(args.max_payload_bytes)
         args.redact_headers = redact_headers(args.redact_headers)
@@ -210,13 +236,49 @@ def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: 
     except (PayloadLimitError, ContractError, KafkaSettingsError, MetaError) as exc:
         log.error("%s", exc)
         return 2
+    if processor:
+        from keystate.processors.metrics import default_metrics_address, parse_metrics_address
+
+        try:
+            if args.metrics_address is not None:
+                args.metrics_address = parse_metrics_address(args.metrics_address)
+            elif not ingress:  # a runtime's admin API serves the same registry at /metrics
+                args.metrics_address = default_metrics_address(args.instance_id)
+        except ServerError as exc:
+            log.error("%s", exc)
+            return 2
+    try:
+        tracer_provider = configure_export(args.otlp_endpoint, _service_name(processor=processor, ingress=ingress))
+    except TracingSetupError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        return _serve(args, bootstrap, processor=processor, ingress=ingress)
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # exports the spans still queued
+
+
+def _service_name(*, processor: bool, ingress: bool) -> str:
+    """The default OpenTelemetry service name of the command."""
+    return "keystate" if processor and ingress else "keystate-processor" if processor else "keystate-ingress"
+
+
+def _serve(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: bool) -> int:
+    from keystate.processors.errors import ProcessorError
+
     listen = None
     if ingress:
         from keystate.ingress.auth import AuthSetupError
 
+        from keystate.ingress.errors import IngressError
+        from keystate.ingress.runtime import check_ingress_id
+
         try:
             listen = ingress_listen(args)
-        except AuthSetupError as exc:
+            if args.ingress_id:
+                check_ingress_id(args.ingress_id)
+        except (AuthSetupError, IngressError) as exc:
             log.error("%s", exc)
             return 2
     try:
@@ -234,6 +296,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = []
+    metrics_server = None
     # One key for the process: the processor signs attempts with it, the admin discovery requests.
     identity = await asyncio.to_thread(load_identity, args.identity_key_file, args.state_dir)
     if not processor:  # a processor logs it as its invoker starts
@@ -254,6 +317,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             batch_max_records=args.batch_max_records,
             batch_linger_ms=args.batch_linger_ms,
             completion_retention_ms=int(args.retention * 1000),
+            publish_ingress_results=args.ingress_results == "public",
             watchdog_stall_s=args.watchdog_stall,
             sweep_interval_s=args.sweep_interval,
             state_dir=args.state_dir,
@@ -271,9 +335,13 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             ),
             redact_headers=args.redact_headers,
         )
+        if args.metrics_address is not None:
+            from keystate.processors.metrics import start_metrics_server
+
+            metrics_server = start_metrics_server(args.metrics_address)
         tasks.append(asyncio.create_task(Worker(settings).run(stop), name="processor"))
     if listen is not None:
-        from keystate.ingress.runtime import IngressSettings, run_ingress
+        from keystate.ingress.runtime import IngressSettings, default_state_dir, run_ingress
 
         ingress_settings = IngressSettings(
             bootstrap=bootstrap,
@@ -285,9 +353,10 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             identity=identity,
             kafka_security=args.kafka_security,
             deployment_allow=args.deployment_allow,
+            ingress_id=args.ingress_id,
+            # Given here, not replaced after: the default ingress id is derived from it.
+            state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
         )
-        if args.state_dir:
-            ingress_settings = dataclasses.replace(ingress_settings, state_dir=Path(args.state_dir))
         serve = run_ingress(
             ingress_settings,
             listen.ingress_host,
@@ -305,6 +374,8 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             task.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     stopper.cancel()
+    if metrics_server is not None:
+        metrics_server.stop()
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
             raise result

@@ -21,6 +21,7 @@ from .auth import ADMIN, auth_middlewares
 from .commands import produce_command
 from .errors import BadRequest, Conflict, NotFound, error_middleware
 from .http_limits import HTTP_LIMITS_KEY, limits_middleware
+from .metrics import InvocationCounts, add_metrics_route, http_metrics_middleware
 from .readmodel import InvocationSummary
 from .readmodel_store import decode_cursor, encode_cursor
 from .restate_paths import invocation_status
@@ -51,7 +52,8 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     """The admin application; `runtime` must be started before it serves requests."""
     authenticate = auth_middlewares(runtime.settings.admin_token, ADMIN, open_paths=_OPEN_PATHS)
     app = web.Application(
-        client_max_size=_MAX_REQUEST_BYTES, middlewares=[error_middleware, limits_middleware, *authenticate]
+        client_max_size=_MAX_REQUEST_BYTES,
+        middlewares=[http_metrics_middleware("admin"), error_middleware, limits_middleware, *authenticate],
     )
     app[RUNTIME_KEY] = runtime
     app[HTTP_LIMITS_KEY] = runtime.settings.http_limits
@@ -65,6 +67,7 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     app.router.add_patch("/invocations/{id}/{action}", _patch_invocation)
     app.router.add_get("/health", _health)
     app.router.add_get("/identity", _identity)
+    add_metrics_route(app, InvocationCounts(runtime.invocations.status_counts))
     add_schema_registry_routes(app, runtime.settings.topics)
     return app
 

@@ -18,8 +18,10 @@ from .readmodel import InvocationReadModel, InvocationSummary
 from .runtime import IngressRuntime
 
 __all__ = [
+    "HANDLER_KIND_NAMES",
     "PAUSE_COMMAND",
     "RUNTIME_KEY",
+    "SERVICE_TYPE_NAMES",
     "add_deployment_routes",
     "deployment_json",
     "flag",
@@ -43,15 +45,21 @@ def add_deployment_routes(app: web.Application) -> None:
     app.router.add_delete("/deployments/{id}", _delete_deployment)
 
 
+# The admin's JSON names types as Restate's admin API does; the records and discovery keep the manifest's.
+SERVICE_TYPE_NAMES = {"SERVICE": "Service", "VIRTUAL_OBJECT": "VirtualObject", "WORKFLOW": "Workflow"}
+HANDLER_KIND_NAMES = {"EXCLUSIVE": "Exclusive", "SHARED": "Shared", "WORKFLOW": "Workflow"}
+
+
 def service_json(service: dict[str, Any], deployment_id: str) -> dict[str, Any]:
+    """A service as the admin API shows it; `ty` is Service|VirtualObject|Workflow, a handler's Exclusive|Shared|Workflow."""
     return {
         "name": service["name"],
-        "ty": service["service_type"],
+        "ty": SERVICE_TYPE_NAMES.get(service["service_type"], service["service_type"]),
         "deployment_id": deployment_id,
         "handlers": [
             {
                 "name": h["name"],
-                "ty": h["kind"],
+                "ty": HANDLER_KIND_NAMES.get(h["kind"], h["kind"]),
                 "input_content_type": h.get("input_content_type"),
                 "output_content_type": h.get("output_content_type"),
                 "retry_policy": h.get("retry_policy"),

@@ -43,8 +43,10 @@ from .errors import (
     error_middleware,
 )
 from .http_limits import HTTP_LIMITS_KEY, limits_middleware
+from .metrics import add_metrics_route, http_metrics_middleware
 from .restate_paths import RUNTIME_KEY, restate_paths
 from .runtime import IngressRuntime
+from .tracing import invocation_headers, tracing_middlewares
 
 __all__ = ["RUNTIME_KEY", "ingress_app", "parse_delay"]
 
@@ -73,11 +75,18 @@ def ingress_app(runtime: IngressRuntime) -> web.Application:
     authenticate = auth_middlewares(runtime.settings.ingress_token, INGRESS)
     app = web.Application(
         client_max_size=runtime.settings.max_body_bytes,
-        middlewares=[error_middleware, limits_middleware, *authenticate],
+        middlewares=[
+            http_metrics_middleware("ingress"),
+            *tracing_middlewares(),
+            error_middleware,
+            limits_middleware,
+            *authenticate,
+        ],
     )
     app[RUNTIME_KEY] = runtime
     app[HTTP_LIMITS_KEY] = runtime.settings.http_limits
     app[MAX_BODY_KEY] = runtime.settings.max_body_bytes
+    add_metrics_route(app)  # before the catch-all: GET /metrics is never an invocation
     app.router.add_route("*", "/restate/{path:.*}", restate_paths)
     app.router.add_route("*", "/{path:.*}", _invoke)
     return app
@@ -277,6 +286,7 @@ async def _invoke(request: web.Request) -> web.Response:
     # Requests that may find an existing invocation ask for a reply saying which one.
     request_id = str(uuid.uuid4()) if idempotency_key is not None or workflow_run else None
     target_fields = target_record(target)
+    headers = invocation_headers(target_text, id_text, headers)
     command = {
         "invocation_id": id_text,
         "target": target_fields,

@@ -130,6 +130,11 @@ class InvocationReadModel:
     async def count(self) -> int:
         return await self._ask(lambda s: s.count())
 
+    def status_counts(self) -> list[tuple[str, str, int]]:
+        """Blocking, so off the loop (a metrics scrape): (service, status, invocations); none before the store opens."""
+        store = self._store
+        return [] if store is None else store.status_counts()
+
     # ---- the follower thread -------------------------------------------------------------------
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -268,6 +268,11 @@ class ReadModelStore:
         last = found[-1] if found else None
         return Page(found, total, (last.modified_at_ms, last.invocation_id) if more and last else None)
 
+    def status_counts(self) -> list[tuple[str, str, int]]:
+        """(service, status, invocations) of the whole model: the admin's keystate_invocations gauge."""
+        rows = self._query("SELECT service, status, COUNT(*) FROM invocations GROUP BY service, status", ())
+        return [(str(service), str(status), int(count)) for service, status, count in rows]
+
     def pinned_to(self, deployment_id: str) -> int:
         """How many invocations that have not completed run on `deployment_id`."""
         rows = self._query(

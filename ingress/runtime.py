@@ -35,6 +35,7 @@ __all__ = [
     "STATE_DIR_ENV",
     "IngressRuntime",
     "IngressSettings",
+    "check_ingress_id",
     "default_ingress_id",
     "default_state_dir",
     "run_ingress",
@@ -44,6 +45,16 @@ log = logging.getLogger(__name__)
 
 INGRESS_ID_ENV = "KEYSTATE_INGRESS_ID"
 _INGRESS_ID = re.compile(r"[a-zA-Z0-9_-]{1,100}")
+
+
+def check_ingress_id(ingress_id: str) -> str:
+    """`ingress_id` if it can name a reply topic; else IngressError saying what may be used."""
+    if not _INGRESS_ID.fullmatch(ingress_id):
+        raise IngressError(
+            f"ingress id {ingress_id[:60]!r} cannot name a topic: use 1 to 100 ASCII letters, digits, '_' "
+            f"or '-' (--ingress-id or ${INGRESS_ID_ENV})"
+        )
+    return ingress_id
 
 
 def default_ingress_id(state_dir: Path | None = None) -> str:
@@ -98,11 +109,7 @@ class IngressSettings:
         max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range
         if not self.ingress_id:
             object.__setattr__(self, "ingress_id", default_ingress_id(Path(self.state_dir)))
-        if not _INGRESS_ID.fullmatch(self.ingress_id):
-            raise IngressError(
-                f"ingress id {self.ingress_id[:60]!r} cannot name a topic: use 1 to 100 ASCII letters, digits, '_' "
-                f"or '-' ({INGRESS_ID_ENV})"
-            )
+        check_ingress_id(self.ingress_id)
 
     @property
     def reply_topic(self) -> str:

@@ -1,5 +1,7 @@
 """The executor of effects: after a commit, hands the batch's actions to the invoker and the timers.
 
+New attempts may come before their commit, gated on it (keystate.processors.early).
+
 Runs on the event loop. Effects queue in order and run in chunks of `chunk` per loop callback, so
 taking over a partition with thousands of timers never stalls the loop in one callback.
 """
@@ -13,6 +15,7 @@ from typing import Any, Protocol
 
 from keystate.schemas.ids import InvocationId
 
+from .early import FailGate, Gate, GatedInvoke, OpenGate
 from .state_machine import Invoke, NotifyCompletion, RegisterTimer, StopInvocation
 from .step import Effect
 
@@ -20,7 +23,9 @@ __all__ = ["EffectExecutor", "InvokerPort", "TimersPort"]
 
 
 class InvokerPort(Protocol):
-    def invoke(self, action: Invoke) -> None: ...
+    def invoke(self, action: Invoke, gate: Gate | None = None) -> None: ...
+
+    def abandon(self, gate: Gate) -> None: ...
 
     def notify(self, invocation_id: str, attempt_no: int, index: int, result: Any) -> None: ...
 
@@ -94,6 +99,13 @@ class EffectExecutor:
     def _run(self, partition: int, action: object) -> None:
         if isinstance(action, Invoke):
             self._invoker.invoke(action)
+        elif isinstance(action, GatedInvoke):
+            self._invoker.invoke(action.action, action.gate)
+        elif isinstance(action, OpenGate):
+            action.gate.open()
+        elif isinstance(action, FailGate):
+            action.gate.fail()
+            self._invoker.abandon(action.gate)
         elif isinstance(action, NotifyCompletion):
             self._invoker.notify(action.invocation_id, action.attempt, action.index, action.result)
         elif isinstance(action, StopInvocation):

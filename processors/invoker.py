@@ -31,6 +31,8 @@ from keystate.server.address_policy import AddressNotAllowed, AddressPolicy, Gua
 from keystate.server.identity import RequestIdentity, signing_middleware
 from keystate.server.kafka import AsyncProducer, KafkaUnavailable
 
+from . import metrics, tracing
+from .early import Gate
 from .invoker_slots import AttemptSlots
 from .invoker_stream import Attempt, AttemptError, AttemptStream, Oversized, Terminal, failure
 from .state_machine import Invoke
@@ -157,14 +159,16 @@ class Invoker:
         """Log partitions whose attempts wait while the queue is over its watermark. Safe from any thread."""
         return self._slots.backlog
 
-    def invoke(self, action: Invoke) -> None:
+    def invoke(self, action: Invoke, gate: Gate | None = None) -> None:
+        """Start `action`'s attempt; with `gate`, it writes nothing to the log before the gate opens."""
         old = self._live.get(action.invocation_id)
         if old is not None and old.action.attempt >= action.attempt:
             return
         if old is not None:
             self.stop(action.invocation_id)
-        attempt = Attempt(action, self._partition_of(action.invocation_id))
+        attempt = Attempt(action, self._partition_of(action.invocation_id), gate=gate)
         self._live[action.invocation_id] = attempt
+        metrics.attempt_started(action.target["service"], action.attempt)
         attempt.task = asyncio.create_task(self._run(attempt), name=f"attempt {action.invocation_id}#{action.attempt}")
 
     def notify(self, invocation_id: str, attempt_no: int, index: int, result: Any) -> None:
@@ -184,6 +188,12 @@ class Invoker:
         attempt = self._live.pop(invocation_id, None)
         if attempt is not None and attempt.task is not None and attempt.task is not asyncio.current_task():
             attempt.task.cancel()
+
+    def abandon(self, gate: Gate) -> None:
+        """The batch that started the attempts of `gate` did not commit: stop them before they write."""
+        for iid in [i for i, a in self._live.items() if a.gate is gate]:
+            log.info("invocation %s: its batch did not commit; the attempt started meanwhile is stopped", iid)
+            self.stop(iid)
 
     def stop_where(self, predicate: Callable[[str], bool]) -> list[asyncio.Task[None]]:
         """Stop the attempts of the matching invocations; their tasks (to wait for them to end)."""
@@ -215,6 +225,8 @@ class Invoker:
     # ---- one attempt ----------------------------------------------------------------------------
     async def _run(self, attempt: Attempt) -> None:
         action = attempt.action
+        attempt.trace = tracing.start_attempt(action)
+        terminal: Terminal | None = tracing.STOPPED
         try:
             terminal = await self._attempt(attempt)
             terminal = await self._settle_appends(attempt, terminal)
@@ -229,6 +241,7 @@ class Invoker:
                 action.attempt,
             )
         finally:
+            tracing.end_attempt(attempt.trace, action, terminal, attempt.output_appended)
             if self._live.get(action.invocation_id) is attempt:
                 del self._live[action.invocation_id]
             await self._close_ws(attempt)
@@ -310,6 +323,8 @@ class Invoker:
     async def _write_terminal(self, attempt: Attempt, terminal: Terminal) -> None:
         """Produce the attempt's terminal command, retrying with backoff while the attempt is current."""
         action = attempt.action
+        if attempt.gate is not None:
+            await attempt.gate.wait()
         delay = _TERMINAL_RETRY_INITIAL_S
         while self._current(attempt):
             try:
@@ -332,6 +347,7 @@ class Invoker:
         index = message["index"]
         entry = message["entry"]
         entry_type = entry["entry"][0]
+        journaled = tracing.entry_span(attempt.trace, index, entry)  # before the record: it may add headers
         command = self._record(
             action,
             _APPEND,
@@ -346,9 +362,13 @@ class Invoker:
                 f"of {limit:,} bytes (max_payload_bytes); keep large values outside keystate, or {SETTING_HINT}",
                 index,
             )
+        if attempt.gate is not None:
+            await attempt.gate.wait()  # started before its batch committed: see keystate.processors.early
         delivered = self._producer.produce(self._topic, command.value, **command.produce_kwargs())
         attempt.unsettled.add(delivered)
         delivered.add_done_callback(lambda f: self._appended(attempt, index, f))
+        if journaled is not None:
+            delivered.add_done_callback(journaled)
         if entry_type == _OUTPUT_ENTRY:
             attempt.output_appended = True
         if entry_type == _RUN_ENTRY and ws is not None:

@@ -15,10 +15,13 @@ from keystate.schemas._codec import codec
 from keystate.schemas.errors import ContractError
 from keystate.schemas.limits import truncate_text
 
+from . import metrics
+from .early import Gate
 from .state_machine import Invoke
 
 if TYPE_CHECKING:
     from .invoker import InvokerSettings
+    from .tracing import AttemptTrace
 
 __all__ = ["Attempt", "AttemptError", "AttemptStream", "Oversized", "Terminal", "failure"]
 
@@ -52,9 +55,10 @@ class Terminal:
 class Attempt:
     """What the invoker knows about one running (or queued) attempt."""
 
-    def __init__(self, action: Invoke, partition: int) -> None:
+    def __init__(self, action: Invoke, partition: int, gate: Gate | None = None) -> None:
         self.action = action
         self.partition = partition
+        self.gate = gate  # started before its batch committed: log writes wait for it (keystate.processors.early)
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.task: asyncio.Task[None] | None = None
         self.pending: list[bytes] = []  # completions that arrived before the socket opened
@@ -62,6 +66,7 @@ class Attempt:
         self.output_appended = False
         self.unsettled: set[asyncio.Future[Any]] = set()  # appends Kafka has not acknowledged yet
         self.append_failure: tuple[int, BaseException] | None = None  # the first append that failed
+        self.trace: AttemptTrace | None = None  # its spans, when tracing (processors.tracing)
 
 
 def failure(
@@ -83,6 +88,7 @@ def failure(
         "" if retryable else " for good",
         message,
     )
+    metrics.attempt_failed(action.target["service"], code)
     return Terminal(
         FAILED,
         {
@@ -133,7 +139,9 @@ class AttemptStream:
     async def _websocket(self, attempt: Attempt, url: str) -> Terminal | None:
         action = attempt.action
         try:
-            ws = await self._session.ws_connect(url, max_msg_size=self._settings.max_message_bytes, autoping=True)
+            ws = await self._session.ws_connect(
+                url, max_msg_size=self._settings.max_message_bytes, autoping=True, headers=_trace_headers(attempt)
+            )
         except aiohttp.WSServerHandshakeError as exc:
             raise AttemptError(
                 f"deployment refused the invocation at {url}: HTTP {exc.status} {exc.message}{self._hint(exc.status)}"
@@ -171,7 +179,7 @@ class AttemptStream:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self._settings.connect_timeout_s, sock_read=self._settings.abort_timeout_s
         )
-        headers = {"content-type": BATCH_CONTENT_TYPE}
+        headers = {"content-type": BATCH_CONTENT_TYPE, **(_trace_headers(attempt) or {})}
         # No redirects: each hop would carry a freshly signed request to wherever the deployment points.
         async with self._session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False) as resp:
             attempt.connected = True
@@ -245,6 +253,11 @@ class AttemptStream:
             )
             return next_index, True, failed
         raise AttemptError(f"protocol violation: unexpected {name} from the deployment")
+
+
+def _trace_headers(attempt: Attempt) -> dict[str, str] | None:
+    """The attempt span's `traceparent`, so the handler's own spans join the trace; None when not tracing."""
+    return attempt.trace.headers if attempt.trace is not None else None
 
 
 def _start_message(action: Invoke) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from keystate.schemas.ids import InvocationId, InvocationTarget, ServiceType, id
 from keystate.schemas.headers import DEFAULT_REDACT_HEADERS, strip_secrets
 from keystate.schemas.limits import MAX_DELAY_MS
 from keystate.server.meta import MetaState, handler_is_private
+from keystate.server.tracing import with_kafka_trace_headers
 
 from .records import KafkaHeaders
 
@@ -198,6 +199,8 @@ def route_request(
         }
         return Refused(iid, result, reply_topic)
     headers = strip_secrets(request.get("headers") or {}, redact, metadata.get("forward_headers", ()))
+    # A produced request joins its producer's trace, as an HTTP request does (keystate.server.tracing).
+    headers = with_kafka_trace_headers(headers, kafka_headers)
     record = {
         "invocation_id": str(iid),
         "target": target,

@@ -16,9 +16,12 @@ from .quarantine import Drop, Quarantine, Reject, verdict_for
 from .records import DeliveryFailure, InRecord, OutRecord
 from .step import BatchStep, StepResult
 
-__all__ = ["Transaction", "run_batch"]
+__all__ = ["Settle", "Transaction", "run_batch"]
 
 log = logging.getLogger(__name__)
+
+Settle = Callable[[bool], None]
+"""Told once whether the transaction of a batch's run committed."""
 
 
 class Transaction(Protocol):
@@ -47,11 +50,15 @@ def run_batch(
     now_ms: int,
     txn: Transaction,
     release: Callable[[StepResult], None] | None = None,
+    early: Callable[[StepResult], Settle | None] | None = None,
 ) -> tuple[StepResult, Quarantine]:
     """Apply and commit `records`; a record to blame is quarantined and the batch re-run without it.
 
     `release` gets the result as soon as its transaction committed, before the stores write it:
     its effects (attempts to start, replies) need only the commit, and the write is not on their path.
+    `early` gets each run's result before its transaction begins (to start what may run while it
+    commits, see keystate.processors.early); the `Settle` it returns hears whether that run committed
+    (True, before `release`) or not (False), exactly once.
     Raises `BatchFailed` when a failure cannot be blamed on one record (the session then rejoins).
     """
     quarantine: Quarantine = {}
@@ -69,15 +76,21 @@ def run_batch(
                 release(result)
             step.committed(result, {}, now_ms)
             return result, quarantine
-        txn.begin()
+        settle = early(result) if early is not None else None
         try:
+            txn.begin()
             failures = txn.produce(result.produced)
             if not failures:
                 failures = txn.commit(result.offsets)
         except BaseException:
-            # Whether it committed is unknown: the stores drop the batch and catch up from the changelog.
+            # Whether it committed is unknown: the stores drop the batch and catch up from the changelog
+            # (and the early attempts stop: if it did commit, the next owner or the sweep restarts them).
+            if settle is not None:
+                settle(False)
             step.discard(result.touched)
             raise
+        if settle is not None:
+            settle(not failures)
         if not failures:
             if release is not None:
                 release(result)

@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from keystate.server.errors import ServerError
 
+from . import metrics
 from .backpressure import PauseGate
 from .bounded import BoundedCaller
 from .errors import CallAbandoned, GroupMoved, InstanceFenced, ProcessorError, TransactionFailed
@@ -33,8 +34,9 @@ from .records import InRecord
 from .partition import PartitionProcessor
 from .restore import ChangelogInfo, RestoreReport, restore_store
 from .restorer import Restorer, StoreRegistry
+from .early import NO_PARTITION, FailGate, GatedInvoke, Gate, OpenGate, split_early
 from .linger import Linger
-from .runner import run_batch
+from .runner import Settle, run_batch
 from .state_machine import Config
 from .step import BatchStep, Effect, StepResult
 from .timer_window import TimerWindow
@@ -188,6 +190,7 @@ class Session:
                 self._refill_timers()
                 self._sweep()
                 self._backpressure(consumer)
+                metrics.sample_lag((consumer, router))
         finally:
             self._live_consumer = None
             self._live_router = None
@@ -380,6 +383,7 @@ class Session:
             self.hooks.submit_effects(timers)
             consumer.resume([TopicPartition(self.topics.log, partition)])
             self.stats.restores.append(outcome)
+            metrics.restored(outcome)
             log.info("%s, resuming %d invocations, %d timers", outcome.describe(), resumed, len(timers))
 
     def _refill_timers(self) -> None:
@@ -417,7 +421,7 @@ class Session:
         self.watchdog.work_seen()
         started, committing = time.perf_counter(), txn.commit_s
         try:
-            result, _ = run_batch(self.step, records, int(time.time() * 1000), txn, self._release)
+            result, _ = run_batch(self.step, records, int(time.time() * 1000), txn, self._release, self._start_early)
         except GroupMoved as exc:
             # A rebalance moved the group on mid-batch. Kafka Streams treats this as "task migrated"
             # and rejoins; here the session stays (a static member rejoining under the same id did
@@ -436,6 +440,17 @@ class Session:
         stats.apply_s += time.perf_counter() - started - (txn.commit_s - committing)
         stats.dead_lettered += result.dead_lettered
         stats.dropped_unowned += result.dropped_unowned
+        metrics.batch_committed(len(records), txn.commit_s - committing, result)
+
+    def _start_early(self, result: StepResult) -> Settle | None:
+        """Start the batch's new attempts now, their log writes gated on the commit (see keystate.processors.early)."""
+        early, rest = split_early(result.effects)
+        if not early:
+            return None
+        gate = Gate()
+        result.effects = rest  # `_release` must not start them again
+        self.hooks.submit_effects([(p, GatedInvoke(action, gate)) for p, action in early])
+        return lambda committed: self.hooks.submit_effects([(NO_PARTITION, OpenGate(gate) if committed else FailGate(gate))])
 
     def _release(self, result: StepResult) -> None:
         """The batch committed: its effects go to the event loop (before the stores write its rows)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from keystate.schemas._codec import Codec
 from keystate.schemas.headers import redact_headers
@@ -19,6 +20,7 @@ from keystate.server.commands import LogRecord, command_record
 from keystate.server.meta import MetaState
 
 from . import changelog
+from .metrics import BatchCounts
 from .partition import PartitionProcessor
 from .quarantine import Drop, Quarantine, Reject, SkipPublish
 from .records import PENDING_TOPIC, InRecord, Origin, OutKind, OutRecord
@@ -26,11 +28,14 @@ from .router import Invalid, Refused, TopicExists, route_request
 from .state_machine import Action, Publish, SendToPartition
 from .store import Checkpoint
 
+if TYPE_CHECKING:
+    from .early import GateAction
+
 __all__ = ["BatchStep", "Effect", "StepLookups", "StepResult", "StepSettings", "result_headers", "retry_command"]
 
 log = logging.getLogger(__name__)
 
-Effect = tuple[int, Action]
+Effect = tuple[int, "Action | GateAction"]
 """(log partition, action) to run after the commit."""
 
 # Room for a dead letter's own fields and headers next to the rejected value.
@@ -70,6 +75,8 @@ class StepResult:
     rows: dict[int, dict[bytes, int]] = field(default_factory=dict)
     dropped_unowned: int = 0
     dead_lettered: int = 0
+    # Completions and dead letters of this run, observed only if its transaction commits (a re-run counts anew).
+    counts: BatchCounts = field(default_factory=BatchCounts)
 
 
 class _Rerun(Exception):
@@ -178,14 +185,14 @@ class BatchStep:
         try:
             command = self.codec.decode(record.value)  # type: ignore[arg-type]
         except Exception as exc:  # any garbage: never retried, never wedging the partition
-            self._dead_letter(record, f"undecodable record in the log: {exc}", result)
+            self._dead_letter(record, f"undecodable record in the log: {exc}", result, cause="undecodable")
             return
         iid = command[1].get("invocation_id")
         if isinstance(verdict, Drop):
             log.error("dropping %s for invocation %s at %s: %s", command[0], iid, _where(record), verdict.reason)
             return
         if isinstance(verdict, Reject):
-            self._dead_letter(record, verdict.reason, result, iid)
+            self._dead_letter(record, verdict.reason, result, iid, cause="rejected")
             self._fail_invocation(proc, command[0], iid, verdict.reason, record.origin, result)
             return
         skip = verdict.topics if isinstance(verdict, SkipPublish) else frozenset()
@@ -195,6 +202,8 @@ class BatchStep:
         except Exception as exc:
             raise _Rerun(record.origin, f"applying {command[0]} for invocation {iid} raised {exc!r}") from exc
         for table, key, value in proc.drain():
+            if table == "status":
+                result.counts.status_written(value)
             row_key, row_value, headers = changelog.row_record(table, key, value)
             out = OutRecord(
                 OutKind.CHANGELOG,
@@ -258,7 +267,7 @@ class BatchStep:
             log.error("dropping request at %s: %s", _where(record), verdict.reason)
             return
         if isinstance(verdict, Reject):
-            self._dead_letter(record, verdict.reason, result)
+            self._dead_letter(record, verdict.reason, result, cause="rejected")
             return
         source = f"kafka:{record.topic}/{record.partition}/{record.offset}"
         try:
@@ -274,14 +283,14 @@ class BatchStep:
                 kafka_headers=record.headers,
             )
             if isinstance(routed, Invalid):
-                self._dead_letter(record, routed.reason, result)
+                self._dead_letter(record, routed.reason, result, cause="invalid")
                 return
             if isinstance(routed, Refused):
                 self._refuse(record, routed, result)
                 return
             out = command_record("keystate.InvokeCommand", routed.record, self.settings.log_partitions)
         except Exception as exc:  # a poison request must never stop the router
-            self._dead_letter(record, f"the request could not be routed: {exc}", result)
+            self._dead_letter(record, f"the request could not be routed: {exc}", result, cause="unroutable")
             return
         if len(out.key) + len(out.value) > self.settings.max_record_bytes:
             self._dead_letter(
@@ -289,6 +298,7 @@ class BatchStep:
                 f"the request makes an InvokeCommand of {len(out.value)} bytes, over the record size limit of "
                 f"{self.settings.max_record_bytes} bytes; send a smaller argument, or {SETTING_HINT}",
                 result,
+                cause="too_large",
             )
             return
         result.produced.append(self._command(out, record.origin))
@@ -309,8 +319,11 @@ class BatchStep:
         iid = invocation_id or out.invocation_id
         return OutRecord(OutKind.COMMAND, self.settings.topics.log, out.partition, out.key, out.value, out.headers, origin, iid)
 
-    def _dead_letter(self, record: InRecord, reason: str, result: StepResult, invocation_id: object = None) -> None:
-        """Write the record to the DLQ with the reason; the consumed offset moves past it."""
+    def _dead_letter(
+        self, record: InRecord, reason: str, result: StepResult, invocation_id: object = None, *, cause: str
+    ) -> None:
+        """Write the record to the DLQ with the reason (`cause`: its class, a metrics label); the offset moves past it."""
+        result.counts.dead_lettered("requests" if record.topic == self.settings.topics.requests else "log", cause)
         log.warning("dead-lettering %s (invocation %s): %s", _where(record), invocation_id, reason)
         value = record.value
         room = self.settings.max_record_bytes - _LETTER_OVERHEAD - len(record.key or b"") - len(reason.encode())

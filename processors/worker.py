@@ -29,6 +29,7 @@ from keystate.server.kafka import AsyncProducer, KafkaSettings, kafka_error
 from keystate.server.meta import MetaView
 from keystate.server.state_dir import default_state_dir
 
+from . import metrics
 from .effects import EffectExecutor
 from .errors import LoopStuck
 from .invoker import Invoker, InvokerSettings
@@ -70,6 +71,9 @@ class ProcessorSettings:
     session_timeout_ms: int = 10_000
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     completion_retention_ms: int = 24 * 3600 * 1000
+    # Results of HTTP calls also go to keystate.results; False: only to the waiting ingress's reply
+    # topic, one partition less in the completing transaction (see Config.publish_ingress_results).
+    publish_ingress_results: bool = True
     invoker: InvokerSettings = field(default_factory=InvokerSettings)
     # Largest record the processor writes (key + value + headers); None: derived from the payload
     # limit (`kafka.max_payload_bytes` + envelope headroom, see keystate.schemas.limits). A row or
@@ -177,11 +181,16 @@ class Worker:
         self.log_partitions = self._producer.partitions(self.topics.log)
         self.invoker = Invoker(self._producer, self.topics.log, self.log_partitions, self._resolve_uri, self.settings.invoker)
         await self.invoker.start()
+        invoker = self.invoker
+        metrics.watch_invoker(
+            lambda: invoker.live() - invoker.queued(), invoker.queued, self.settings.invoker.max_concurrent_attempts_per_deployment
+        )
         self.timers = TimerService(self._producer, self.topics.log, partitions=self.log_partitions)
         self.executor = EffectExecutor(self.invoker, self.timers, self.log_partitions)
         config = Config(
             retry_policy=self.settings.retry_policy,
             completion_retention_ms=self.settings.completion_retention_ms,
+            publish_ingress_results=self.settings.publish_ingress_results,
             deployment_for=self._deployment_for,
             deployment_removed=lambda deployment_id: deployment_id in self.meta.state.removed,
             service_retry_policy=self._retry_policy_for,

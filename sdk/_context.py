@@ -22,6 +22,7 @@ from keystate.schemas.ids import HandlerKind, InvocationTarget, ServiceType
 from ._machine import Failure, Machine, Result, Value
 from ._run import RunOptions, StepRetry
 from ._service import Handler, handler_of
+from ._tracing import handler_context, run_span
 from .errors import AttemptEnded, RetryableError, Suspended, TerminalError
 from .serde import Serde, serde_for
 
@@ -187,7 +188,9 @@ class InvocationCore:
             if future is not None and not future.done() and result is not None:
                 future.set_result(result)
         if self.machine.ready and self.handler_task is None and not self.machine.closed:
-            self.handler_task = self._loop.create_task(self._run_handler())
+            # In the attempt's trace (see _tracing), so the handler's own spans join it.
+            context = handler_context(self.machine.start.headers if self.machine.start else None)
+            self.handler_task = self._loop.create_task(self._run_handler(), context=context)
         self.changed()
 
     def abort(self) -> None:
@@ -361,13 +364,14 @@ class InvocationCore:
         machine = self.machine
         try:
             try:
-                if inspect.iscoroutinefunction(action):
-                    value = await action(*args, **kwargs)
-                else:
-                    # Sync steps run in a thread: a slow call must not stall the other invocations.
-                    value = await asyncio.to_thread(action, *args, **kwargs)
-                    if inspect.isawaitable(value):  # e.g. a lambda returning a coroutine
-                        value = await value
+                with run_span(name, index):
+                    if inspect.iscoroutinefunction(action):
+                        value = await action(*args, **kwargs)
+                    else:
+                        # Sync steps run in a thread: a slow call must not stall the other invocations.
+                        value = await asyncio.to_thread(action, *args, **kwargs)
+                        if inspect.isawaitable(value):  # e.g. a lambda returning a coroutine
+                            value = await value
                 result: Result = Value(serde.serialize(value))
             except TerminalError as exc:
                 result = Failure(exc.status_code, exc.message)

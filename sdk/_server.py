@@ -17,6 +17,7 @@ from ._context import InvocationCore
 from ._identity import IdentityVerifier, identity_middleware
 from ._machine import COMPLETION, ENTRY, START, Machine, Message, target_from_avro
 from ._service import AnyService, Handler, InvocationRetryPolicy
+from ._tracing import attempt_context
 from .errors import ProtocolError
 
 __all__ = ["BATCH_CONTENT_TYPE", "PROTOCOL_VERSION", "TRANSPORTS", "app", "manifest", "serve"]
@@ -171,7 +172,8 @@ def app(
         ws = web.WebSocketResponse(max_msg_size=max_message_bytes)
         await ws.prepare(request)
         try:
-            await _Attempt(ws, handler, the_codec, suspend_seconds, heartbeat_interval.total_seconds()).run()
+            with attempt_context(request.headers):  # the handler's spans join the attempt's trace
+                await _Attempt(ws, handler, the_codec, suspend_seconds, heartbeat_interval.total_seconds()).run()
         except Exception:  # never let one attempt take the server down
             log.exception("attempt of %s failed inside the SDK", handler.qualified)
             if not ws.closed:
@@ -191,7 +193,8 @@ def app(
         except _BadBatch as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
         try:
-            out = await _run_batch(messages, handler)
+            with attempt_context(request.headers):
+                out = await _run_batch(messages, handler)
         except _BadBatch as exc:
             log.warning("rejected a batch for %s: %s", handler.qualified, exc)
             raise web.HTTPBadRequest(text=str(exc)) from None

@@ -30,12 +30,12 @@ async def test_register_then_services_and_deployments_show_it(admin: TestClient,
     by_name = {s["name"]: s for s in services}
     assert by_name["Counter"] == {
         "name": "Counter",
-        "ty": "VIRTUAL_OBJECT",
+        "ty": "VirtualObject",
         "deployment_id": created["id"],
         "handlers": [
-            {"name": "add", "ty": "EXCLUSIVE", "input_content_type": None, "output_content_type": None, "retry_policy": None,
+            {"name": "add", "ty": "Exclusive", "input_content_type": None, "output_content_type": None, "retry_policy": None,
              "ingress_private": False},
-            {"name": "get", "ty": "SHARED", "input_content_type": None, "output_content_type": None, "retry_policy": None,
+            {"name": "get", "ty": "Shared", "input_content_type": None, "output_content_type": None, "retry_policy": None,
              "ingress_private": False},
         ],
         "retry_policy": None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import socket
 from collections.abc import AsyncIterator
 
@@ -76,7 +77,8 @@ async def test_cli_registers_with_the_token_and_callers_need_the_ingress_token(
     monkeypatch.setenv("KEYSTATE_ADMIN_TOKEN", ADMIN_SECRET)
     registered = await asyncio.to_thread(deployments_main, ["--admin", admin_url, "register", deployment.uri])
     assert registered == 0
-    assert "Greeter (SERVICE): greet, upload" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert re.search(r"│\s*Greeter\s*│\s*Service\s*│\s*greet\s*│", out) and re.search(r"│\s*upload\s*│", out)
 
     send = f"{ingress_url}/Greeter/greet/send"
     async with aiohttp.ClientSession() as http:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from aiohttp import web
@@ -53,9 +54,16 @@ async def test_register_prints_the_id_and_services(
     assert "already registered deployment:" in out
     deployment_id = first.split()[0]
     assert deployment_id.startswith("dp_") and second.split()[0] == deployment_id
-    assert "  Greeter (SERVICE): greet, upload" in first
-    assert "  Counter (VIRTUAL_OBJECT): add, get" in first
-    assert f"{deployment_id}  {deployment.uri}" in listing
+    # The handlers table: service, its type and each handler's kind as Restate's admin names them.
+    assert _row(first, "Greeter", "Service", "greet", "Exclusive") and _row(first, "Greeter", "Service", "upload", "Exclusive")
+    assert _row(first, "Counter", "VirtualObject", "add", "Exclusive") and _row(first, "Counter", "VirtualObject", "get", "Shared")
+    assert _row(listing, deployment_id, deployment.uri, "active", "Greeter (Service), Counter (VirtualObject)")
+
+
+def _row(text: str, *cells: str) -> bool:
+    """True if one line of a rich table holds `cells` as consecutive columns."""
+    pattern = r"\s*│\s*".join(re.escape(c) for c in cells)
+    return any(re.search(pattern, line) for line in text.splitlines())
 
 
 @pytest.mark.integration
@@ -72,7 +80,7 @@ async def test_describe_and_remove_a_deployment(
     out = capsys.readouterr().out
     assert described == 0
     assert f"{dp}  {deployment.uri}" in out and "transports: websocket" in out
-    assert "Cli/run_it: EXCLUSIVE, application/json -> application/json" in out
+    assert _row(out, "Cli", "Service", "run_it", "Exclusive", "application/json", "application/json", "yes")
 
     removed = await asyncio.to_thread(main, ["remove", dp, "--force", "--admin", admin_url])
     assert removed == 0 and f"removed deployment {dp}" in capsys.readouterr().out

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
+from keystate.processors.early import split_early
 from keystate.processors.errors import BatchFailed
 from keystate.processors.runner import run_batch
-from keystate.processors.state_machine import Invoke
+from keystate.processors.state_machine import Invoke, NotifyCompletion, StopInvocation
 from keystate.processors.step import StepResult
 from keystate.schemas.ids import InvocationId
 
@@ -49,3 +50,75 @@ def test_nothing_is_released_when_the_transaction_fails() -> None:
     with pytest.raises(BatchFailed):
         run_batch(d.step, [record], d.now_ms, d.txn, released.append)
     assert released == []
+
+
+# ---- attempts started while the batch commits (keystate.processors.early) ----------------------
+
+
+class _Early:
+    """Records what run_batch tells the `early` hook and its settle, in order with `release`."""
+
+    def __init__(self, d: Any) -> None:
+        self.d = d
+        self.events: list[tuple[str, Any]] = []
+
+    def early(self, result: StepResult) -> Any:
+        self.events.append(("early", self.d.txn.begun))
+
+        def settle(committed: bool) -> None:
+            self.events.append(("settle", committed))
+
+        return settle
+
+    def release(self, result: StepResult) -> None:
+        self.events.append(("release", None))
+
+
+def test_early_work_starts_before_the_transaction_and_hears_of_the_commit_before_release() -> None:
+    d = driver()
+    _, record = _invoke(d)
+    hooks = _Early(d)
+
+    run_batch(d.step, [record], d.now_ms, d.txn, hooks.release, hooks.early)
+
+    assert hooks.events == [("early", 0), ("settle", True), ("release", None)]
+
+
+def test_early_work_hears_of_a_failed_transaction_and_nothing_is_released() -> None:
+    d = driver()
+    d.fail_records(error="Broker: Not coordinator", record_fault=False, times=1)
+    _, record = _invoke(d)
+    hooks = _Early(d)
+
+    with pytest.raises(BatchFailed):
+        run_batch(d.step, [record], d.now_ms, d.txn, hooks.release, hooks.early)
+
+    assert hooks.events == [("early", 0), ("settle", False)]
+
+
+def test_a_re_run_without_a_blamed_record_settles_each_run_once() -> None:
+    d = driver()
+    _, good = _invoke(d)
+    name, bad_record = invoke(service_target(), argument=b"bad")
+    bad = d.command(name, bad_record)
+    # The first run's transaction refuses the result row of `bad`: it is isolated and the batch re-run.
+    d.fail_records(predicate=lambda r: r.invocation_id == bad_record["invocation_id"], times=1)
+    hooks = _Early(d)
+
+    run_batch(d.step, [good, bad], d.now_ms, d.txn, hooks.release, hooks.early)
+
+    assert [e for e in hooks.events if e[0] != "early"] == [("settle", False), ("settle", True), ("release", None)]
+    assert [e[0] for e in hooks.events].count("early") == 2
+
+
+def test_only_invokes_no_other_effect_of_the_batch_concerns_start_early() -> None:
+    target = {"service": "Greeter", "handler": "greet", "key": None}
+    alone = Invoke("inv_a", 1, target, [], None, None, 0, 1, 0)
+    restarted = Invoke("inv_b", 2, target, [], None, None, 0, 1, 0)
+    stop_b = StopInvocation("inv_b")
+    notify_c = NotifyCompletion("inv_c", 1, 3, {"value": b"x"})
+
+    early, rest = split_early([(0, stop_b), (1, alone), (0, restarted), (2, notify_c)])
+
+    assert early == [(1, alone)]
+    assert rest == [(0, stop_b), (0, restarted), (2, notify_c)]
