@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Debian's chromium for the web UI's browser test (tests/ingress/test_ui_browser.py); idempotent.
+# Installs Debian's chromium for the web UI's browser test (tests/e2e/test_ui_browser.py); idempotent.
 # Skips when /usr/bin/chromium exists. Never fails the caller: without a browser the test skips and says why.
 set -uo pipefail
 if [ -x /usr/bin/chromium ]; then
