@@ -95,6 +95,10 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
                         help="wait this long to fill a batch (default %(default)s)")
     parser.add_argument("--retention", type=float, default=_default(ProcessorSettings, "completion_retention_ms") / 1000,
                         help="seconds a completed invocation stays answerable (default %(default)s)")
+    parser.add_argument("--journal-retention", type=float,
+                        default=_default(ProcessorSettings, "journal_retention_ms") / 1000,
+                        help="seconds a completed invocation's journal stays readable; 0 deletes it at completion "
+                        "(default %(default)s)")
     parser.add_argument("--inactivity-timeout", type=float, default=_default(InvokerSettings, "inactivity_timeout_s"),
                         help="seconds without any message from a deployment before an attempt is retried (default %(default)s)")
     parser.add_argument("--abort-timeout", type=float, default=_default(InvokerSettings, "abort_timeout_s"),
@@ -254,6 +258,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             batch_max_records=args.batch_max_records,
             batch_linger_ms=args.batch_linger_ms,
             completion_retention_ms=int(args.retention * 1000),
+            journal_retention_ms=int(args.journal_retention * 1000),
             watchdog_stall_s=args.watchdog_stall,
             sweep_interval_s=args.sweep_interval,
             state_dir=args.state_dir,

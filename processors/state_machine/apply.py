@@ -51,7 +51,7 @@ def _on_timer_fired(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, 
         if status is not None and status.status is InvocationState.SCHEDULED:
             lifecycle.do_admit(tables, status, now, cfg, out)
     elif kind == TimerKind.PURGE:
-        lifecycle.on_purge(tables, iid)
+        lifecycle.on_purge(tables, iid, journal_only=cmd.get("entry_index") == lifecycle.JOURNAL_ONLY)
 
 
 def _on_query(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:

@@ -55,6 +55,11 @@ CONFIGS = [
         retry_policy=RetryPolicy(initial_interval_ms=100, max_attempts=2, on_max_attempts="PAUSE"),
         completion_retention_ms=2_000,
     )
+] + [
+    # Journals kept after completion: as long as the status, shorter (a journal-only purge), longer.
+    Config(retry_policy=RetryPolicy(initial_interval_ms=100, max_attempts=2, on_max_attempts=on_max),
+           completion_retention_ms=status, journal_retention_ms=journal)
+    for status, journal, on_max in ((2_000, 2_000, "FAIL"), (2_000, 500, "PAUSE"), (0, 1_000, "PAUSE"))
 ]
 
 PROPERTY_SETTINGS = settings(max_examples=int(os.environ.get("KEYSTATE_PROPERTY_EXAMPLES", "200")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
