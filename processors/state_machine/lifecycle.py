@@ -9,7 +9,7 @@ from keystate.schemas.enums import CompletionStatus, InvocationState, OnMaxAttem
 from keystate.schemas.ids import InvocationId, InvocationIdStr, PartitionKey, positive_hash
 from keystate.schemas.records import CallerRef, Correlation, Failure, InvocationStatus, Result, StateValue, Target
 
-from . import idempotency, inbox, timers
+from . import idempotency, inbox, state_edit, timers
 from .actions import Action, Invoke, Publish, StopInvocation
 from .model import VALUE, Config, failure, is_completed
 from .rows import get_journal, get_status, put_journal, put_status
@@ -26,6 +26,7 @@ __all__ = [
     "on_pause",
     "on_resume",
     "do_purge",
+    "do_release_key",
     "on_purge",
     "on_resume_paused",
     "on_suspend",
@@ -313,11 +314,24 @@ def do_complete(
     else:
         do_purge(tables, completed)
     if target.exclusive:
-        next_id = inbox.do_release(tables, *target.object_key(), iid)
-        if next_id is not None:
-            waiting = get_status(tables, next_id)
-            if waiting is not None:
-                do_start_attempt(tables, waiting, now, cfg, out)
+        do_release_key(tables, *target.object_key(), iid, now, cfg, out)
+
+
+def do_release_key(
+    tables: Tables, service: str, key: str, holder: str, now: int, cfg: Config, out: list[Action]
+) -> None:
+    """Free the key `holder` locked: apply the state edits next in its inbox, then start the next invocation."""
+    while True:
+        item = inbox.do_release(tables, service, key, holder)
+        if item is None:
+            return
+        if item.state_edit is None:
+            break
+        state_edit.do_apply(tables, item.state_edit, out)
+        holder = item.invocation_id
+    waiting = get_status(tables, item.invocation_id)
+    if waiting is not None:
+        do_start_attempt(tables, waiting, now, cfg, out)
 
 
 def _public(status: InvocationStatus, cfg: Config) -> bool:
