@@ -6,7 +6,7 @@ from typing import Any
 
 from keystate.schemas.enums import InvocationState, TimerKind
 
-from . import cancellation, completion, idempotency, journal, lifecycle, promises, state_edit, timers
+from . import cancellation, completion, idempotency, journal, lifecycle, promises, restart, state_edit, timers
 from .actions import Action
 from .model import Config, value
 from .rows import get_status
@@ -93,4 +93,5 @@ _HANDLERS = {
     "keystate.PurgeCommand": _on_purge,
     "keystate.QueryOutputCommand": _on_query,
     "keystate.SetStateCommand": state_edit.on_set_state,
+    "keystate.RestartAsNewCommand": restart.on_restart_as_new,
 }

@@ -23,6 +23,7 @@ from keystate.processors.state_machine import (
     apply,
 )
 from keystate.processors.state_machine.model import is_exclusive
+from keystate.schemas.ids import InvocationId, PartitionKey
 from keystate.schemas.state import state_version
 
 from . import builders as b
@@ -88,6 +89,7 @@ ops = st.lists(
         st.tuples(st.sampled_from(["cancel", "cancel", "kill"]), slot),
         st.tuples(st.sampled_from(["resume", "purge", "query"]), slot, st.integers(0, 2)),
         st.tuples(st.just("edit"), slot, st.integers(0, 2)),
+        st.tuples(st.just("restart"), slot, st.integers(0, 4)),
     ),
     max_size=40,
 )
@@ -168,6 +170,7 @@ class Driver:
         "resume": {"PAUSED"},
         "purge": {"COMPLETED"},
         "query": {"INVOKED", "COMPLETED"},
+        "restart": {"COMPLETED", "PAUSED"},
     }
 
     def _pick(self, kind: str, n: int) -> str:
@@ -238,6 +241,14 @@ class Driver:
             self.apply(b.resume(iid))
         elif kind == "purge":
             self.apply(b.purge(iid))
+        elif kind == "restart":
+            self.next_id += 1
+            pk = InvocationId.parse(iid).partition_key
+            fresh = str(InvocationId.new(PartitionKey(pk), random=self.next_id.to_bytes(15, "big")))
+            self._learn(fresh, self.targets[iid])
+            record = {"invocation_id": iid, "new_invocation_id": fresh, "from_index": op[2], "deployment_id": None,
+                      "request_id": f"r{self.next_id}", "reply_topic": "admin.replies"}
+            self.apply(("keystate.RestartAsNewCommand", record))
         elif kind == "edit":
             self.apply(self._edit(op[1], op[2]))
         elif kind == "query":
@@ -415,15 +426,17 @@ def test_the_generator_reaches_the_interesting_states():
             name, record = driver.commands[-1][0] if driver.commands else ("", {})
             if name == "keystate.InvokeCommand" and driver.tables.status.get((record["invocation_id"],)) is None:
                 events.add("deduplicated")
+            if name == "keystate.RestartAsNewCommand" and driver.tables.status.get((record["new_invocation_id"],)):
+                events.add("restarted as new")
     assert seen == {"SCHEDULED", "INBOXED", "INVOKED", "SUSPENDED", "BACKING_OFF", "COMPLETED", "PAUSED"}
     assert endings >= {"SUCCEEDED", "FAILED", "CANCELLED", "KILLED"}
-    assert events == {"attached caller", "cancel pending", "deduplicated", "state edit waiting"}
+    assert events == {"attached caller", "cancel pending", "deduplicated", "state edit waiting", "restarted as new"}
 
 
 def random_op(rnd: random.Random) -> tuple[Any, ...]:
     kind = rnd.choice(
         ["invoke", *["append"] * 4, "suspend", "fail", "complete", "deliver", "fire", "invoke_idem", "cancel", "kill"]
-        + ["resume", "purge", "query", "edit"]
+        + ["resume", "purge", "query", "edit", "restart"]
     )
     n = rnd.randrange(30)
     if kind == "invoke":
@@ -432,7 +445,7 @@ def random_op(rnd: random.Random) -> tuple[Any, ...]:
         return (kind, n, rnd.choice(IDEMPOTENCY_KEYS), rnd.random() < 0.5)
     if kind in ("cancel", "kill"):
         return (kind, n)
-    if kind in ("resume", "purge", "query", "edit"):
+    if kind in ("resume", "purge", "query", "edit", "restart"):
         return (kind, n, rnd.randrange(3))
     if kind == "append":
         return (kind, n, rnd.choice(ENTRY_KINDS), rnd.choice(VARIANTS))
