@@ -108,7 +108,12 @@ def _restartable(
     copied = [rows[0]]
     for index in range(1, max(1, from_index)):
         record = rows.get(index)
-        if record is None or record.name == "keystate.OutputEntry":
+        if record is not None and record.name == "keystate.OutputEntry":
+            raise _Refused(
+                400, f"journal entry {index} is the output of invocation {old_id}, which is not copied; "
+                f"restart from {index} or earlier",
+            )
+        if record is None:
             raise _Refused(
                 400,
                 f"invocation {old_id} has no journal entry {index} to copy (its journal ends before); "
