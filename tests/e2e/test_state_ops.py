@@ -167,6 +167,8 @@ def test_state_routes_refuse_services_and_unknown_names(ops: Stack) -> None:
 
 def test_pause_through_the_admin_parks_a_running_invocation(ops: Stack, tmp_path: Path) -> None:
     holder = send(ops, "Register/p/append", "hold")  # on the log before the pause: same partition, acked first
+    running = http("PATCH", f"{ops.admin_url}/invocations/{holder}/restart-as-new")
+    assert running.status == 409 and b"only completed or paused" in running.body, running.body
 
     assert http("PATCH", f"{ops.admin_url}/invocations/{holder}/pause").status == 202
 
@@ -175,3 +177,7 @@ def test_pause_through_the_admin_parks_a_running_invocation(ops: Stack, tmp_path
         return resp.status == 200 and resp.json()["status"] == "PAUSED"
 
     assert eventually(paused)
+    restarted = http("PATCH", f"{ops.admin_url}/invocations/{holder}/restart-as-new?from=1")
+    assert restarted.status == 200, restarted.body
+    new_id = restarted.json()["new_invocation_id"]
+    assert new_id != holder and new_id[:12] == holder[:12]  # same partition key: created by the same partition
