@@ -110,6 +110,10 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
         help="results of HTTP calls also go to the public results topic (public), or only to the waiting "
         "ingress's reply topic (private: one partition less per completing transaction) (default %(default)s)",
     )
+    parser.add_argument("--journal-retention", type=float,
+                        default=_default(ProcessorSettings, "journal_retention_ms") / 1000,
+                        help="seconds a completed invocation's journal stays readable; 0 deletes it at completion "
+                        "(default %(default)s)")
     parser.add_argument("--inactivity-timeout", type=float, default=_default(InvokerSettings, "inactivity_timeout_s"),
                         help="seconds without any message from a deployment before an attempt is retried (default %(default)s)")
     parser.add_argument("--abort-timeout", type=float, default=_default(InvokerSettings, "abort_timeout_s"),
@@ -318,6 +322,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             batch_linger_ms=args.batch_linger_ms,
             completion_retention_ms=int(args.retention * 1000),
             publish_ingress_results=args.ingress_results == "public",
+            journal_retention_ms=int(args.journal_retention * 1000),
             watchdog_stall_s=args.watchdog_stall,
             sweep_interval_s=args.sweep_interval,
             state_dir=args.state_dir,

@@ -17,6 +17,8 @@ from .admin_deployments import (
     resume_deployment,
     service_json,
 )
+from .admin_restart import add_restart_routes
+from .admin_state import add_state_routes
 from .auth import ADMIN, auth_middlewares
 from .commands import produce_command
 from .errors import BadRequest, Conflict, NotFound, error_middleware
@@ -38,13 +40,14 @@ _MAX_REQUEST_BYTES = 1024 * 1024
 _OPEN_PATHS = ("/health", *UI_PATHS)
 _DEFAULT_LIMIT = 100
 _MAX_LIMIT = 10_000
-_PAST = {"cancel": "cancelled", "kill": "killed", "resume": "resumed"}
+_PAST = {"cancel": "cancelled", "kill": "killed", "resume": "resumed", "pause": "paused"}
 # PATCH /invocations/{id}/{action}: the command it appends to the log.
 _ACTIONS = {
     "cancel": "keystate.CancelCommand",
     "kill": "keystate.KillCommand",
     "resume": "keystate.ResumeCommand",
     "purge": "keystate.PurgeCommand",
+    "pause": "keystate.PauseCommand",
 }
 
 
@@ -59,11 +62,13 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     app[HTTP_LIMITS_KEY] = runtime.settings.http_limits
     add_ui_routes(app)
     add_deployment_routes(app)
+    add_state_routes(app)
     app.router.add_get("/services", _list_services)
     app.router.add_get("/services/{name}", _get_service)
     app.router.add_get("/invocations", _list_invocations)
     app.router.add_get("/invocations/{id}", _get_invocation)
     app.router.add_delete("/invocations/{id}", _delete_invocation)
+    add_restart_routes(app)  # before the generic action route
     app.router.add_patch("/invocations/{id}/{action}", _patch_invocation)
     app.router.add_get("/health", _health)
     app.router.add_get("/identity", _identity)
@@ -187,7 +192,9 @@ async def _get_invocation(request: web.Request) -> web.Response:
 async def _patch_invocation(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     if action not in _ACTIONS:
-        raise NotFound(f"no action {action!r} on invocations; use PATCH /invocations/{{id}}/{'|'.join(_ACTIONS)}")
+        raise NotFound(
+            f"no action {action!r} on invocations; use PATCH /invocations/{{id}}/{'|'.join([*_ACTIONS, 'restart-as-new'])}"
+        )
     return await _act(request, action)
 
 
@@ -228,6 +235,10 @@ async def _act(request: web.Request, action: str) -> web.Response:
     record: dict[str, Any] = {"invocation_id": invocation_id}
     if action in ("cancel", "kill"):
         record["reason"] = f"{action} requested through the admin API"
+    elif action == "pause":
+        record["reason"] = (
+            f"paused through the admin API; resume it with PATCH /invocations/{invocation_id}/resume, or kill it"
+        )
     elif action == "resume":
         record["deployment_id"] = resume_deployment(runtime, invocation_id, request.query.get("deployment"), known)
     await produce_command(

@@ -5,13 +5,29 @@ Pure: restoring from Kafka lives in `restore.py`; the store is handed in already
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
-from .state_machine import Action, Change, Command, Config, apply
+from .state_machine import Action, Change, Command, Config, Publish, apply
 from .store import PartitionStore
 
 __all__ = ["PartitionProcessor"]
+
+log = logging.getLogger(__name__)
+
+# Operators' commands the state machine may refuse; the refusal goes back to the admin as a FAILED reply.
+_OPERATOR_COMMANDS = frozenset({"keystate.SetStateCommand", "keystate.RestartAsNewCommand"})
+
+
+def _log_refusals(partition: int, name: str, actions: list[Action]) -> None:
+    """Log a refused state edit or restart: the reply's message names the key or invocation and why."""
+    for action in actions:
+        if isinstance(action, Publish) and action.name == "keystate.QueryOutputReply":
+            record = action.record
+            if record["status"] == "FAILED" and record["result"] is not None:
+                log.warning("partition %d refused %s (request %s): %s", partition, name.removeprefix("keystate."),
+                            record["request_id"], record["result"][1]["message"])
 
 
 class PartitionProcessor:
@@ -24,7 +40,10 @@ class PartitionProcessor:
         self.tables = store.tables
 
     def apply(self, command: Command, now_ms: int) -> list[Action]:
-        return apply(self.tables, command, now_ms, self.cfg)  # type: ignore[arg-type]  # StoreTables has Tables' shape
+        actions = apply(self.tables, command, now_ms, self.cfg)  # type: ignore[arg-type]  # StoreTables has Tables' shape
+        if command[0] in _OPERATOR_COMMANDS:
+            _log_refusals(self.partition, command[0], actions)
+        return actions
 
     def drain(self) -> list[Change]:
         return self.tables.drain()

@@ -74,6 +74,9 @@ class ProcessorSettings:
     # Results of HTTP calls also go to keystate.results; False: only to the waiting ingress's reply
     # topic, one partition less in the completing transaction (see Config.publish_ingress_results).
     publish_ingress_results: bool = True
+    # A completed invocation's journal stays readable this long (like Restate's default, a day); 0 deletes
+    # it at completion. The status row is kept at least as long. A service's journalRetention overrides both.
+    journal_retention_ms: int = 24 * 3600 * 1000
     invoker: InvokerSettings = field(default_factory=InvokerSettings)
     # Largest record the processor writes (key + value + headers); None: derived from the payload
     # limit (`kafka.max_payload_bytes` + envelope headroom, see keystate.schemas.limits). A row or
@@ -191,6 +194,7 @@ class Worker:
             retry_policy=self.settings.retry_policy,
             completion_retention_ms=self.settings.completion_retention_ms,
             publish_ingress_results=self.settings.publish_ingress_results,
+            journal_retention_ms=self.settings.journal_retention_ms,
             deployment_for=self._deployment_for,
             deployment_removed=lambda deployment_id: deployment_id in self.meta.state.removed,
             service_retry_policy=self._retry_policy_for,

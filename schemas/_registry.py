@@ -33,17 +33,21 @@ SCHEMA_IDS: Final[dict[str, int]] = {
     "keystate.PauseCommand": 115,
     "keystate.ResumeCommand": 116,
     "keystate.InvokeCommand": 117,
+    "keystate.SetStateCommand": 118,
+    "keystate.RestartAsNewCommand": 119,
     # processor tables (changelog values)
     # 201: InvocationStatus before `correlation` and `reply_topics`; still read, upgraded on read.
     "keystate.InvocationStatusV1": 201,
     "keystate.JournalRecord": 202,
     "keystate.StateValue": 203,
-    "keystate.InboxItem": 204,
+    # 204: InboxItem before `state_edit`; still read, upgraded on read.
+    "keystate.InboxItemV1": 204,
     "keystate.ObjectStatus": 205,
     "keystate.TimerValue": 206,
     "keystate.PromiseValue": 207,
     "keystate.IdempotencyValue": 208,
     "keystate.InvocationStatus": 209,
+    "keystate.InboxItem": 210,
     # public topics
     "keystate.InvocationRequest": 301,
     # 302: InvocationResult before `correlation`; still read, upgraded on read.
@@ -69,6 +73,7 @@ SCHEMA_IDS: Final[dict[str, int]] = {
 UPGRADES: Final[dict[str, str]] = {
     "keystate.InvokeCommandV1": "keystate.InvokeCommand",
     "keystate.InvocationStatusV1": "keystate.InvocationStatus",
+    "keystate.InboxItemV1": "keystate.InboxItem",
     "keystate.InvocationResultV1": "keystate.InvocationResult",
 }
 """Old versions the codec upgrades on read: old full name -> current full name.

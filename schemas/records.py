@@ -20,6 +20,7 @@ from typing import Any, Self, TypeVar
 
 from .enums import CompletionStatus, HandlerKind, InvocationState, ServiceType, TimerKind
 from .ids import InvocationIdStr, ServiceId
+from .state import SetStateCommand
 
 __all__ = [
     "CallerRef",
@@ -33,6 +34,7 @@ __all__ = [
     "ObjectStatus",
     "PromiseValue",
     "Result",
+    "SetStateCommand",
     "StateValue",
     "Target",
     "TimerValue",
@@ -306,17 +308,24 @@ class StateValue:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InboxItem:
-    """`keystate.InboxItem`, the inbox table's row: an invocation waiting for its key."""
+    """`keystate.InboxItem`, the inbox table's row: an invocation (or a state edit) waiting for its key."""
 
     invocation_id: InvocationIdStr
     seq: int
+    state_edit: SetStateCommand | None = None
 
     @classmethod
     def from_avro(cls, record: Avro) -> Self:
-        return cls(invocation_id=record["invocation_id"], seq=record["seq"])
+        edit = record.get("state_edit")
+        return cls(
+            invocation_id=record["invocation_id"],
+            seq=record["seq"],
+            state_edit=None if edit is None else SetStateCommand.from_avro(edit),
+        )
 
     def to_avro(self) -> Avro:
-        return {"invocation_id": self.invocation_id, "seq": self.seq}
+        edit = None if self.state_edit is None else self.state_edit.to_avro()
+        return {"invocation_id": self.invocation_id, "seq": self.seq, "state_edit": edit}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 from keystate.schemas.enums import InvocationState, TimerKind
 
-from . import cancellation, completion, idempotency, journal, lifecycle, promises, timers
+from . import cancellation, completion, idempotency, journal, lifecycle, promises, restart, state_edit, timers
 from .actions import Action
 from .model import Config, value
 from .rows import get_status
@@ -51,7 +51,7 @@ def _on_timer_fired(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, 
         if status is not None and status.status is InvocationState.SCHEDULED:
             lifecycle.do_admit(tables, status, now, cfg, out)
     elif kind == TimerKind.PURGE:
-        lifecycle.on_purge(tables, iid)
+        lifecycle.on_purge(tables, iid, journal_only=cmd.get("entry_index") == lifecycle.JOURNAL_ONLY)
 
 
 def _on_query(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config, out: list[Action]) -> None:
@@ -92,4 +92,6 @@ _HANDLERS = {
     "keystate.PauseCommand": lifecycle.on_pause,
     "keystate.PurgeCommand": _on_purge,
     "keystate.QueryOutputCommand": _on_query,
+    "keystate.SetStateCommand": state_edit.on_set_state,
+    "keystate.RestartAsNewCommand": restart.on_restart_as_new,
 }

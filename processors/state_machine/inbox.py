@@ -1,11 +1,11 @@
-"""Virtual-object inbox: one exclusive invocation per key runs; the others wait in arrival order."""
+"""Virtual-object inbox: one exclusive invocation per key runs; the others (and state edits) wait in arrival order."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from keystate.schemas.ids import InvocationIdStr
-from keystate.schemas.records import InboxItem, ObjectStatus
+from keystate.schemas.records import InboxItem, ObjectStatus, SetStateCommand
 
 from .rows import get_object, put_object
 from .tables import Tables
@@ -28,15 +28,19 @@ def try_lock(tables: Tables, service: str, key: str, invocation_id: InvocationId
     return True
 
 
-def do_enqueue(tables: Tables, service: str, key: str, invocation_id: InvocationIdStr) -> None:
+def do_enqueue(
+    tables: Tables, service: str, key: str, invocation_id: str, state_edit: SetStateCommand | None = None
+) -> None:
+    """Queue an invocation, or a state edit (named by `invocation_id`), behind the key's holder."""
     obj = _object(tables, service, key)
     seq = obj.next_seq
-    tables.inbox.put((service, key, seq), InboxItem(invocation_id=invocation_id, seq=seq).to_avro())
+    item = InboxItem(invocation_id=InvocationIdStr(invocation_id), seq=seq, state_edit=state_edit)
+    tables.inbox.put((service, key, seq), item.to_avro())
     put_object(tables, service, key, replace(obj, next_seq=seq + 1))
 
 
-def do_release(tables: Tables, service: str, key: str, invocation_id: InvocationIdStr) -> InvocationIdStr | None:
-    """Release the lock held by `invocation_id`; returns the next inboxed invocation, now locked."""
+def do_release(tables: Tables, service: str, key: str, invocation_id: str) -> InboxItem | None:
+    """Release the lock held by `invocation_id`; returns the next inbox item (invocation or state edit), now locked."""
     obj = get_object(tables, service, key)
     if obj is None or obj.locked_by != invocation_id:
         return None
@@ -49,7 +53,7 @@ def do_release(tables: Tables, service: str, key: str, invocation_id: Invocation
         item = InboxItem.from_avro(row)
         tables.inbox.delete((service, key, head - 1))
         put_object(tables, service, key, ObjectStatus(locked_by=item.invocation_id, next_seq=nxt, head_seq=head))
-        return item.invocation_id
+        return item
     tables.objects.delete((service, key))
     return None
 

@@ -13,7 +13,7 @@ from . import promises, timers
 from .cancellation import CANCELLED, WAITING
 from .completion import do_complete_entry
 from .actions import Action, SendToPartition
-from .lifecycle import do_complete, do_start_attempt, live_status
+from .lifecycle import do_complete, do_start_attempt, journal_retention, live_status
 from .model import Config, failure
 from .rows import put_journal, put_status
 from .tables import Tables
@@ -44,6 +44,8 @@ def on_journal_append(tables: Tables, cmd: dict[str, Any], now: int, cfg: Config
     status = replace(status, journal_length=length + 1, retry_count=0, modified_at_ms=now)
     put_status(tables, status)
     if name == "keystate.OutputEntry":
+        if journal_retention(cfg, status) > 0:
+            put_journal(tables, iid, index, (name, entry))  # kept for inspection with the rest of the journal
         do_complete(tables, status, entry["result"], now, cfg, out)
         return
     put_journal(tables, iid, index, (name, entry))

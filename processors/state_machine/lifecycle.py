@@ -9,20 +9,24 @@ from keystate.schemas.enums import CompletionStatus, InvocationState, OnMaxAttem
 from keystate.schemas.ids import InvocationId, InvocationIdStr, PartitionKey, positive_hash
 from keystate.schemas.records import CallerRef, Correlation, Failure, InvocationStatus, Result, StateValue, Target
 
-from . import idempotency, inbox, timers
+from . import idempotency, inbox, state_edit, timers
 from .actions import Action, Invoke, Publish, StopInvocation
 from .model import VALUE, Config, failure, is_completed
 from .rows import get_journal, get_status, put_journal, put_status
 from .tables import Tables
 
 __all__ = [
+    "JOURNAL_ONLY",
     "do_complete",
+    "do_delete_journal",
     "do_start_attempt",
+    "journal_retention",
     "on_attempt_failed",
     "on_invoke",
     "on_pause",
     "on_resume",
     "do_purge",
+    "do_release_key",
     "on_purge",
     "on_resume_paused",
     "on_suspend",
@@ -35,6 +39,8 @@ INPUT_ENTRY = "keystate.InputEntry"
 _PAUSABLE = (InvocationState.INVOKED, InvocationState.SUSPENDED, InvocationState.BACKING_OFF)
 # The code of the last_failure a pause leaves for operators: the deployment is gone, like a 503.
 PAUSED_CODE = 503
+# The entry index of a PURGE timer that deletes only the journal (its retention is shorter than the status row's).
+JOURNAL_ONLY = 0
 
 
 def removed_reason(deployment_id: str, invocation_id: InvocationIdStr) -> str:
@@ -262,8 +268,9 @@ def do_complete(
             completion = CompletionStatus.SUCCEEDED
         else:
             completion = CompletionStatus.CANCELLED if cancelled else CompletionStatus.FAILED
-    for key, _ in list(tables.journal.scan((iid,))):
-        tables.journal.delete(key)
+    journal_ms = journal_retention(cfg, status)
+    if journal_ms == 0:
+        do_delete_journal(tables, iid)
     timers.do_delete_all(tables, iid)
     out.append(StopInvocation(iid))
     record = {
@@ -297,17 +304,34 @@ def do_complete(
         reply_topics=(),
         modified_at_ms=now,
     )
-    if status.retention_ms > 0:
-        put_status(tables, completed)
-        timers.do_register(tables, iid, TimerKind.PURGE, None, None, now + status.retention_ms, out)
+    # The status row outlives the journal: a journal without its invocation could not be found or purged.
+    keep_ms = max(status.retention_ms, journal_ms)
+    if keep_ms > 0:
+        put_status(tables, replace(completed, retention_ms=keep_ms))
+        timers.do_register(tables, iid, TimerKind.PURGE, None, None, now + keep_ms, out)
+        if 0 < journal_ms < keep_ms:
+            timers.do_register(tables, iid, TimerKind.PURGE, JOURNAL_ONLY, None, now + journal_ms, out)
     else:
         do_purge(tables, completed)
     if target.exclusive:
-        next_id = inbox.do_release(tables, *target.object_key(), iid)
-        if next_id is not None:
-            waiting = get_status(tables, next_id)
-            if waiting is not None:
-                do_start_attempt(tables, waiting, now, cfg, out)
+        do_release_key(tables, *target.object_key(), iid, now, cfg, out)
+
+
+def do_release_key(
+    tables: Tables, service: str, key: str, holder: str, now: int, cfg: Config, out: list[Action]
+) -> None:
+    """Free the key `holder` locked: apply the state edits next in its inbox, then start the next invocation."""
+    while True:
+        item = inbox.do_release(tables, service, key, holder)
+        if item is None:
+            return
+        if item.state_edit is None:
+            break
+        state_edit.do_apply(tables, item.state_edit, out)
+        holder = item.invocation_id
+    waiting = get_status(tables, item.invocation_id)
+    if waiting is not None:
+        do_start_attempt(tables, waiting, now, cfg, out)
 
 
 def _public(status: InvocationStatus, cfg: Config) -> bool:
@@ -316,16 +340,37 @@ def _public(status: InvocationStatus, cfg: Config) -> bool:
     return cfg.publish_ingress_results or status.source != "ingress" or status.reply_topic is None
 
 
-def on_purge(tables: Tables, iid: InvocationIdStr) -> None:
+def journal_retention(cfg: Config, status: InvocationStatus) -> int:
+    """How long `status`'s journal is kept once it completes; a deduplicated one's no longer than its status row.
+
+    As in Restate, the idempotency (or workflow) retention caps the journal retention: the row that
+    answers duplicates must not outlive... nor be outlived by the journal it explains.
+    """
+    journal_ms = cfg.journal_retention_for(status.target)
+    return min(journal_ms, status.retention_ms) if status.dedup_key else journal_ms
+
+
+def on_purge(tables: Tables, iid: InvocationIdStr, journal_only: bool = False) -> None:
+    """Purge a completed invocation (a PURGE timer or PurgeCommand); `journal_only`: its journal's retention ended."""
     status = get_status(tables, iid)
-    if status is not None and status.status is InvocationState.COMPLETED:
+    if status is None or status.status is not InvocationState.COMPLETED:
+        return
+    if journal_only:
+        do_delete_journal(tables, iid)
+    else:
         do_purge(tables, status)
 
 
+def do_delete_journal(tables: Tables, iid: InvocationIdStr) -> None:
+    for key, _ in list(tables.journal.scan((iid,))):
+        tables.journal.delete(key)
+
+
 def do_purge(tables: Tables, status: InvocationStatus) -> None:
-    """Forget a completed invocation; a workflow's run takes the workflow's state and promises along."""
+    """Forget a completed invocation and its journal; a workflow's run takes the workflow's state and promises along."""
     iid = status.invocation_id
     tables.status.delete((iid,))
+    do_delete_journal(tables, iid)
     timers.do_delete_all(tables, iid)
     idempotency.do_forget(tables, status)
     target = status.target

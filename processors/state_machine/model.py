@@ -113,13 +113,18 @@ class Config:
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     # Completed invocations stay answerable this long, then a timer purges them.
     completion_retention_ms: int = 24 * 3600 * 1000
+    # A completed invocation's journal stays readable this long (0: deleted at completion); its
+    # status row is then kept at least as long. The processor's setting defaults to a day like
+    # Restate's; 0 here keeps the pure machine's stories short.
+    journal_retention_ms: int = 0
     # Which deployment new invocations of a service go to (pinned at their first attempt).
     deployment_for: Callable[[str], str | None] = _no_deployment
     # Whether a deployment was removed: an invocation pinned to it is paused instead of started
     # on other code (the shell knows it from the tombstones in keystate.meta).
     deployment_removed: Callable[[str], bool] = _never_removed
     service_retry_policy: Callable[[str, str], RetryPolicy | None] = _no_policy
-    # Per-service retention (workflow retention, idempotency retention) overriding the default.
+    # Per-service retention (the manifest's journalRetention, which the SDK fills from its workflow or
+    # idempotency retention) overriding both defaults: the status and the journal are kept that long.
     service_retention_ms: Callable[[str], int | None] = _no_retention
     # The registered truth about callees; None (no registry, e.g. in tests) trusts the caller's target.
     handler_target: HandlerLookup | None = None
@@ -160,6 +165,11 @@ class Config:
     def retention_for(self, target: Target) -> int:
         configured = self.service_retention_ms(target.service)
         return self.completion_retention_ms if configured is None else configured
+
+    def journal_retention_for(self, target: Target) -> int:
+        """How long a completed invocation of `target` keeps its journal: the service's retention, else the default."""
+        configured = self.service_retention_ms(target.service)
+        return self.journal_retention_ms if configured is None else configured
 
     def policy_for(self, target: Target) -> RetryPolicy:
         return self.service_retry_policy(target.service, target.handler) or self.retry_policy

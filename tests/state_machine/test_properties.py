@@ -23,6 +23,8 @@ from keystate.processors.state_machine import (
     apply,
 )
 from keystate.processors.state_machine.model import is_exclusive
+from keystate.schemas.ids import InvocationId, PartitionKey
+from keystate.schemas.state import state_version
 
 from . import builders as b
 
@@ -55,6 +57,11 @@ CONFIGS = [
         retry_policy=RetryPolicy(initial_interval_ms=100, max_attempts=2, on_max_attempts="PAUSE"),
         completion_retention_ms=2_000,
     )
+] + [
+    # Journals kept after completion: as long as the status, shorter (a journal-only purge), longer.
+    Config(retry_policy=RetryPolicy(initial_interval_ms=100, max_attempts=2, on_max_attempts=on_max),
+           completion_retention_ms=status, journal_retention_ms=journal)
+    for status, journal, on_max in ((2_000, 2_000, "FAIL"), (2_000, 500, "PAUSE"), (0, 1_000, "PAUSE"))
 ]
 
 PROPERTY_SETTINGS = settings(max_examples=int(os.environ.get("KEYSTATE_PROPERTY_EXAMPLES", "200")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -81,6 +88,8 @@ ops = st.lists(
         st.tuples(st.just("invoke_idem"), slot, st.sampled_from(IDEMPOTENCY_KEYS), st.booleans()),
         st.tuples(st.sampled_from(["cancel", "cancel", "kill"]), slot),
         st.tuples(st.sampled_from(["resume", "purge", "query"]), slot, st.integers(0, 2)),
+        st.tuples(st.just("edit"), slot, st.integers(0, 2)),
+        st.tuples(st.just("restart"), slot, st.integers(0, 4)),
     ),
     max_size=40,
 )
@@ -161,6 +170,7 @@ class Driver:
         "resume": {"PAUSED"},
         "purge": {"COMPLETED"},
         "query": {"INVOKED", "COMPLETED"},
+        "restart": {"COMPLETED", "PAUSED"},
     }
 
     def _pick(self, kind: str, n: int) -> str:
@@ -175,7 +185,7 @@ class Driver:
     def step(self, op: tuple[Any, ...]) -> None:
         self.now += 7
         kind = op[0]
-        iid = self._pick(kind, op[1]) if kind not in ("deliver", "fire", "invoke_idem") else ""
+        iid = self._pick(kind, op[1]) if kind not in ("deliver", "fire", "invoke_idem", "edit") else ""
         status = self.tables.status.get((iid,)) if iid else None
         attempt = status["attempt"] if status else 1
         length = status["journal_length"] if status else 1
@@ -231,6 +241,16 @@ class Driver:
             self.apply(b.resume(iid))
         elif kind == "purge":
             self.apply(b.purge(iid))
+        elif kind == "restart":
+            self.next_id += 1
+            pk = InvocationId.parse(iid).partition_key
+            fresh = str(InvocationId.new(PartitionKey(pk), random=self.next_id.to_bytes(15, "big")))
+            self._learn(fresh, self.targets[iid])
+            record = {"invocation_id": iid, "new_invocation_id": fresh, "from_index": op[2], "deployment_id": None,
+                      "request_id": f"r{self.next_id}", "reply_topic": "admin.replies"}
+            self.apply(("keystate.RestartAsNewCommand", record))
+        elif kind == "edit":
+            self.apply(self._edit(op[1], op[2]))
         elif kind == "query":
             mode, target = op[2], TARGETS[op[1] % len(TARGETS)]
             if mode == 0:
@@ -239,6 +259,25 @@ class Driver:
                 self.apply(b.query(f"q{op[1]}", idempotency=(target, IDEMPOTENCY_KEYS[op[1] % 2])))
             else:
                 self.apply(b.query(f"q{op[1]}", workflow=TARGETS[5]))
+
+
+    def _edit(self, n: int, mode: int) -> Command:
+        """A SetStateCommand of a keyed target: unconditional, at the current version, or at a stale one."""
+        keyed = [t for t in TARGETS if t["key"] is not None]
+        target = keyed[n % len(keyed)]
+        current = {k[2]: v["value"] for k, v in self.tables.state.scan((target["service"], target["key"]))}
+        expected = [None, state_version(current), state_version({"stale": b""})][mode]
+        return (
+            "keystate.SetStateCommand",
+            {
+                "service": target["service"],
+                "key": target["key"],
+                "new_state": {f"k{n % 2}": bytes([n % 256])} if n % 5 else {},
+                "expected_version": expected,
+                "request_id": f"e{len(self.commands)}",
+                "reply_topic": "admin.replies",
+            },
+        )
 
 
 def scenario(cfg: Config, abstract: list[tuple[Any, ...]]) -> Scenario:
@@ -359,6 +398,8 @@ def check_one_writer_per_key(tables: Tables) -> None:
         assert holder is not None, f"{key}: an objects row without a lock holder: {obj}"
         assert holder in running.get(key, []), f"{key}: locked by {holder}, which is not running"
     for (service, key, seq), item in tables.inbox.items():
+        if item.get("state_edit") is not None:
+            continue  # a state edit waiting for its turn
         status = statuses.get((item["invocation_id"],))
         assert status is not None and status["status"] == "INBOXED", f"inbox {service}/{key}#{seq}: {status}"
 
@@ -380,18 +421,22 @@ def test_the_generator_reaches_the_interesting_states():
                     events.add("attached caller")
                 if status["cancel_pending"]:
                     events.add("cancel pending")
+            if any(item.get("state_edit") for _, item in driver.tables.inbox.items()):
+                events.add("state edit waiting")
             name, record = driver.commands[-1][0] if driver.commands else ("", {})
             if name == "keystate.InvokeCommand" and driver.tables.status.get((record["invocation_id"],)) is None:
                 events.add("deduplicated")
+            if name == "keystate.RestartAsNewCommand" and driver.tables.status.get((record["new_invocation_id"],)):
+                events.add("restarted as new")
     assert seen == {"SCHEDULED", "INBOXED", "INVOKED", "SUSPENDED", "BACKING_OFF", "COMPLETED", "PAUSED"}
     assert endings >= {"SUCCEEDED", "FAILED", "CANCELLED", "KILLED"}
-    assert events == {"attached caller", "cancel pending", "deduplicated"}
+    assert events == {"attached caller", "cancel pending", "deduplicated", "state edit waiting", "restarted as new"}
 
 
 def random_op(rnd: random.Random) -> tuple[Any, ...]:
     kind = rnd.choice(
         ["invoke", *["append"] * 4, "suspend", "fail", "complete", "deliver", "fire", "invoke_idem", "cancel", "kill"]
-        + ["resume", "purge", "query"]
+        + ["resume", "purge", "query", "edit", "restart"]
     )
     n = rnd.randrange(30)
     if kind == "invoke":
@@ -400,7 +445,7 @@ def random_op(rnd: random.Random) -> tuple[Any, ...]:
         return (kind, n, rnd.choice(IDEMPOTENCY_KEYS), rnd.random() < 0.5)
     if kind in ("cancel", "kill"):
         return (kind, n)
-    if kind in ("resume", "purge", "query"):
+    if kind in ("resume", "purge", "query", "edit", "restart"):
         return (kind, n, rnd.randrange(3))
     if kind == "append":
         return (kind, n, rnd.choice(ENTRY_KINDS), rnd.choice(VARIANTS))

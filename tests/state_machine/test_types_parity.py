@@ -30,6 +30,7 @@ RECORD_CLASSES: list[type[Any]] = [
     records.CallerRef,
     records.Failure,
     records.Correlation,
+    records.SetStateCommand,
 ]
 TABLE_ROWS = RECORD_CLASSES[:8]
 

@@ -115,9 +115,11 @@ def _read_as(name, record):
     """What decoding `record` written as `name` gives: old versions come back upgraded (UPGRADES)."""
     if name not in UPGRADES:
         return name, record
-    added = {"correlation": None}
+    added: dict[str, object] = {"correlation": None}
     if name == "keystate.InvocationStatusV1":
         added["reply_topics"] = []
+    if name == "keystate.InboxItemV1":
+        added = {"state_edit": None}
     return UPGRADES[name], {**record, **added}
 
 
@@ -213,6 +215,10 @@ def test_exact_bytes_of_a_small_record():
         ("keystate.ResumeCommand", 116),
         ("keystate.InvocationStatusV1", 201),
         ("keystate.InvocationStatus", 209),
+        ("keystate.InboxItemV1", 204),
+        ("keystate.InboxItem", 210),
+        ("keystate.SetStateCommand", 118),
+        ("keystate.RestartAsNewCommand", 119),
         ("keystate.JournalRecord", 202),
         ("keystate.InvocationRequest", 301),
         ("keystate.InvocationResultV1", 302),
