@@ -1,4 +1,4 @@
-"""`InvocationReadModel`: invocation summaries for operators, kept on disk by following the changelog."""
+"""`InvocationReadModel`: the changelog's tables for operators, kept on disk (DuckDB) by following the changelog."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import fcntl
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import duckdb
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -22,43 +22,79 @@ from keystate.schemas.errors import ContractError
 from keystate.server.errors import KafkaUnavailable
 from keystate.server.kafka import KafkaSettings, kafka_error, watermarks
 
-from .errors import Unavailable
-from .readmodel_store import Cursor, InvocationSummary, Page, ReadModelStore, Row
+from .errors import BadRequest, Unavailable
+from .readmodel_sql import MetaTables, NotReadOnly, QueryResult, select
+from .readmodel_store import Cursor, InvocationSummary, Page, ReadModelStore
+from .readmodel_tables import TABLES, row_of
 
-__all__ = ["INVOCATION_STATUS", "InvocationReadModel", "InvocationSummary", "Page"]
+__all__ = [
+    "INVOCATION_STATUS",
+    "QUERY_MAX_ROWS_ENV",
+    "QUERY_TIMEOUT_ENV",
+    "InvocationReadModel",
+    "InvocationSummary",
+    "MetaTables",
+    "Page",
+    "QueryResult",
+    "changelog_table",
+    "query_max_rows",
+    "query_timeout",
+]
 
 log = logging.getLogger(__name__)
 
 INVOCATION_STATUS = "keystate.InvocationStatus"
-# Keys of the multiplexed changelog are JSON arrays led by the table name; status rows are
-# `["status","<invocation id>"]` (keystate.processors.changelog.table_key, which the ingress may not import).
-_STATUS_KEY_PREFIX = b'["status",'
+QUERY_TIMEOUT_ENV = "KEYSTATE_QUERY_TIMEOUT"
+QUERY_MAX_ROWS_ENV = "KEYSTATE_QUERY_MAX_ROWS"
+# Keys of the multiplexed changelog are JSON arrays led by the table name, e.g. `["status","<invocation id>"]`
+# (keystate.processors.changelog.table_key, which the ingress may not import).
+_TABLE_NAMES = {name.encode(): name for name in TABLES}
 _BATCH = 1000
 _FETCH_BYTES = 4 * 1024 * 1024
 _T = TypeVar("_T")
 
 
-def status_key_id(key: bytes | None) -> str | None:
-    """The invocation id of a status-row key of the changelog, or None for any other key."""
-    if key is None or not key.startswith(_STATUS_KEY_PREFIX):
+def changelog_table(key: bytes | None) -> str | None:
+    """The mirrored table a changelog key belongs to (a key of TABLES), or None for any other key."""
+    if key is None or not key.startswith(b'["'):
         return None
+    end = key.find(b'"', 2)
+    return _TABLE_NAMES.get(key[2:end]) if end > 2 and key[end + 1 : end + 2] == b"," else None
+
+
+def _env_number(name: str, default: float, low: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
     try:
-        parts = json.loads(key)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if isinstance(parts, list) and len(parts) == 2 and isinstance(parts[1], str):
-        return parts[1]
-    return None
+        value = float(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise ValueError(f"${name}={text!r} must be a number of at least {low:g} (default {default:g})")
+    return value
+
+
+def query_timeout() -> float:
+    """Seconds a `POST /query` may run ($KEYSTATE_QUERY_TIMEOUT, default 30)."""
+    return _env_number(QUERY_TIMEOUT_ENV, 30.0, 0.001)
+
+
+def query_max_rows() -> int:
+    """Rows a `POST /query` answers at most ($KEYSTATE_QUERY_MAX_ROWS, default 10000)."""
+    return int(_env_number(QUERY_MAX_ROWS_ENV, 10_000, 1))
 
 
 class InvocationReadModel:
-    """Follows every partition of `<prefix>changelog`, keeping its status rows in a SQLite file at `path`.
+    """Follows every partition of `<prefix>changelog`, mirroring its tables in a DuckDB file at `path`.
 
-    Memory does not grow with the invocations: rows live on disk, and the offsets read are saved
-    with them, so a restart reads only what is new. The store is rebuilt from the changelog when its
+    Mirrored: status, journal, state, inbox, promises and idempotency rows (see readmodel_tables);
+    a tombstone on the changelog deletes the row here, so the model holds what the processors hold.
+    Memory does not grow with the rows: they live on disk, and the offsets read are saved with
+    them, so a restart reads only what is new. The store is rebuilt from the changelog when its
     file is missing, or the topic was recreated (other topic id, or saved offsets beyond its end).
     `start` returns at once; `ready` turns true once the changelog has been read to the end it had
-    at start. The consumer and every SQLite call run off the event loop.
+    at start. The consumer and every DuckDB call run off the event loop.
     """
 
     def __init__(self, settings: KafkaSettings, path: Path) -> None:
@@ -99,7 +135,7 @@ class InvocationReadModel:
             raise Unavailable(f"the invocation read model at {self.path} is not open yet; retry in a moment")
         try:
             return await asyncio.to_thread(fn, store)
-        except sqlite3.Error as exc:
+        except duckdb.Error as exc:
             raise Unavailable(
                 f"the invocation read model at {self.path} failed: {exc}; check the disk, or remove the file "
                 "and restart the ingress to rebuild it from the changelog"
@@ -130,6 +166,47 @@ class InvocationReadModel:
     async def count(self) -> int:
         return await self._ask(lambda s: s.count())
 
+    async def object_state(self, service: str, key: str) -> dict[str, bytes]:
+        """Every state key of the virtual object or workflow `service`/`key` with its value ({} if none)."""
+        return await self._ask(lambda s: s.object_state(service, key))
+
+    async def query(
+        self, sql: str, *, timeout: float, max_rows: int, meta: MetaTables | None = None
+    ) -> QueryResult:
+        """Run one read-only SELECT over the model's tables (and `meta`'s), off the loop.
+
+        BadRequest when it is not one SELECT, the engine refuses it (with the engine's message), or it
+        runs longer than `timeout` seconds (it is interrupted); Unavailable when the store failed.
+        """
+        store = self._store
+        if store is None:
+            raise Unavailable(f"the read model at {self.path} is not open yet; retry in a moment")
+        try:
+            cursor = store.reader()
+        except duckdb.Error as exc:
+            raise Unavailable(f"the read model at {self.path} is closed ({exc}); retry in a moment") from exc
+        task = asyncio.ensure_future(asyncio.to_thread(select, cursor, sql, max_rows=max_rows, meta=meta))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            raise BadRequest(
+                f"the query ran longer than the limit of {timeout:g} s and was stopped; narrow it (WHERE, LIMIT), "
+                f"or raise ${QUERY_TIMEOUT_ENV}"
+            ) from None
+        except NotReadOnly as exc:
+            raise BadRequest(str(exc)) from None
+        except duckdb.InterruptException:
+            raise BadRequest("the query was interrupted (the ingress is stopping?); retry it") from None
+        except (duckdb.IOException, duckdb.InternalException, duckdb.FatalException, duckdb.ConnectionException) as exc:
+            raise Unavailable(
+                f"the read model at {self.path} failed: {exc}; remove the file and restart the ingress to rebuild "
+                "it from the changelog"
+            ) from exc
+        except duckdb.Error as exc:
+            raise BadRequest(str(exc)) from None
+        finally:
+            await _stop(task, cursor)
+
     # ---- the follower thread -------------------------------------------------------------------
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -154,7 +231,7 @@ class InvocationReadModel:
             ends = self._assign(consumer, store)
             self._store = store
             self._follow(loop, consumer, store, ends)
-        except (KafkaException, KafkaUnavailable, sqlite3.Error, OSError) as exc:
+        except (KafkaException, KafkaUnavailable, duckdb.Error, OSError) as exc:
             reason = str(kafka_error(f"follow {self.topic}", exc) if isinstance(exc, KafkaException) else exc)
             log.error("the invocation read model (%s) cannot follow %s: %s", self.path, self.topic, reason)
             _threadsafe(loop, self._failed, reason)
@@ -207,7 +284,7 @@ class InvocationReadModel:
                         del pending[tp.partition]
                 if not pending:
                     _threadsafe(loop, self._caught_up_now)
-            rows: list[Row] = []
+            changes: dict[str, dict[tuple[Any, ...], tuple[Any, ...] | None]] = {}
             offsets: dict[int, int] = {}
             for msg in consumer.consume(_BATCH, 0.1):
                 err = msg.error()
@@ -218,22 +295,23 @@ class InvocationReadModel:
                 self.records_seen += 1
                 partition, offset = int(msg.partition() or 0), int(msg.offset() or 0)
                 offsets[partition] = offset + 1
-                invocation_id = status_key_id(msg.key())
-                if invocation_id is None:
-                    continue
+                key = msg.key()
+                table = changelog_table(key)
+                if table is None:
+                    continue  # timers and object locks: nothing operators query
                 value = msg.value()
-                if value is None:
-                    rows.append(Row(invocation_id, partition, None))
-                    continue
                 try:
-                    summary = InvocationSummary.of(decode(INVOCATION_STATUS, value))
-                except (ContractError, KeyError, TypeError) as exc:
-                    log.warning("invocation %s: ignoring its status on %s[%d] at offset %d: %s",
-                                invocation_id, self.topic, partition, offset, exc)
+                    parts = json.loads(key)  # type: ignore[arg-type]
+                    decoded = None if value is None else decode(TABLES[table].record, value)
+                    row_key, row = row_of(table, tuple(parts[1:]), partition, decoded)
+                except (ContractError, KeyError, TypeError, ValueError) as exc:
+                    log.warning("ignoring the %s row %r on %s[%d] at offset %d: %s",
+                                table, key[:200], self.topic, partition, offset, exc)  # type: ignore[index]
                     continue
-                rows.append(Row(invocation_id, partition, summary))
+                # The last change of a key in a batch is the one that counts.
+                changes.setdefault(table, {})[row_key] = row
             if offsets:
-                store.apply(rows, offsets)
+                store.apply(changes, offsets)
 
     def _caught_up_now(self) -> None:
         self.ready = True
@@ -286,6 +364,23 @@ def _topic_id(settings: KafkaSettings, topic: str) -> str | None:
     except Exception as exc:  # an old broker or a missing ACL: fall back to the offset check alone
         log.info("no topic id for %s (%s); a recreated topic is noticed by its offsets only", topic, exc)
         return None
+
+
+async def _stop(task: asyncio.Future[Any], cursor: duckdb.DuckDBPyConnection) -> None:
+    """Interrupt a query still running (timed out, or its request went away), then close its connection."""
+    while not task.done():
+        # Until it ends: an interrupt that came before the query started is not remembered.
+        try:
+            cursor.interrupt()
+        except duckdb.Error:
+            break
+        await asyncio.wait([task], timeout=0.05)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: a query stopped on purpose is not an unhandled error
+    try:
+        cursor.close()
+    except duckdb.Error:
+        pass
 
 
 def _threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
