@@ -121,10 +121,9 @@ class ReadModelStore:
         self._write.commit()
 
     def _wipe(self) -> list[tuple[str, Sequence[Any]]]:
-        return [(f"DELETE FROM {spec.qualified}", ()) for spec in TABLES.values()] + [
-            (f"DELETE FROM {RAW}.offsets", ()),
-            (f"DELETE FROM {RAW}.meta WHERE name <> 'version'", ()),
-        ]
+        statements: list[tuple[str, Sequence[Any]]] = [(f"DELETE FROM {spec.qualified}", ()) for spec in TABLES.values()]
+        statements += [(f"DELETE FROM {RAW}.offsets", ()), (f"DELETE FROM {RAW}.meta WHERE name <> 'version'", ())]
+        return statements
 
     def offsets(self) -> dict[int, int]:
         """The next offset to read per partition (partitions never read are absent)."""
