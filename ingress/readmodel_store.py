@@ -65,7 +65,7 @@ class ReadModelStore:
     read or written through it (`enable_external_access=false`).
     """
 
-    def __init__(self, path: Path, *, memory_limit: str = "256MB", threads: int = 2) -> None:
+    def __init__(self, path: Path, *, memory_limit: str = "128MB", threads: int = 2) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         _replace_foreign(path)
