@@ -27,7 +27,8 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from keystate.ingress.readmodel import INVOCATION_STATUS, InvocationReadModel, changelog_table
+from keystate.ingress.readmodel import INVOCATION_STATUS, InvocationReadModel
+from keystate.ingress.readmodel_tables import changelog_table
 from keystate.ingress.readmodel_store import InvocationSummary
 from keystate.processors.changelog import row_record
 from keystate.schemas._codec import codec

@@ -23,9 +23,18 @@ from keystate.server.errors import KafkaUnavailable
 from keystate.server.kafka import KafkaSettings, kafka_error, watermarks
 
 from .errors import BadRequest, Unavailable
-from .readmodel_sql import MetaTables, NotReadOnly, QueryResult, select
+from .readmodel_sql import (
+    QUERY_MAX_ROWS_ENV,
+    QUERY_TIMEOUT_ENV,
+    MetaTables,
+    NotReadOnly,
+    QueryResult,
+    query_max_rows,
+    query_timeout,
+    select,
+)
 from .readmodel_store import Cursor, InvocationSummary, Page, ReadModelStore
-from .readmodel_tables import TABLES, row_of
+from .readmodel_tables import TABLES, changelog_table, row_of
 
 __all__ = [
     "INVOCATION_STATUS",
@@ -45,51 +54,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INVOCATION_STATUS = "keystate.InvocationStatus"
-QUERY_TIMEOUT_ENV = "KEYSTATE_QUERY_TIMEOUT"
-QUERY_MAX_ROWS_ENV = "KEYSTATE_QUERY_MAX_ROWS"
 MEMORY_LIMIT_ENV = "KEYSTATE_READMODEL_MEMORY"
 # DuckDB's buffer pool: what catching up and queries may hold in memory before writing out or spilling.
 _MEMORY_LIMIT = "128MB"
-# Keys of the multiplexed changelog are JSON arrays led by the table name, e.g. `["status","<invocation id>"]`
-# (keystate.processors.changelog.table_key, which the ingress may not import).
-_TABLE_NAMES = {name.encode(): name for name in TABLES}
 _BATCH = 1000
 # One transaction at most (while catching up): DuckDB's cost is per statement more than per row.
 _TXN_RECORDS = 10_000
 _TXN_BYTES = 16 * 1024 * 1024
 _FETCH_BYTES = 4 * 1024 * 1024
 _T = TypeVar("_T")
-
-
-def changelog_table(key: bytes | None) -> str | None:
-    """The mirrored table a changelog key belongs to (a key of TABLES), or None for any other key."""
-    if key is None or not key.startswith(b'["'):
-        return None
-    end = key.find(b'"', 2)
-    return _TABLE_NAMES.get(key[2:end]) if end > 2 and key[end + 1 : end + 2] == b"," else None
-
-
-def _env_number(name: str, default: float, low: float) -> float:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = low - 1
-    if value < low:
-        raise ValueError(f"${name}={text!r} must be a number of at least {low:g} (default {default:g})")
-    return value
-
-
-def query_timeout() -> float:
-    """Seconds a `POST /query` may run ($KEYSTATE_QUERY_TIMEOUT, default 30)."""
-    return _env_number(QUERY_TIMEOUT_ENV, 30.0, 0.001)
-
-
-def query_max_rows() -> int:
-    """Rows a `POST /query` answers at most ($KEYSTATE_QUERY_MAX_ROWS, default 10000)."""
-    return int(_env_number(QUERY_MAX_ROWS_ENV, 10_000, 1))
 
 
 class InvocationReadModel:

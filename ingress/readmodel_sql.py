@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import os
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,43 @@ import duckdb
 
 from .readmodel_tables import RAW
 
-__all__ = ["MetaTables", "NotReadOnly", "QueryResult", "json_value", "select"]
+__all__ = [
+    "QUERY_MAX_ROWS_ENV",
+    "QUERY_TIMEOUT_ENV",
+    "MetaTables",
+    "NotReadOnly",
+    "QueryResult",
+    "json_value",
+    "query_max_rows",
+    "query_timeout",
+    "select",
+]
+
+QUERY_TIMEOUT_ENV = "KEYSTATE_QUERY_TIMEOUT"
+QUERY_MAX_ROWS_ENV = "KEYSTATE_QUERY_MAX_ROWS"
+
+
+def _env_number(name: str, default: float, low: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise ValueError(f"${name}={text!r} must be a number of at least {low:g} (default {default:g})")
+    return value
+
+
+def query_timeout() -> float:
+    """Seconds a `POST /query` may run ($KEYSTATE_QUERY_TIMEOUT, default 30)."""
+    return _env_number(QUERY_TIMEOUT_ENV, 30.0, 0.001)
+
+
+def query_max_rows() -> int:
+    """Rows a `POST /query` answers at most ($KEYSTATE_QUERY_MAX_ROWS, default 10000)."""
+    return int(_env_number(QUERY_MAX_ROWS_ENV, 10_000, 1))
 
 
 class NotReadOnly(Exception):

@@ -20,6 +20,7 @@ __all__ = [
     "VIEWS",
     "Change",
     "TableSpec",
+    "changelog_table",
     "plain",
     "row_of",
     "utf8",
@@ -114,6 +115,19 @@ VIEWS: dict[str, str] = {
     "sys_idempotency": f"""SELECT service_name, NULLIF(service_key, '') AS service_key, service_handler, idempotency_key,
         invocation_id FROM {RAW}.idempotency WHERE service_handler <> ''""",
 }
+
+# Keys of the multiplexed changelog are JSON arrays led by the table name, e.g. `["status","<invocation id>"]`
+# (keystate.processors.changelog.table_key, which the ingress may not import).
+_TABLE_NAMES = {name.encode(): name for name in TABLES}
+
+
+def changelog_table(key: bytes | None) -> str | None:
+    """The mirrored table a changelog key belongs to (a key of TABLES), or None for any other key."""
+    if key is None or not key.startswith(b'["'):
+        return None
+    end = key.find(b'"', 2)
+    return _TABLE_NAMES.get(key[2:end]) if end > 2 and key[end + 1 : end + 2] == b"," else None
+
 
 Change = tuple[tuple[Any, ...], tuple[Any, ...] | None]
 """(primary key, whole row) of a raw table, or (primary key, None) to delete the row."""

@@ -27,7 +27,8 @@ from keystate.server.topics import check_record_limits, create_reply_topic
 from .auth import ADMIN, INGRESS, BearerToken, check_listen
 from .errors import IngressError, Unavailable
 from .http_limits import HttpLimits, parser_options
-from .readmodel import InvocationReadModel, query_max_rows, query_timeout
+from .readmodel import InvocationReadModel
+from .readmodel_sql import query_max_rows, query_timeout
 from .results import ResultWaiter
 
 __all__ = [

@@ -259,3 +259,15 @@ async def test_a_long_query_is_interrupted(store: ReadModelStore) -> None:
     worker.join()
     cursor.close()
     assert stopped.is_set()
+
+
+def test_the_query_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from keystate.ingress.readmodel_sql import query_max_rows, query_timeout
+
+    assert (query_timeout(), query_max_rows()) == (30.0, 10_000)
+    monkeypatch.setenv("KEYSTATE_QUERY_TIMEOUT", "2.5")
+    monkeypatch.setenv("KEYSTATE_QUERY_MAX_ROWS", "50")
+    assert (query_timeout(), query_max_rows()) == (2.5, 50)
+    monkeypatch.setenv("KEYSTATE_QUERY_MAX_ROWS", "none")
+    with pytest.raises(ValueError, match=r"\$KEYSTATE_QUERY_MAX_ROWS='none' must be a number of at least 1"):
+        query_max_rows()

@@ -8,7 +8,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from keystate.ingress.readmodel import changelog_table
+from keystate.ingress.readmodel_tables import changelog_table
 from keystate.ingress.readmodel_store import InvocationSummary, ReadModelStore, decode_cursor, encode_cursor
 from keystate.ingress.readmodel_tables import row_of
 from keystate.processors.changelog import table_key
