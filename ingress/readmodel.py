@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,6 +63,7 @@ _BATCH = 1000
 # One transaction at most (while catching up): DuckDB's cost is per statement more than per row.
 _TXN_RECORDS = 10_000
 _TXN_BYTES = 16 * 1024 * 1024
+_QUERY_THREADS = 2
 _FETCH_BYTES = 4 * 1024 * 1024
 _T = TypeVar("_T")
 
@@ -89,11 +92,15 @@ class InvocationReadModel:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._caught_up: asyncio.Future[None] | None = None
+        # Operators' queries run on threads of their own: slow ones must not hold the loop's default
+        # executor, which the ingress needs for Kafka calls. More queries at once wait for a thread.
+        self._queries = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix="keystate-query")
 
     async def start(self, timeout: float | None = None) -> None:
         """Start reading; with `timeout`, also wait until the read model caught up (tests, tools)."""
         loop = asyncio.get_running_loop()
         self._caught_up = loop.create_future()
+        self._queries = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix="keystate-query")
         self._thread = threading.Thread(target=self._run, args=(loop,), name=f"keystate-readmodel-{self.topic}", daemon=True)
         self._thread.start()
         if timeout is not None:
@@ -106,6 +113,7 @@ class InvocationReadModel:
             await asyncio.to_thread(self._thread.join, 10.0)
         if self._caught_up is not None and not self._caught_up.done():
             self._caught_up.cancel()
+        self._queries.shutdown(wait=False, cancel_futures=True)
 
     # ---- queries (off the loop; Unavailable if the store failed) -------------------------------
 
@@ -165,7 +173,8 @@ class InvocationReadModel:
             cursor = store.reader()
         except duckdb.Error as exc:
             raise Unavailable(f"the read model at {self.path} is closed ({exc}); retry in a moment") from exc
-        task = asyncio.ensure_future(asyncio.to_thread(select, cursor, sql, max_rows=max_rows, meta=meta))
+        run = functools.partial(select, cursor, sql, max_rows=max_rows, meta=meta)
+        task = asyncio.get_running_loop().run_in_executor(self._queries, run)
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout)
         except TimeoutError:

@@ -119,7 +119,10 @@ def select(cursor: duckdb.DuckDBPyConnection, sql: str, *, max_rows: int, meta: 
         names = [d[0] for d in cursor.description or ()]
         rows = cursor.fetchmany(max_rows + 1)
     finally:
-        cursor.execute("ROLLBACK")
+        try:
+            cursor.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # an interrupted query may have ended its transaction already: its own error tells more
     return QueryResult(
         [{name: json_value(v) for name, v in zip(names, row, strict=True)} for row in rows[:max_rows]],
         len(rows) > max_rows,
