@@ -1,12 +1,13 @@
-"""Memory of the ingress's invocation read model for N status rows: Python heap and RSS, SQLite vs. an in-memory dict.
+"""Catch-up rate and memory of the ingress's read model (DuckDB) for N invocations, vs. an in-memory dict.
 
-    python bench/readmodel_memory.py [--bootstrap HOST:PORT] [--counts 20000,200000]
+    python bench/readmodel_memory.py [--bootstrap HOST:PORT] [--counts 20000,200000] [--journal 3]
 
-Without --bootstrap a local broker is started (needs a JDK, see `keystate dev`). For each N it writes N
-status rows to a fresh `<prefix>changelog` (4 partitions) as a partition processor writes them, then, in
-a fresh process each, (a) starts `InvocationReadModel` on an empty SQLite file and waits until it caught
-up, then restarts it on the same file (once with tracemalloc, once without it, for times and RSS); (b) keeps
-the same summaries in a dict, as the read model did before.
+Without --bootstrap a local broker is started (needs a JDK, see `keystate dev`). For each N it writes, per
+invocation, a status row, `--journal` journal rows (Input, Run..., Output) and, for every other one, a
+state row to a fresh `<prefix>changelog` (4 partitions) as a partition processor writes them, then, in a
+fresh process each, (a) starts `InvocationReadModel` on an empty DuckDB file and waits until it caught
+up (changelog records read per second), then restarts it on the same file (once with tracemalloc, once
+without it, for times and RSS); (b) keeps the status summaries in a dict, as the read model did first.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from keystate.ingress.readmodel import INVOCATION_STATUS, InvocationReadModel, status_key_id
+from keystate.ingress.readmodel import INVOCATION_STATUS, InvocationReadModel
+from keystate.ingress.readmodel_tables import changelog_table
 from keystate.ingress.readmodel_store import InvocationSummary
 from keystate.processors.changelog import row_record
 from keystate.schemas._codec import codec
@@ -59,25 +61,46 @@ def _status(iid: str, i: int) -> dict:
     }
 
 
-def _load(bootstrap: str, topics: Topics, n: int) -> None:
+def _rows(iid: str, i: int, journal: int) -> list[tuple[str, tuple, dict]]:
+    """The changelog rows of one invocation: its status, its journal, and a state row for every other one."""
+    rows: list[tuple[str, tuple, dict]] = [("status", (iid,), _status(iid, i))]
+    for index in range(journal):
+        if index == 0:
+            entry = ("keystate.InputEntry", {"argument": b'{"order": %d}' % i, "headers": {}})
+        elif index == journal - 1:
+            entry = ("keystate.OutputEntry", {"result": ("keystate.Value", {"value": b'"done"'})})
+        else:
+            entry = ("keystate.RunEntry", {"name": f"step-{index}", "result": ("keystate.Value", {"value": b"42"})})
+        rows.append(("journal", (iid, index), {"entry": entry}))
+    if i % 2:
+        rows.append(("state", (f"Svc{i % 10}", f"key-{i}", "count"), {"value": str(i).encode()}))
+    return rows
+
+
+def _load(bootstrap: str, topics: Topics, n: int, journal: int) -> int:
     name = topics.changelog_topic
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(name, PARTITIONS, 1, config={"cleanup.policy": "compact"})])[name].result(30)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "compression.type": "lz4"})
+    written = 0
     for i in range(n):
         iid = str(InvocationId.new())
-        key, value, headers = row_record("status", (iid,), _status(iid, i))
-        while True:
-            try:
-                producer.produce(name, value, key=key, headers=headers, partition=InvocationId.parse(iid).partition(PARTITIONS))
-                break
-            except BufferError:
-                producer.poll(0.1)
+        partition = InvocationId.parse(iid).partition(PARTITIONS)
+        for table, row_key, row in _rows(iid, i, journal):
+            key, value, headers = row_record(table, row_key, row)
+            while True:
+                try:
+                    producer.produce(name, value, key=key, headers=headers, partition=partition)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            written += 1
         producer.poll(0)
     assert producer.flush(60) == 0
+    return written
 
 
-async def _sqlite(bootstrap: str, topics: Topics, path: Path) -> dict:
+async def _duckdb(bootstrap: str, topics: Topics, path: Path) -> dict:
     out: dict = {}
     for run in ("empty_file", "restart"):
         gc.collect()
@@ -99,6 +122,7 @@ async def _sqlite(bootstrap: str, topics: Topics, path: Path) -> dict:
         heap, peak = tracemalloc.get_traced_memory()
         out[run] = {
             "catch_up_s": round(caught_up, 2), "records_read": model.records_seen, "rows": await model.count(),
+            "records_per_s": round(model.records_seen / caught_up) if caught_up else None,
             "heap_growth_kib": (heap - heap0) // 1024, "heap_peak_kib": (peak - heap0) // 1024,
             "rss_growth_kib": _rss_kib() - rss0, "rss_mib_by_records": [t[:2] for t in trace], "filtered_page_ms": round(query_ms, 1), "page_total": page.total,
         }
@@ -122,9 +146,9 @@ def _dict(bootstrap: str, topics: Topics) -> dict:
         for msg in consumer.consume(1000, 0.5):
             if msg.error():
                 continue
-            iid = status_key_id(msg.key())
-            if iid is not None and msg.value() is not None:
-                summaries[iid] = InvocationSummary.of(decode(INVOCATION_STATUS, msg.value()))
+            if changelog_table(msg.key()) == "status" and msg.value() is not None:
+                summary = InvocationSummary.of(decode(INVOCATION_STATUS, msg.value()))
+                summaries[summary.invocation_id] = summary
             if msg.offset() + 1 >= ends[msg.partition()]:
                 done.add(msg.partition())
     consumer.close()
@@ -134,10 +158,10 @@ def _dict(bootstrap: str, topics: Topics) -> dict:
 
 
 def _child(mode: str, bootstrap: str, prefix: str, path: str) -> None:
-    if mode != "sqlite-untraced":  # tracemalloc slows Python down: time the catch-up without it
+    if mode != "duckdb-untraced":  # tracemalloc slows Python down: time the catch-up without it
         tracemalloc.start()
     topics = Topics(prefix)
-    result = asyncio.run(_sqlite(bootstrap, topics, Path(path))) if mode.startswith("sqlite") else _dict(bootstrap, topics)
+    result = asyncio.run(_duckdb(bootstrap, topics, Path(path))) if mode.startswith("duckdb") else _dict(bootstrap, topics)
     print(json.dumps(result))
 
 
@@ -145,7 +169,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bootstrap")
     parser.add_argument("--counts", default="20000,200000")
-    parser.add_argument("--modes", default="sqlite,sqlite-untraced,dict")
+    parser.add_argument("--journal", type=int, default=3, help="journal rows per invocation")
+    parser.add_argument("--modes", default="duckdb,duckdb-untraced,dict")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -163,10 +188,10 @@ def main() -> None:
             for n in (int(c) for c in args.counts.split(",")):
                 topics = Topics(f"bench.readmodel.{uuid.uuid4().hex[:8]}.")
                 t0 = time.monotonic()
-                _load(bootstrap, topics, n)
-                print(f"N={n}: wrote {n} status rows in {time.monotonic() - t0:.1f} s", flush=True)
+                written = _load(bootstrap, topics, n, args.journal)
+                print(f"N={n}: wrote {written} changelog records in {time.monotonic() - t0:.1f} s", flush=True)
                 for mode in args.modes.split(","):
-                    path = Path(tmp) / topics.prefix / mode / "readmodel.sqlite"
+                    path = Path(tmp) / topics.prefix / mode / "readmodel.duckdb"
                     out = subprocess.run(
                         [sys.executable, __file__, "--child", mode, bootstrap, topics.prefix, str(path)],
                         capture_output=True, text=True, check=True,

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from keystate.schemas.ids import InvalidIdError, InvocationId
 
+from .admin_query import add_query_routes
 from .admin_deployments import (
     RUNTIME_KEY,
     add_deployment_routes,
@@ -74,6 +75,7 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     app.router.add_get("/identity", _identity)
     add_metrics_route(app, InvocationCounts(runtime.invocations.status_counts))
     add_schema_registry_routes(app, runtime.settings.topics)
+    add_query_routes(app)
     return app
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
+
 from collections.abc import Callable, Iterator
 
+import duckdb
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -111,7 +112,7 @@ class InvocationCounts(Collector):
         )
         try:
             rows = self._counts()
-        except sqlite3.Error as exc:  # the other metrics are still worth a scrape
+        except duckdb.Error as exc:  # the other metrics are still worth a scrape
             log.warning("keystate_invocations left out of /metrics: the invocation read model failed: %s", exc)
             return
         for service, status, count in rows:

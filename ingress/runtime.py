@@ -28,6 +28,7 @@ from .auth import ADMIN, INGRESS, BearerToken, check_listen
 from .errors import IngressError, Unavailable
 from .http_limits import HttpLimits, parser_options
 from .readmodel import InvocationReadModel
+from .readmodel_sql import query_max_rows, query_timeout
 from .results import ResultWaiter
 
 __all__ = [
@@ -104,6 +105,10 @@ class IngressSettings:
     # Names the reply topic (`<prefix>replies.<ingress_id>`) the processors answer this ingress on
     # ($KEYSTATE_INGRESS_ID; "" = `default_ingress_id(state_dir)`, stable across restarts).
     ingress_id: str = ""
+    # POST :9070/query: seconds a query may run, rows it answers at most
+    # ($KEYSTATE_QUERY_TIMEOUT, default 30; $KEYSTATE_QUERY_MAX_ROWS, default 10000).
+    query_timeout: float = field(default_factory=query_timeout)
+    query_max_rows: int = field(default_factory=query_max_rows)
 
     def __post_init__(self) -> None:
         max_payload_bytes(self.max_payload_bytes)  # raises PayloadLimitError out of range
@@ -127,9 +132,9 @@ class IngressSettings:
 
     @property
     def readmodel_path(self) -> Path:
-        """`<state_dir>/<prefix>ingress-<hash of bootstrap>/readmodel.sqlite`: one file per cluster and prefix."""
+        """`<state_dir>/<prefix>ingress-<hash of bootstrap>/readmodel.duckdb`: one file per cluster and prefix."""
         cluster = hashlib.sha256(self.bootstrap.encode()).hexdigest()[:12]
-        return Path(self.state_dir) / f"{self.topics.prefix}ingress-{cluster}" / "readmodel.sqlite"
+        return Path(self.state_dir) / f"{self.topics.prefix}ingress-{cluster}" / "readmodel.duckdb"
 
     @property
     def kafka(self) -> KafkaSettings:

@@ -76,3 +76,17 @@ def write_changelog(
             producer.produce(topic, b"\x00not-a-status", key=table_key("journal", (invocation_id, n)), partition=partition)
         producer.poll(0)
     assert producer.flush(30) == 0
+
+
+def write_rows(
+    bootstrap: str, topics: Topics, rows: list[tuple[str, tuple[Any, ...], dict[str, Any] | None]], *, partitions: int
+) -> None:
+    """Write rows of any table (table, key parts, value or None) as a processor writes them, in the order
+    given: rows of an invocation on its partition, the others on partition 0 (the read model reads all)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    topic = topics.changelog_topic
+    for table, key, value in rows:
+        record_key, data, headers = row_record(table, key, value)
+        partition = InvocationId.parse(key[0]).partition(partitions) if table in ("status", "journal") else 0
+        producer.produce(topic, data, key=record_key, headers=headers, partition=partition)
+    assert producer.flush(30) == 0

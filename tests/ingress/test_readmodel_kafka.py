@@ -1,13 +1,13 @@
-"""The invocation read model on a real broker: served from SQLite, resumed from its saved offsets, rebuilt when stale."""
+"""The invocation read model on a real broker: served from DuckDB, resumed from its saved offsets, rebuilt when stale."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 import uuid
 from pathlib import Path
 
+import duckdb
 import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -69,7 +69,7 @@ async def test_a_large_changelog_is_served_from_disk_and_a_restart_resumes_from_
     noisy = rows[100:150]  # 50 more status rows, each followed by 2 rows of another table
     await asyncio.to_thread(write_changelog, kafka_bootstrap, topics, noisy, partitions=PARTITIONS, noise=2)
     live = {iid: s for iid, s in rows[100:]}
-    path = tmp_path / "readmodel.sqlite"
+    path = tmp_path / "readmodel.duckdb"
 
     model = await _started(kafka_bootstrap, topics, path)
     try:
@@ -137,16 +137,15 @@ async def test_a_missing_file_or_offsets_beyond_the_end_rebuild_the_store(
 ) -> None:
     rows = [(iid, status(iid)) for iid in (str(InvocationId.new()) for _ in range(40))]
     await asyncio.to_thread(write_changelog, kafka_bootstrap, topics, rows, partitions=PARTITIONS)
-    path = tmp_path / "rm" / "readmodel.sqlite"
+    path = tmp_path / "rm" / "readmodel.duckdb"
     model = await _started(kafka_bootstrap, topics, path)
     await model.stop()
 
     # Offsets the topic never reached (a recreated topic on a broker that does not report topic ids).
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE offsets SET next_offset = next_offset + 1000000")
-        db.execute("DELETE FROM meta WHERE name = 'topic_id'")
-        db.execute("INSERT OR REPLACE INTO invocations SELECT 'inv_stale', partition, service, handler, key, status,"
-                   " completion_status, deployment_id, created_at_ms, modified_at_ms, summary FROM invocations LIMIT 1")
+    with duckdb.connect(str(path)) as db:
+        db.execute("UPDATE keystate.offsets SET next_offset = next_offset + 1000000")
+        db.execute("DELETE FROM keystate.meta WHERE name = 'topic_id'")
+        db.execute("INSERT INTO keystate.invocation SELECT * REPLACE ('inv_stale' AS id) FROM keystate.invocation LIMIT 1")
     model = await _started(kafka_bootstrap, topics, path)
     try:
         assert model.records_seen == 40
@@ -165,7 +164,7 @@ async def test_a_missing_file_or_offsets_beyond_the_end_rebuild_the_store(
 async def test_a_recreated_topic_rebuilds_the_store(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> None:
     first = [(iid, status(iid)) for iid in (str(InvocationId.new()) for _ in range(30))]
     await asyncio.to_thread(write_changelog, kafka_bootstrap, topics, first, partitions=PARTITIONS)
-    path = tmp_path / "readmodel.sqlite"
+    path = tmp_path / "readmodel.duckdb"
     model = await _started(kafka_bootstrap, topics, path)
     await model.stop()
 
@@ -182,7 +181,7 @@ async def test_a_recreated_topic_rebuilds_the_store(kafka_bootstrap: str, topics
 
 
 async def test_a_second_model_on_the_same_directory_is_refused(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> None:
-    path = tmp_path / "readmodel.sqlite"
+    path = tmp_path / "readmodel.duckdb"
     model = await _started(kafka_bootstrap, topics, path)
     other = InvocationReadModel(KafkaSettings(kafka_bootstrap, topics), path)
     try:
