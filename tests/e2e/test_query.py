@@ -106,12 +106,10 @@ def test_sql_shows_what_a_workflow_an_object_and_failing_services_did(running: S
     assert (services["UserSignup"], services["Counter"], services["Greeter"]) == ("Workflow", "VirtualObject", "Service")
 
 
-# Not strict: it passes once the processor keeps a completed invocation's journal for its retention.
-@pytest.mark.xfail(reason="needs journal retention (procs)", strict=False)
 def test_a_completed_invocations_journal_stays_visible(running: Stack) -> None:
     assert http("POST", f"{running.url}/Counter/kept/add", 3).status == 200
     row = until("the add", lambda: sql(running, "SELECT id FROM sys_invocation WHERE target = 'Counter/kept/add' AND status = 'completed'"),
                 running)
     entries = journal(running, row[0]["id"])
     assert entries[:3] == [("Input", None, True), ("GetState", "count", True), ("SetState", "count", True)]
-    assert entries[3:] in ([], [("Output", None, True)])
+    assert entries[3:] == [("Output", None, True)]  # kept for the journal retention, output included
