@@ -58,6 +58,8 @@ def test_patched_settings_reach_the_ingress_the_processor_and_the_invoker(runnin
     until("the invocation after the patch completed", lambda: completed(running, gone), running)
     assert journal_rows(running, gone) == 0
     assert journal_rows(running, kept) > 0  # set at completion: the patch does not reach back
+    [shown] = sql(running, "SELECT journal_retention_ms, idempotency_retention_ms FROM sys_service WHERE name = 'Payloads'")
+    assert shown == {"journal_retention_ms": 0, "idempotency_retention_ms": 90 * 60_000}
 
     # abort_timeout reaches the invoker: an attempt longer than it fails with the service's timeout.
     assert patch(running, "Holder", {"abort_timeout": "1s"})[0] == 200
