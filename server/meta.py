@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -288,29 +288,12 @@ class MetaView:
 
     async def wait_for_settings(self, service: str, record: dict[str, Any], timeout: float = 30.0) -> None:
         """Wait until the view has read `record` (or a later change) as `service`'s settings."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        key = settings_key(service)
 
         def settled() -> bool:
             current = self.state.settings.get(service)
-            return current is not None and current["modified_at_ms"] >= record["modified_at_ms"] and (
-                current == record or current["modified_at_ms"] > record["modified_at_ms"]
-            )
+            return current is not None and (current == record or current["modified_at_ms"] > record["modified_at_ms"])
 
-        while not settled():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise MetaError(
-                    f"the settings of {service} were written to {self.settings.topics.meta} but not read back within "
-                    f"{timeout:g} s; check that Kafka at {self.settings.bootstrap} is healthy and retry"
-                )
-            future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
-            self._waiters.setdefault(key, []).append(future)
-            try:
-                await asyncio.wait_for(future, remaining)
-            except TimeoutError:
-                continue
+        await self._wait(settings_key(service), settled, timeout, f"the settings of {service}")
 
     async def wait_for(
         self, deployment_id: str, timeout: float = 30.0, *, removed: bool = False, like: dict[str, Any] | None = None
@@ -324,22 +307,26 @@ class MetaView:
                 return current is None
             return current is not None and (wanted is None or _fingerprint(current) == wanted)
 
+        await self._wait(deployment_id, settled, timeout, f"deployment {deployment_id}")
+        return self.state.deployments.get(deployment_id)
+
+    async def _wait(self, key: str, settled: Callable[[], bool], timeout: float, what: str) -> None:
+        """Wait until `settled()`, checking each time a record with `key` is applied (read-your-writes)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not settled():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise MetaError(
-                    f"deployment {deployment_id} was written to {self.settings.topics.meta} but not read back "
-                    f"within {timeout:g} s; check that Kafka at {self.settings.bootstrap} is healthy and retry"
+                    f"{what} was written to {self.settings.topics.meta} but not read back within {timeout:g} s; "
+                    f"check that Kafka at {self.settings.bootstrap} is healthy and retry"
                 )
             future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
-            self._waiters.setdefault(deployment_id, []).append(future)
+            self._waiters.setdefault(key, []).append(future)
             try:
                 await asyncio.wait_for(future, remaining)
             except TimeoutError:
                 continue
-        return self.state.deployments.get(deployment_id)
 
     # Read helpers for the HTTP layers.
     def deployments(self) -> Iterable[dict[str, Any]]:

@@ -88,4 +88,8 @@ def test_the_cli_patches_and_views_a_service_config(running: Stack, capsys: pyte
     assert run(running, capsys, "services", "config", "patch", "Flaky", "--abort-timeout", "1d")[0] == 0
     code, out, _ = run(running, capsys, "services", "config", "view", "Flaky")
     assert code == 0 and "2h30m" in out and "1d" in out and "500ms" in out
+    assert "changed with config patch" in out
+    assert run_json(running, capsys, "services", "config", "view", "Flaky")["overridden"] == [
+        "abort_timeout_ms", "inactivity_timeout_ms", "journal_retention_ms", "public",
+    ]
     assert http("POST", f"{running.url}/Flaky/always_fails").status == 400
