@@ -78,13 +78,18 @@ def config_table(service: dict[str, Any]) -> Table:
     table.add_column("VALUE", overflow="fold")
     table.add_row("public", "yes" if _public(service) else "no")
     table.add_row("journal retention", _ms_text(service.get("journal_retention_ms")))
-    if "idempotency_retention_ms" in service:
+    if service.get("ty") == "Workflow":
+        table.add_row("workflow completion retention", _ms_text(service.get("workflow_completion_retention_ms")))
+    elif "idempotency_retention_ms" in service:
         table.add_row("idempotency retention", _ms_text(service.get("idempotency_retention_ms")))
     table.add_row("inactivity timeout", _ms_text(service.get("inactivity_timeout_ms")))
     table.add_row("abort timeout", _ms_text(service.get("abort_timeout_ms")))
     table.add_row("retry policy", "default" if not service.get("retry_policy") else str(service["retry_policy"]))
     if service.get("forward_headers"):
         table.add_row("forwarded headers", ", ".join(service["forward_headers"]))
+    if service.get("overridden"):
+        # Set with `config patch`: they stay until patched again, whatever deployment is registered.
+        table.add_row("changed with config patch", ", ".join(service["overridden"]))
     return table
 
 
@@ -132,8 +137,8 @@ def _describe(args: argparse.Namespace) -> int:
 def _config_view(args: argparse.Namespace) -> int:
     service = _get(args)
     if args.json:
-        keys = ("name", "ingress_private", "journal_retention_ms", "idempotency_retention_ms", "inactivity_timeout_ms",
-                "abort_timeout_ms", "retry_policy")
+        keys = ("name", "public", "ingress_private", "journal_retention_ms", "idempotency_retention_ms",
+                "workflow_completion_retention_ms", "inactivity_timeout_ms", "abort_timeout_ms", "retry_policy", "overridden")
         print_json({k: service.get(k) for k in keys if k in service})
     else:
         console().print(config_table(service))

@@ -19,6 +19,7 @@ from .admin_deployments import (
     service_json,
 )
 from .admin_restart import add_restart_routes
+from .admin_services import add_service_routes
 from .admin_state import add_state_routes
 from .auth import ADMIN, auth_middlewares
 from .commands import produce_command
@@ -64,8 +65,7 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     add_ui_routes(app)
     add_deployment_routes(app)
     add_state_routes(app)
-    app.router.add_get("/services", _list_services)
-    app.router.add_get("/services/{name}", _get_service)
+    add_service_routes(app)
     app.router.add_get("/invocations", _list_invocations)
     app.router.add_get("/invocations/{id}", _get_invocation)
     app.router.add_delete("/invocations/{id}", _delete_invocation)
@@ -77,23 +77,6 @@ def admin_app(runtime: IngressRuntime) -> web.Application:
     add_schema_registry_routes(app, runtime.settings.topics)
     add_query_routes(app)
     return app
-
-
-async def _list_services(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME_KEY]
-    services = runtime.meta.state.services
-    return web.json_response(
-        {"services": [service_json(e.metadata, e.deployment_id) for _, e in sorted(services.items())]}
-    )
-
-
-async def _get_service(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME_KEY]
-    name = request.match_info["name"]
-    entry = runtime.meta.state.service(name)
-    if entry is None:
-        raise NotFound(f"unknown service {name!r}; list services with GET /services")
-    return web.json_response(service_json(entry.metadata, entry.deployment_id))
 
 
 async def _health(request: web.Request) -> web.Response:

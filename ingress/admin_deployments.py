@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, UTC
 from typing import Any
 
@@ -11,6 +12,7 @@ from keystate.schemas.ids import InvocationId
 from keystate.server.discovery import discover
 from keystate.server.errors import RegistrationConflict
 from keystate.server.meta import register, unregister
+from keystate.server.service_settings import completion_retention_ms, journal_retention_ms
 
 from .commands import produce_command
 from .errors import BadRequest, Conflict, NotFound, Unavailable
@@ -48,10 +50,17 @@ def add_deployment_routes(app: web.Application) -> None:
 # The admin's JSON names types as Restate's admin API does; the records and discovery keep the manifest's.
 SERVICE_TYPE_NAMES = {"SERVICE": "Service", "VIRTUAL_OBJECT": "VirtualObject", "WORKFLOW": "Workflow"}
 HANDLER_KIND_NAMES = {"EXCLUSIVE": "Exclusive", "SHARED": "Shared", "WORKFLOW": "Workflow"}
+_NOT_SETTINGS = ("service_name", "modified_at_ms")
 
 
-def service_json(service: dict[str, Any], deployment_id: str) -> dict[str, Any]:
-    """A service as the admin API shows it; `ty` is Service|VirtualObject|Workflow, a handler's Exclusive|Shared|Workflow."""
+def service_json(service: dict[str, Any], deployment_id: str, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A service as the admin API shows it; `ty` is Service|VirtualObject|Workflow, a handler's Exclusive|Shared|Workflow.
+
+    `service` and `settings` as `MetaState.service` gives them (effective metadata, the PATCH override):
+    the *_ms fields are the effective values, null where the processor's default applies.
+    """
+    completion = completion_retention_ms(service, settings)
+    workflow = service["service_type"] == "WORKFLOW"
     return {
         "name": service["name"],
         "ty": SERVICE_TYPE_NAMES.get(service["service_type"], service["service_type"]),
@@ -70,9 +79,14 @@ def service_json(service: dict[str, Any], deployment_id: str) -> dict[str, Any]:
         "retry_policy": service.get("retry_policy"),
         "inactivity_timeout_ms": service.get("inactivity_timeout_ms"),
         "abort_timeout_ms": service.get("abort_timeout_ms"),
-        "journal_retention_ms": service.get("retention_ms"),
+        "journal_retention_ms": journal_retention_ms(service, settings),
+        "idempotency_retention_ms": None if workflow else completion,
+        "workflow_completion_retention_ms": completion if workflow else None,
+        "public": not service.get("ingress_private", False),
         "ingress_private": bool(service.get("ingress_private", False)),
         "forward_headers": list(service.get("forward_headers", [])),
+        # Which settings were changed with PATCH /services/{name} (they outlive re-registrations).
+        "overridden": sorted(k for k, v in (settings or {}).items() if v is not None and k not in _NOT_SETTINGS),
     }
 
 

@@ -81,11 +81,18 @@ def meta_tables(meta: MetaState) -> MetaTables:
             revisions[service["name"]] = revisions.get(service["name"], 0) + 1
     for name, entry in sorted(meta.services.items()):
         service = entry.metadata
+        completion = entry.completion_retention_ms()
+        workflow = service["service_type"] == "WORKFLOW"
         services.append((
             name,
             revisions.get(name, 1),
             not bool(service.get("ingress_private", False)),
             _SERVICE_TY.get(str(service["service_type"]), str(service["service_type"])),
             entry.deployment_id,
+            None if workflow else completion,
+            completion if workflow else None,
+            entry.journal_retention_ms(),
+            service.get("inactivity_timeout_ms"),
+            service.get("abort_timeout_ms"),
         ))
     return MetaTables(deployments, services)

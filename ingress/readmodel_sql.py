@@ -62,11 +62,15 @@ class MetaTables:
     """`sys_deployment` and `sys_service` rows, from the meta view at the time of the query.
 
     deployments: (id, ty, endpoint, created_at_ms, latest: new invocations of some service go to it);
-    services: (name, revision, public, ty, deployment_id).
+    services: (name, revision, public, ty, deployment_id, then the effective idempotency_retention_ms,
+    workflow_completion_retention_ms, journal_retention_ms, inactivity_timeout_ms, abort_timeout_ms; None:
+    the processor's default).
     """
 
     deployments: list[tuple[str, str, str, int, bool]] = field(default_factory=list)
-    services: list[tuple[str, int, bool, str, str]] = field(default_factory=list)
+    services: list[tuple[str, int, bool, str, str, int | None, int | None, int | None, int | None, int | None]] = field(
+        default_factory=list
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +91,10 @@ FROM (SELECT unnest($1::VARCHAR[]) AS id, unnest($2::VARCHAR[]) AS ty, unnest($3
              unnest($4::BIGINT[]) AS created_at_ms, unnest($5::BOOLEAN[]) AS latest) AS d"""
 _SERVICES = """CREATE OR REPLACE TEMP TABLE sys_service AS
 SELECT * FROM (SELECT unnest($1::VARCHAR[]) AS name, unnest($2::INTEGER[]) AS revision, unnest($3::BOOLEAN[]) AS public,
-                      unnest($4::VARCHAR[]) AS ty, unnest($5::VARCHAR[]) AS deployment_id)"""
+                      unnest($4::VARCHAR[]) AS ty, unnest($5::VARCHAR[]) AS deployment_id,
+                      unnest($6::BIGINT[]) AS idempotency_retention_ms, unnest($7::BIGINT[]) AS workflow_completion_retention_ms,
+                      unnest($8::BIGINT[]) AS journal_retention_ms, unnest($9::BIGINT[]) AS inactivity_timeout_ms,
+                      unnest($10::BIGINT[]) AS abort_timeout_ms)"""
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -112,7 +119,7 @@ def select(cursor: duckdb.DuckDBPyConnection, sql: str, *, max_rows: int, meta: 
     if meta is not None and "sys_deployment" in lowered:
         cursor.execute(_DEPLOYMENTS, _columns(meta.deployments, 5))
     if meta is not None and "sys_service" in lowered:
-        cursor.execute(_SERVICES, _columns(meta.services, 5))
+        cursor.execute(_SERVICES, _columns(meta.services, 10))
     cursor.execute("BEGIN TRANSACTION READ ONLY")
     try:
         cursor.execute(statements[0].query)

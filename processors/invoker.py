@@ -86,6 +86,10 @@ class InvokerSettings:
         return max(1, self.max_queued_attempts // 2)
 
 
+TimeoutsLookup = Callable[[str], "tuple[float | None, float | None]"]
+"""service -> its (inactivity, abort) timeout in seconds, declared or set with PATCH /services; None: the settings'."""
+
+
 class Invoker:
     """Runs `Invoke` actions; `notify` pushes completions to live attempts; `stop` ends them.
 
@@ -99,12 +103,14 @@ class Invoker:
         partitions: int,
         resolve_uri: Callable[[str | None, str], tuple[str, list[str]] | None],
         settings: InvokerSettings | None = None,
+        timeouts_for: TimeoutsLookup | None = None,
     ) -> None:
         self._producer = producer
         self._topic = log_topic
         self._partitions = partitions
         self._resolve_uri = resolve_uri
         self._settings = settings or InvokerSettings()
+        self._timeouts_for = timeouts_for
         self._live: dict[str, Attempt] = {}
         self._session: aiohttp.ClientSession | None = None
         self._stream: AttemptStream | None = None
@@ -258,6 +264,7 @@ class Invoker:
                     "`keystate deployments register <uri>`"
                 )
             uri, transports = resolved
+            self._set_timeouts(attempt)
             url = f"{uri.rstrip('/')}/invoke/{action.target['service']}/{action.target['handler']}"
             literal = literal_address(URL(uri).host or "")
             if literal is not None:  # names are checked by the resolver; literals are never resolved
@@ -267,7 +274,7 @@ class Invoker:
             try:
                 # The abort and inactivity timeouts run from here: time in the queue does not count.
                 assert self._stream is not None
-                return await asyncio.wait_for(self._stream.run(attempt, url, transports), self._settings.abort_timeout_s)
+                return await asyncio.wait_for(self._stream.run(attempt, url, transports), attempt.abort_timeout_s)
             finally:
                 try:
                     await self._close_ws(attempt)  # the connection goes back to the pool before the slot does
@@ -282,7 +289,7 @@ class Invoker:
                 )
             return failure(action, 503, f"no answer from {url}: {exc or 'read timeout'}")
         except TimeoutError:
-            return failure(action, 500, f"attempt exceeded the abort timeout of {self._settings.abort_timeout_s:g} s")
+            return failure(action, 500, f"attempt exceeded the abort timeout of {attempt.abort_timeout_s:g} s")
         except AttemptError as exc:
             return failure(action, 500, str(exc))
         except Oversized as exc:
@@ -296,6 +303,12 @@ class Invoker:
         except Exception as exc:  # an invoker bug must not kill the process; record it on the invocation
             log.exception("invocation %s attempt %d crashed the invoker", action.invocation_id, action.attempt)
             return failure(action, 500, f"invoker error: {exc!r}")
+
+    def _set_timeouts(self, attempt: Attempt) -> None:
+        """The attempt's timeouts: its service's (read per attempt, so a PATCH applies to the next attempt)."""
+        inactivity, abort = (None, None) if self._timeouts_for is None else self._timeouts_for(attempt.action.target["service"])
+        attempt.inactivity_timeout_s = self._settings.inactivity_timeout_s if inactivity is None else inactivity
+        attempt.abort_timeout_s = self._settings.abort_timeout_s if abort is None else abort
 
     async def _close_ws(self, attempt: Attempt) -> None:
         if attempt.ws is not None and not attempt.ws.closed:

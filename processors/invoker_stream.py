@@ -67,6 +67,9 @@ class Attempt:
         self.unsettled: set[asyncio.Future[Any]] = set()  # appends Kafka has not acknowledged yet
         self.append_failure: tuple[int, BaseException] | None = None  # the first append that failed
         self.trace: AttemptTrace | None = None  # its spans, when tracing (processors.tracing)
+        # Set by the invoker when the attempt starts: its service's timeouts, else the invoker's settings.
+        self.inactivity_timeout_s = 60.0
+        self.abort_timeout_s = 600.0
 
 
 def failure(
@@ -156,10 +159,10 @@ class AttemptStream:
         next_index = len(action.journal)
         while True:
             try:
-                msg = await ws.receive(timeout=self._settings.inactivity_timeout_s)
+                msg = await ws.receive(timeout=attempt.inactivity_timeout_s)
             except TimeoutError as exc:
                 raise AttemptError(
-                    f"no message from the deployment for {self._settings.inactivity_timeout_s:g} s (inactivity timeout)"
+                    f"no message from the deployment for {attempt.inactivity_timeout_s:g} s (inactivity timeout)"
                 ) from exc
             if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
                 raise AttemptError("the deployment closed the stream before the handler ended or suspended")
@@ -177,7 +180,7 @@ class AttemptStream:
         body = self._codec.encode("keystate.MessageBatch", {"messages": self._opening(action)})
         # One response per attempt and no heartbeats: a long ctx.run is bounded by the abort timeout.
         timeout = aiohttp.ClientTimeout(
-            total=None, connect=self._settings.connect_timeout_s, sock_read=self._settings.abort_timeout_s
+            total=None, connect=self._settings.connect_timeout_s, sock_read=attempt.abort_timeout_s
         )
         headers = {"content-type": BATCH_CONTENT_TYPE, **(_trace_headers(attempt) or {})}
         # No redirects: each hop would carry a freshly signed request to wherever the deployment points.

@@ -182,7 +182,9 @@ class Worker:
         await self.meta.start()
         self._producer = AsyncProducer(self.settings.kafka, **{"client.id": f"keystate-invoker-{self.settings.instance_id}"})
         self.log_partitions = self._producer.partitions(self.topics.log)
-        self.invoker = Invoker(self._producer, self.topics.log, self.log_partitions, self._resolve_uri, self.settings.invoker)
+        self.invoker = Invoker(
+            self._producer, self.topics.log, self.log_partitions, self._resolve_uri, self.settings.invoker, self._timeouts_for
+        )
         await self.invoker.start()
         invoker = self.invoker
         metrics.watch_invoker(
@@ -199,6 +201,7 @@ class Worker:
             deployment_removed=lambda deployment_id: deployment_id in self.meta.state.removed,
             service_retry_policy=self._retry_policy_for,
             service_retention_ms=self._retention_for,
+            service_journal_retention_ms=self._journal_retention_for,
             handler_target=self._handler_target,
         )
         kafka = self.settings.kafka
@@ -319,8 +322,21 @@ class Worker:
         return None
 
     def _retention_for(self, service: str) -> int | None:
+        """The service's idempotency (workflow: completion) retention, declared or set with PATCH /services."""
         entry = self.meta.state.service(service)
-        return None if entry is None else entry.metadata.get("retention_ms")
+        return None if entry is None else entry.completion_retention_ms()
+
+    def _journal_retention_for(self, service: str) -> int | None:
+        entry = self.meta.state.service(service)
+        return None if entry is None else entry.journal_retention_ms()
+
+    def _timeouts_for(self, service: str) -> tuple[float | None, float | None]:
+        """(inactivity, abort) timeout in seconds of the service's attempts; None: the invoker's setting."""
+        entry = self.meta.state.service(service)
+        if entry is None:
+            return None, None
+        inactivity, abort = entry.metadata.get("inactivity_timeout_ms"), entry.metadata.get("abort_timeout_ms")
+        return (None if inactivity is None else inactivity / 1000), (None if abort is None else abort / 1000)
 
     def _submit(self, effects: list[Effect]) -> None:
         if effects:

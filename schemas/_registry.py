@@ -58,6 +58,8 @@ SCHEMA_IDS: Final[dict[str, int]] = {
     # 401: the layout before ingress_private / forward_headers; still read, upgraded on read.
     "keystate.DeploymentRecordV1": 401,
     "keystate.DeploymentRecord": 402,
+    # key "service:<name>": settings changed with PATCH /services/{name} (keystate.server.meta).
+    "keystate.ServiceSettings": 403,
     # processor <-> deployment protocol
     "keystate.StartMessage": 501,
     "keystate.EntryMessage": 502,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from confluent_kafka import Message
@@ -17,6 +18,14 @@ from keystate.schemas.errors import ContractError
 from .deployment_changes import breaking_changes, discovery_differences
 from .errors import KafkaUnavailable, MetaError, RegistrationConflict
 from .kafka import AsyncProducer, KafkaSettings, TopicFollower
+from .service_settings import (
+    SERVICE_SETTINGS,
+    completion_retention_ms,
+    effective_metadata,
+    journal_retention_ms,
+    service_of_key,
+    settings_key,
+)
 
 __all__ = [
     "DEPLOYMENT_RECORD",
@@ -51,23 +60,45 @@ def handler_is_private(service: dict[str, Any], handler: dict[str, Any]) -> bool
     return bool(handler.get("ingress_private", service.get("ingress_private", False)))
 
 
+_NO_SETTINGS: Mapping[str, Any] = MappingProxyType({})
+
+
 class ServiceEntry(NamedTuple):
-    """A service as currently served: its metadata and the deployment new invocations go to."""
+    """A service as currently served: its metadata and the deployment new invocations go to.
+
+    In `MetaState.services` the metadata is the effective one (the override's public flag and
+    timeouts applied) and `settings` the override (`keystate.ServiceSettings`, empty if none).
+    """
 
     metadata: dict[str, Any]
     deployment_id: str
+    settings: Mapping[str, Any] = _NO_SETTINGS
+
+    def journal_retention_ms(self) -> int | None:
+        """How long a completed invocation's journal is kept; None: the processor's default."""
+        return journal_retention_ms(self.metadata, self.settings)
+
+    def completion_retention_ms(self) -> int | None:
+        """How long a completed invocation is kept (idempotency / workflow retention); None: the processor's default."""
+        return completion_retention_ms(self.metadata, self.settings)
 
 
 @dataclass
 class MetaState:
     """Deployments and the services they serve, built from DeploymentRecords in log order.
 
-    Pure: `apply` is the only way in. A service name resolves to the newest deployment (latest in
-    log order) that declares it, so removing that deployment falls back to the previous one.
+    Pure: `apply` and `apply_settings` are the only ways in. A service name resolves to the newest
+    deployment (latest in log order) that declares it, so removing that deployment falls back to
+    the previous one. `services` holds the effective settings: the declared ones with the service's
+    override (`settings`) on top; `declared` the deployments' own.
     """
 
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
     services: dict[str, ServiceEntry] = field(default_factory=dict)
+    declared: dict[str, ServiceEntry] = field(default_factory=dict)
+    # Overrides by service name (ServiceSettings records); kept when a service has no deployment, so a
+    # re-registration finds them.
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Deployments whose tombstone was read: invocations pinned to them must not run elsewhere.
     # Known while keystate.meta keeps the tombstone (delete.retention.ms after compaction).
     removed: set[str] = field(default_factory=set)
@@ -92,14 +123,38 @@ class MetaState:
             return
         self.deployments[deployment_id] = record
         for service in record["services"]:
-            self.services[service["name"]] = ServiceEntry(service, deployment_id)
+            self._declare(ServiceEntry(service, deployment_id))
+
+    def apply_settings(self, service: str, record: dict[str, Any] | None) -> None:
+        """Apply one ServiceSettings record of keystate.meta, or None (tombstone) to drop the override."""
+        if record is None:
+            self.settings.pop(service, None)
+        elif record.get("service_name") != service:
+            raise MetaError(
+                f"meta record key {settings_key(service)!r} does not match its service_name "
+                f"{record.get('service_name')!r}; the record was not written by keystate"
+            )
+        else:
+            self.settings[service] = record
+        entry = self.declared.get(service)
+        if entry is not None:
+            self._declare(entry)
+
+    def _declare(self, entry: ServiceEntry) -> None:
+        name = entry.metadata["name"]
+        self.declared[name] = entry
+        settings = self.settings.get(name)
+        if settings is None:
+            self.services[name] = entry
+        else:
+            self.services[name] = ServiceEntry(effective_metadata(entry.metadata, settings), entry.deployment_id, settings)
 
     def _rebuild_services(self) -> None:
-        services: dict[str, ServiceEntry] = {}
+        self.services = {}
+        self.declared = {}
         for deployment_id, record in self.deployments.items():
             for service in record["services"]:
-                services[service["name"]] = ServiceEntry(service, deployment_id)
-        self.services = services
+                self._declare(ServiceEntry(service, deployment_id))
 
     def find_same(self, record: dict[str, Any]) -> dict[str, Any] | None:
         """The newest registered deployment with the same uri, protocol, transports and services."""
@@ -117,6 +172,7 @@ class MetaState:
         return None
 
     def service(self, name: str) -> ServiceEntry | None:
+        """The service with its effective settings (declared, then overridden), or None if no deployment serves it."""
         return self.services.get(name)
 
     def latest_for(self, deployment_id: str) -> list[str]:
@@ -124,8 +180,8 @@ class MetaState:
         return sorted(name for name, entry in self.services.items() if entry.deployment_id == deployment_id)
 
     def current_services(self) -> dict[str, dict[str, Any]]:
-        """Each registered service as its latest deployment serves it."""
-        return {name: entry.metadata for name, entry in self.services.items()}
+        """Each registered service as its latest deployment declares it (overrides are not part of discovery)."""
+        return {name: entry.metadata for name, entry in self.declared.items()}
 
 
 def _normalized(record: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +209,7 @@ class MetaView:
         self._follower = TopicFollower(settings, settings.topics.meta, self._on_record, from_beginning=True)
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
         self.ready = False
+        self.settings_lock = asyncio.Lock()  # PATCH /services: one read-merge-write at a time
 
     async def start(self, timeout: float = 30.0) -> None:
         """Read keystate.meta up to its current end; afterwards follow it."""
@@ -183,7 +240,11 @@ class MetaView:
         self.apply(deployment_id, msg.value())
 
     def apply(self, deployment_id: str, value: bytes | None) -> None:
-        """Decode and apply one keystate.meta record (the follower's callback)."""
+        """Decode and apply one keystate.meta record (the follower's callback): a deployment's or a service's settings."""
+        service = service_of_key(deployment_id)
+        if service is not None:
+            self._apply_settings(deployment_id, service, value)
+            return
         record: dict[str, Any] | None = None
         if value is not None:
             try:
@@ -194,8 +255,7 @@ class MetaView:
             if name == DEPLOYMENT_RECORD_V1:
                 record = upgrade_deployment_record(record)
             elif name != DEPLOYMENT_RECORD:
-                # Other record types (service settings) are not handled by this version.
-                log.debug("ignoring a %s record in keystate.meta", name)
+                log.warning("ignoring a %s record in keystate.meta under deployment key %s", name, deployment_id)
                 return
         try:
             self.state.apply(deployment_id, record)
@@ -205,6 +265,35 @@ class MetaView:
         for future in self._waiters.pop(deployment_id, []):
             if not future.done():
                 future.set_result(record)
+
+    def _apply_settings(self, key: str, service: str, value: bytes | None) -> None:
+        record: dict[str, Any] | None = None
+        if value is not None:
+            try:
+                name, record = codec().decode(value)
+            except ContractError as exc:
+                log.warning("ignoring undecodable settings of service %s in keystate.meta: %s", service, exc)
+                return
+            if name != SERVICE_SETTINGS:
+                log.warning("ignoring a %s record in keystate.meta under the settings key %s", name, key)
+                return
+        try:
+            self.state.apply_settings(service, record)
+        except MetaError as exc:
+            log.warning("ignoring keystate.meta record: %s", exc)
+            return
+        for future in self._waiters.pop(key, []):
+            if not future.done():
+                future.set_result(record)
+
+    async def wait_for_settings(self, service: str, record: dict[str, Any], timeout: float = 30.0) -> None:
+        """Wait until the view has read `record` (or a later change) as `service`'s settings."""
+
+        def settled() -> bool:
+            current = self.state.settings.get(service)
+            return current is not None and (current == record or current["modified_at_ms"] > record["modified_at_ms"])
+
+        await self._wait(settings_key(service), settled, timeout, f"the settings of {service}")
 
     async def wait_for(
         self, deployment_id: str, timeout: float = 30.0, *, removed: bool = False, like: dict[str, Any] | None = None
@@ -218,22 +307,26 @@ class MetaView:
                 return current is None
             return current is not None and (wanted is None or _fingerprint(current) == wanted)
 
+        await self._wait(deployment_id, settled, timeout, f"deployment {deployment_id}")
+        return self.state.deployments.get(deployment_id)
+
+    async def _wait(self, key: str, settled: Callable[[], bool], timeout: float, what: str) -> None:
+        """Wait until `settled()`, checking each time a record with `key` is applied (read-your-writes)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not settled():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise MetaError(
-                    f"deployment {deployment_id} was written to {self.settings.topics.meta} but not read back "
-                    f"within {timeout:g} s; check that Kafka at {self.settings.bootstrap} is healthy and retry"
+                    f"{what} was written to {self.settings.topics.meta} but not read back within {timeout:g} s; "
+                    f"check that Kafka at {self.settings.bootstrap} is healthy and retry"
                 )
             future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
-            self._waiters.setdefault(deployment_id, []).append(future)
+            self._waiters.setdefault(key, []).append(future)
             try:
                 await asyncio.wait_for(future, remaining)
             except TimeoutError:
                 continue
-        return self.state.deployments.get(deployment_id)
 
     # Read helpers for the HTTP layers.
     def deployments(self) -> Iterable[dict[str, Any]]:

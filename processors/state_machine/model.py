@@ -126,6 +126,9 @@ class Config:
     # Per-service retention (the manifest's journalRetention, which the SDK fills from its workflow or
     # idempotency retention) overriding both defaults: the status and the journal are kept that long.
     service_retention_ms: Callable[[str], int | None] = _no_retention
+    # Per-service journal retention, apart from the above as in Restate (PATCH /services journal_retention);
+    # None: `service_retention_ms` serves the journal too.
+    service_journal_retention_ms: Callable[[str], int | None] | None = None
     # The registered truth about callees; None (no registry, e.g. in tests) trusts the caller's target.
     handler_target: HandlerLookup | None = None
     # Results of HTTP calls also go to keystate.results (the public stream of every result); False: only to
@@ -168,7 +171,8 @@ class Config:
 
     def journal_retention_for(self, target: Target) -> int:
         """How long a completed invocation of `target` keeps its journal: the service's retention, else the default."""
-        configured = self.service_retention_ms(target.service)
+        lookup = self.service_retention_ms if self.service_journal_retention_ms is None else self.service_journal_retention_ms
+        configured = lookup(target.service)
         return self.journal_retention_ms if configured is None else configured
 
     def policy_for(self, target: Target) -> RetryPolicy:

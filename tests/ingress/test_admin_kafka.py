@@ -42,8 +42,12 @@ async def test_register_then_services_and_deployments_show_it(admin: TestClient,
         "inactivity_timeout_ms": None,
         "abort_timeout_ms": None,
         "journal_retention_ms": None,
+        "idempotency_retention_ms": None,
+        "workflow_completion_retention_ms": None,
+        "public": True,
         "ingress_private": False,
         "forward_headers": [],
+        "overridden": [],
     }
     one = await admin.get("/services/Greeter")
     assert one.status == 200 and (await one.json())["deployment_id"] == created["id"]

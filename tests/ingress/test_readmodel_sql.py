@@ -227,7 +227,7 @@ def test_deployments_and_services_come_from_the_meta_tables(store: ReadModelStor
     meta = MetaTables(
         deployments=[("dp_1", "websocket", "http://a", NOW, False), ("dp_2", "http", "http://b", NOW + 1, True),
                      ("dp_3", "http", "http://c", NOW + 2, False)],
-        services=[("Trip", 2, True, "VirtualObject", "dp_2")],
+        services=[("Trip", 2, True, "VirtualObject", "dp_2", None, None, 0, 5000, None)],
     )
     rows = _rows(store, "SELECT * FROM sys_deployment ORDER BY id", meta=meta)
     # dp_1 still runs the suspended Trip invocation pinned to it; dp_3 runs nothing.
@@ -236,7 +236,9 @@ def test_deployments_and_services_come_from_the_meta_tables(store: ReadModelStor
     ]
     assert rows[0]["created_at"] == "2023-11-14T22:13:20.000Z"
     assert _rows(store, "SELECT * FROM sys_service", meta=meta) == [
-        {"name": "Trip", "revision": 2, "public": True, "ty": "VirtualObject", "deployment_id": "dp_2"}
+        {"name": "Trip", "revision": 2, "public": True, "ty": "VirtualObject", "deployment_id": "dp_2",
+         "idempotency_retention_ms": None, "workflow_completion_retention_ms": None, "journal_retention_ms": 0,
+         "inactivity_timeout_ms": 5000, "abort_timeout_ms": None}
     ]
     assert _rows(store, "SELECT count(*) AS n FROM sys_service", meta=MetaTables()) == [{"n": 0}]
 

@@ -124,3 +124,20 @@ def test_the_service_retention_decides_for_the_journal_too():
 
     assert story.journal(iid) == []
     assert story.state("Counter", "alice") == {"n": b"1"}  # an object's state is not the invocation's
+
+
+def test_a_service_journal_retention_apart_from_its_completion_retention():
+    # PATCH /services journal_retention=0 with an hour of idempotency retention: the journal goes at
+    # completion, the status row stays the hour.
+    story = Story(Config(
+        completion_retention_ms=60_000,
+        journal_retention_ms=60_000,
+        service_retention_ms=lambda service: 3_600_000,
+        service_journal_retention_ms=lambda service: 0,
+    ))
+
+    iid = finished(story)
+
+    assert story.journal(iid) == []
+    assert story.status(iid)["status"] == "COMPLETED"
+    assert story.status(iid)["retention_ms"] == 3_600_000
