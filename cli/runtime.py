@@ -106,9 +106,12 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ingress-results",
         choices=("public", "private"),
-        default="public" if _default(ProcessorSettings, "publish_ingress_results") else "private",
+        default=os.environ.get(
+            "KEYSTATE_INGRESS_RESULTS", "public" if _default(ProcessorSettings, "publish_ingress_results") else "private"
+        ),
         help="results of HTTP calls also go to the public results topic (public), or only to the waiting "
-        "ingress's reply topic (private: one partition less per completing transaction) (default %(default)s)",
+        "ingress's reply topic (private: one partition less per completing transaction) "
+        "(default $KEYSTATE_INGRESS_RESULTS or %(default)s)",
     )
     parser.add_argument("--journal-retention", type=float,
                         default=_default(ProcessorSettings, "journal_retention_ms") / 1000,
@@ -239,6 +242,9 @@ def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: 
         )
     except (PayloadLimitError, ContractError, KafkaSettingsError, MetaError) as exc:
         log.error("%s", exc)
+        return 2
+    if processor and args.ingress_results not in ("public", "private"):
+        log.error("--ingress-results ($KEYSTATE_INGRESS_RESULTS) must be public or private, not %r", args.ingress_results)
         return 2
     if processor:
         from keystate.processors.metrics import default_metrics_address, parse_metrics_address
