@@ -104,6 +104,13 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention", type=float, default=_default(ProcessorSettings, "completion_retention_ms") / 1000,
                         help="seconds a completed invocation stays answerable (default %(default)s)")
     parser.add_argument(
+        "--fold-window-ms",
+        type=float,
+        default=_default(ProcessorSettings, "fold_window_ms"),
+        help="a batch waits this long for the attempts it started to journal their first steps (a short "
+        "handler's output) and commits them with it; 0: no waiting (default %(default)s)",
+    )
+    parser.add_argument(
         "--ingress-results",
         choices=("public", "private"),
         default=os.environ.get(
@@ -326,6 +333,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             instance_id=args.instance_id,
             batch_max_records=args.batch_max_records,
             batch_linger_ms=args.batch_linger_ms,
+            fold_window_ms=args.fold_window_ms,
             completion_retention_ms=int(args.retention * 1000),
             publish_ingress_results=args.ingress_results == "public",
             journal_retention_ms=int(args.journal_retention * 1000),
