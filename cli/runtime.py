@@ -104,11 +104,21 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention", type=float, default=_default(ProcessorSettings, "completion_retention_ms") / 1000,
                         help="seconds a completed invocation stays answerable (default %(default)s)")
     parser.add_argument(
+        "--fold-window-ms",
+        type=float,
+        default=_default(ProcessorSettings, "fold_window_ms"),
+        help="a batch waits this long for the attempts it started to journal their first steps (a short "
+        "handler's output) and commits them with it; 0: no waiting (default %(default)s)",
+    )
+    parser.add_argument(
         "--ingress-results",
         choices=("public", "private"),
-        default="public" if _default(ProcessorSettings, "publish_ingress_results") else "private",
+        default=os.environ.get(
+            "KEYSTATE_INGRESS_RESULTS", "public" if _default(ProcessorSettings, "publish_ingress_results") else "private"
+        ),
         help="results of HTTP calls also go to the public results topic (public), or only to the waiting "
-        "ingress's reply topic (private: one partition less per completing transaction) (default %(default)s)",
+        "ingress's reply topic (private: one partition less per completing transaction) "
+        "(default $KEYSTATE_INGRESS_RESULTS or %(default)s)",
     )
     parser.add_argument("--journal-retention", type=float,
                         default=_default(ProcessorSettings, "journal_retention_ms") / 1000,
@@ -240,6 +250,9 @@ def _run(args: argparse.Namespace, bootstrap: str, *, processor: bool, ingress: 
     except (PayloadLimitError, ContractError, KafkaSettingsError, MetaError) as exc:
         log.error("%s", exc)
         return 2
+    if processor and args.ingress_results not in ("public", "private"):
+        log.error("--ingress-results ($KEYSTATE_INGRESS_RESULTS) must be public or private, not %r", args.ingress_results)
+        return 2
     if processor:
         from keystate.processors.metrics import default_metrics_address, parse_metrics_address
 
@@ -320,6 +333,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             instance_id=args.instance_id,
             batch_max_records=args.batch_max_records,
             batch_linger_ms=args.batch_linger_ms,
+            fold_window_ms=args.fold_window_ms,
             completion_retention_ms=int(args.retention * 1000),
             publish_ingress_results=args.ingress_results == "public",
             journal_retention_ms=int(args.journal_retention * 1000),

@@ -145,7 +145,8 @@ def _write(admin: Admin, service: str, key: str, version: str | None, state: Map
         if exc.failure.status == 409:
             raise CliError(
                 f"the state of {service}/{key} changed since it was read, so the edit was refused "
-                f"({exc.failure.message}); run the command again to edit the current state"
+                f"({exc.failure.message}); run the command again to edit the current state, or add --force to "
+                "replace it whatever it is by then"
             ) from exc
         raise _no_state_routes(admin, exc) from exc
     if status == 202:
@@ -196,7 +197,9 @@ def _edit(args: argparse.Namespace) -> int:
     if after == before:
         print(f"no change to the state of {args.service}/{args.key}; nothing sent")
         return 0
-    outcome = _write(admin, args.service, args.key, version, after)
+    # --force: no version, so the edit replaces whatever state the object has when its turn comes (on a
+    # busy object, handlers queued before the edit change the state first: with the version it is refused).
+    outcome = _write(admin, args.service, args.key, None if args.force else version, after)
     print(f"new state of {args.service}/{args.key} ({len(after)} keys): {outcome}")
     return 0
 
@@ -210,7 +213,7 @@ def _clear(args: argparse.Namespace) -> int:
     if not confirm(f"clear all {len(before)} state keys of {args.service}/{args.key}?", args.yes):
         print("nothing done")
         return 1
-    outcome = _write(admin, args.service, args.key, version, {})
+    outcome = _write(admin, args.service, args.key, None if args.force else version, {})
     print(f"cleared the state of {args.service}/{args.key}: {outcome}")
     return 0
 
@@ -229,6 +232,12 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--set", action="append", metavar="KEY=VALUE", help="set KEY to VALUE (JSON; else a JSON string)")
     edit.add_argument("--remove", action="append", metavar="KEY", help="remove KEY")
     edit.add_argument("--file", help="replace the state with this JSON document (the form `edit` opens)")
+    for command in (edit, clear):
+        command.add_argument(
+            "--force",
+            action="store_true",
+            help="apply even if the state changed since it was read (no version check; as Restate's --force)",
+        )
     edit.set_defaults(run=_edit)
     clear.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     clear.set_defaults(run=_clear)

@@ -15,37 +15,115 @@ they concern, so they run in order with them on the event loop.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from keystate.server.commands import LogRecord
 
 from .state_machine import Invoke, NotifyCompletion, StopInvocation
 
 if TYPE_CHECKING:
-    from .step import Effect
+    from .step import Effect, StepResult
 
-__all__ = ["NO_PARTITION", "FailGate", "Gate", "GateAction", "GatedInvoke", "OpenGate", "split_early"]
+__all__ = ["NO_PARTITION", "EarlyRun", "FailGate", "Gate", "GateAction", "GatedInvoke", "OpenGate", "split_early"]
 
 NO_PARTITION = -1
 """The partition of the effects that open or fail a gate: no partition's drop filters them out."""
 
 
-@dataclass(eq=False)
 class Gate:
-    """Opens when the transaction of the batch that started its attempts committed; used on the event loop."""
+    """The commit a batch's early attempts wait for, and the entries they journal meanwhile.
 
-    _opened: asyncio.Event = field(default_factory=asyncio.Event)
-    failed: bool = False
+    Lives on two threads: the partition thread creates it, `collect`s and `unfold`s; the event loop
+    offers entries, marks attempts blocked, and opens or fails it (through the effects queue).
+    While collecting, an attempt's entries are kept here instead of being produced: those collected
+    before `collect` returns go into the batch's own transaction (folded), so a short invocation costs
+    one transaction instead of two; they count as written when the gate opens. `unfold` gives them back
+    (the batch could not take them): `open` then produces them, in order, before anything later.
+    """
 
-    def open(self) -> None:
+    def __init__(self, attempts: int) -> None:
+        self.failed = False
+        self._opened = asyncio.Event()
+        self._lock = threading.Lock()
+        self._collecting = True
+        self._folded = False
+        self._collected: list[tuple[LogRecord, asyncio.Future[Any]]] = []
+        self._attempts = attempts
+        self._blocked: set[str] = set()
+        self._all_blocked = threading.Event()
+
+    # ---- event loop ---------------------------------------------------------------------------------
+    def offer(self, record: LogRecord, *, blocking: bool) -> asyncio.Future[Any] | None:
+        """Keep `record` for the batch; its delivery future (resolved when the gate opens), or None when
+        no longer collecting (then wait for the gate and produce). `blocking`: the attempt waits for it."""
+        with self._lock:
+            if not self._collecting:
+                return None
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._collected.append((record, future))
+        if blocking and record.invocation_id is not None:
+            self.blocked(record.invocation_id)
+        return future
+
+    def blocked(self, invocation_id: str) -> None:
+        """The attempt can go no further before the commit (it waits for an ack, or it ended)."""
+        with self._lock:
+            self._blocked.add(invocation_id)
+            if len(self._blocked) >= self._attempts:
+                self._all_blocked.set()
+
+    def open(self, produce: Callable[[LogRecord], asyncio.Future[Any]]) -> None:
+        """The batch committed: folded entries are written; unfolded ones are produced now, in order."""
+        for record, future in self._collected:
+            if self._folded:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                _chain(produce(record), future)
+        self._collected = []
         self._opened.set()
 
     def fail(self) -> None:
         self.failed = True
+        for _, future in self._collected:
+            future.cancel()
+        self._collected = []
 
     async def wait(self) -> None:
         """Return once open; a failed gate's attempts are stopped (cancelled) while they wait here."""
         await self._opened.wait()
+
+    # ---- partition thread ---------------------------------------------------------------------------
+    def collect(self, window_s: float) -> list[LogRecord]:
+        """Wait up to `window_s` until every attempt is blocked, stop collecting; the entries to fold."""
+        if window_s > 0:
+            self._all_blocked.wait(window_s)
+        with self._lock:
+            self._collecting = False
+            self._folded = bool(self._collected)
+            return [record for record, _ in self._collected]
+
+    def unfold(self) -> None:
+        """The batch does not carry the collected entries after all: `open` produces them."""
+        self._folded = False
+
+
+def _chain(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    def done(f: asyncio.Future[Any]) -> None:
+        if target.done():
+            return
+        if f.cancelled():
+            target.cancel()
+        elif f.exception() is not None:
+            target.set_exception(f.exception())  # type: ignore[arg-type]
+        else:
+            target.set_result(f.result())
+
+    source.add_done_callback(done)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +167,32 @@ def split_early(effects: list[Effect]) -> tuple[list[tuple[int, Invoke]], list[E
         else:
             rest.append(effect)
     return early, rest
+
+
+class EarlyRun:
+    """One run of a batch whose new attempts started before its transaction (the session's `early` hook).
+
+    `window_s`: how long the partition thread waits, before the transaction, for those attempts to
+    journal what they can (until each waits for an ack or ended); 0 only starts them early.
+    """
+
+    def __init__(self, early: list[tuple[int, Invoke]], submit: Callable[[list[Effect]], None], window_s: float) -> None:
+        self._submit = submit
+        self._window_s = window_s
+        self._started = {(action.invocation_id, action.attempt) for _, action in early}
+        self.gate = Gate(len(early))
+        submit([(p, GatedInvoke(action, self.gate)) for p, action in early])
+
+    def collect(self) -> list[LogRecord]:
+        return self.gate.collect(self._window_s)
+
+    def unfold(self) -> None:
+        self.gate.unfold()
+
+    def trim(self, result: StepResult) -> None:
+        result.effects = [
+            (p, a) for p, a in result.effects if not (isinstance(a, Invoke) and (a.invocation_id, a.attempt) in self._started)
+        ]
+
+    def settle(self, committed: bool) -> None:
+        self._submit([(NO_PARTITION, OpenGate(self.gate) if committed else FailGate(self.gate))])

@@ -27,6 +27,8 @@ class InvokerPort(Protocol):
 
     def abandon(self, gate: Gate) -> None: ...
 
+    def open_gate(self, gate: Gate) -> None: ...
+
     def notify(self, invocation_id: str, attempt_no: int, index: int, result: Any) -> None: ...
 
     def stop(self, invocation_id: str) -> None: ...
@@ -102,7 +104,7 @@ class EffectExecutor:
         elif isinstance(action, GatedInvoke):
             self._invoker.invoke(action.action, action.gate)
         elif isinstance(action, OpenGate):
-            action.gate.open()
+            self._invoker.open_gate(action.gate)
         elif isinstance(action, FailGate):
             action.gate.fail()
             self._invoker.abandon(action.gate)

@@ -235,6 +235,8 @@ class Invoker:
         terminal: Terminal | None = tracing.STOPPED
         try:
             terminal = await self._attempt(attempt)
+            if attempt.gate is not None:
+                attempt.gate.blocked(action.invocation_id)  # it ended: its batch need not wait for it
             terminal = await self._settle_appends(attempt, terminal)
             if terminal is not None:
                 await self._write_terminal(attempt, terminal)
@@ -375,9 +377,7 @@ class Invoker:
                 f"of {limit:,} bytes (max_payload_bytes); keep large values outside keystate, or {SETTING_HINT}",
                 index,
             )
-        if attempt.gate is not None:
-            await attempt.gate.wait()  # started before its batch committed: see keystate.processors.early
-        delivered = self._producer.produce(self._topic, command.value, **command.produce_kwargs())
+        delivered = await self._deliver(attempt, command, blocking=entry_type in (_RUN_ENTRY, _OUTPUT_ENTRY))
         attempt.unsettled.add(delivered)
         delivered.add_done_callback(lambda f: self._appended(attempt, index, f))
         if journaled is not None:
@@ -388,6 +388,24 @@ class Invoker:
             await delivered
             assert self._stream is not None
             await ws.send_bytes(self._stream.ack(index))
+
+    async def _deliver(self, attempt: Attempt, command: LogRecord, *, blocking: bool) -> asyncio.Future[Any]:
+        """Produce `command`; an attempt started before its batch committed offers it to the batch first.
+
+        See keystate.processors.early: an offered entry is written by the batch's own transaction (or,
+        unfolded, produced when the gate opens); past the batch's collection it waits for the gate.
+        """
+        gate = attempt.gate
+        if gate is not None:
+            offered = gate.offer(command, blocking=blocking)
+            if offered is not None:
+                return offered
+            await gate.wait()
+        return self._producer.produce(self._topic, command.value, **command.produce_kwargs())
+
+    def open_gate(self, gate: Gate) -> None:
+        """The batch of `gate`'s attempts committed: their offered entries are written or produced now."""
+        gate.open(lambda r: self._producer.produce(self._topic, r.value, **r.produce_kwargs()))
 
     def _appended(self, attempt: Attempt, index: int, future: asyncio.Future[Any]) -> None:
         attempt.unsettled.discard(future)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["DeliveryFailure", "InRecord", "KafkaHeaders", "Origin", "OutKind", "OutRecord", "PENDING_TOPIC"]
+__all__ = ["DeliveryFailure", "InRecord", "KafkaHeaders", "Origin", "OutKind", "OutRecord", "FOLDED_TOPIC", "PENDING_TOPIC"]
 
 KafkaHeaders = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None]
 """A record's Kafka headers as confluent_kafka gives them (a consumed record: a list of pairs)."""
@@ -17,6 +17,9 @@ Origin = tuple[str, int, int]
 # Commands the shell itself appends (takeover resumes, sweeps) have no consumed record behind them;
 # they get a synthetic origin on this pseudo-topic so a failing one can be isolated like any other.
 PENDING_TOPIC = "<pending>"
+# Entries of attempts started early that the batch's own transaction writes to the log and applies
+# (keystate.processors.early): not consumed, so no offset; their origin is on this pseudo-topic.
+FOLDED_TOPIC = "<folded>"
 
 
 @dataclass(frozen=True, slots=True)

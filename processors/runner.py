@@ -11,17 +11,37 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+from keystate.server.commands import LogRecord
+
 from .errors import BatchFailed
 from .quarantine import Drop, Quarantine, Reject, verdict_for
 from .records import DeliveryFailure, InRecord, OutRecord
 from .step import BatchStep, StepResult
 
-__all__ = ["Settle", "Transaction", "run_batch"]
+__all__ = ["EarlyRun", "Transaction", "run_batch"]
 
 log = logging.getLogger(__name__)
 
-Settle = Callable[[bool], None]
-"""Told once whether the transaction of a batch's run committed."""
+
+
+class EarlyRun(Protocol):
+    """What a run started before its transaction (keystate.processors.early), as the runner drives it."""
+
+    def collect(self) -> Sequence[LogRecord]:
+        """Entries of the early attempts to write and apply in this batch (waits a short window for them)."""
+        ...
+
+    def unfold(self) -> None:
+        """The batch does not take the collected entries: they are produced after the commit instead."""
+        ...
+
+    def trim(self, result: StepResult) -> None:
+        """Drop from `result` the effects already started early (a re-run repeats them)."""
+        ...
+
+    def settle(self, committed: bool) -> None:
+        """Whether the run's transaction committed; called exactly once."""
+        ...
 
 
 class Transaction(Protocol):
@@ -50,14 +70,16 @@ def run_batch(
     now_ms: int,
     txn: Transaction,
     release: Callable[[StepResult], None] | None = None,
-    early: Callable[[StepResult], Settle | None] | None = None,
+    early: Callable[[StepResult], EarlyRun | None] | None = None,
 ) -> tuple[StepResult, Quarantine]:
     """Apply and commit `records`; a record to blame is quarantined and the batch re-run without it.
 
     `release` gets the result as soon as its transaction committed, before the stores write it:
     its effects (attempts to start, replies) need only the commit, and the write is not on their path.
     `early` gets each run's result before its transaction begins (to start what may run while it
-    commits, see keystate.processors.early); the `Settle` it returns hears whether that run committed
+    commits, see keystate.processors.early); the `EarlyRun` it returns may hand back entries of those
+    attempts, which the run then also writes and applies (the run is redone with them; if that run is
+    rejected, they are given back and the run redone without), and hears whether that run committed
     (True, before `release`) or not (False), exactly once.
     Raises `BatchFailed` when a failure cannot be blamed on one record (the session then rejoins).
     """
@@ -76,7 +98,13 @@ def run_batch(
                 release(result)
             step.committed(result, {}, now_ms)
             return result, quarantine
-        settle = early(result) if early is not None else None
+        handle = early(result) if early is not None else None
+        if handle is not None:
+            result = _fold(step, records, now_ms, quarantine, result, handle)
+            if result.rejected is not None:  # cannot be: the same run without the entries was not rejected
+                handle.settle(False)
+                step.discard(result.touched)
+                raise BatchFailed(f"a batch re-run without its early entries was rejected: {result.rejected[1]}")
         try:
             txn.begin()
             failures = txn.produce(result.produced)
@@ -85,12 +113,12 @@ def run_batch(
         except BaseException:
             # Whether it committed is unknown: the stores drop the batch and catch up from the changelog
             # (and the early attempts stop: if it did commit, the next owner or the sweep restarts them).
-            if settle is not None:
-                settle(False)
+            if handle is not None:
+                handle.settle(False)
             step.discard(result.touched)
             raise
-        if settle is not None:
-            settle(not failures)
+        if handle is not None:
+            handle.settle(not failures)
         if not failures:
             if release is not None:
                 release(result)
@@ -114,3 +142,22 @@ def run_batch(
             quarantine[out.origin] = verdict_for(out, f"Kafka refused it: {failure.error}", quarantine.get(out.origin))
         step.discard(result.touched)
     raise BatchFailed(f"could not isolate the failing records of a batch of {len(records)}")
+
+
+def _fold(
+    step: BatchStep, records: list[InRecord], now_ms: int, quarantine: Quarantine, result: StepResult, handle: EarlyRun
+) -> StepResult:
+    """`result`, redone with the early attempts' entries when they came in time."""
+    folded = handle.collect()
+    if not folded:
+        return result
+    step.discard(result.touched)
+    with_entries = step.run(records, now_ms, quarantine, folded)
+    if with_entries.rejected is not None:
+        # One of them cannot be written or applied here: they go the usual way, after the commit.
+        log.warning("an early attempt's entry could not join its batch (%s); it is written after the commit", with_entries.rejected[1])
+        handle.unfold()
+        step.discard(with_entries.touched)
+        with_entries = step.run(records, now_ms, quarantine)
+    handle.trim(with_entries)
+    return with_entries

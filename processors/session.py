@@ -34,9 +34,9 @@ from .records import InRecord
 from .partition import PartitionProcessor
 from .restore import ChangelogInfo, RestoreReport, restore_store
 from .restorer import Restorer, StoreRegistry
-from .early import NO_PARTITION, FailGate, GatedInvoke, Gate, OpenGate, split_early
+from .early import EarlyRun, split_early
 from .linger import Linger
-from .runner import Settle, run_batch
+from .runner import run_batch
 from .state_machine import Config
 from .step import BatchStep, Effect, StepResult
 from .timer_window import TimerWindow
@@ -442,15 +442,13 @@ class Session:
         stats.dropped_unowned += result.dropped_unowned
         metrics.batch_committed(len(records), txn.commit_s - committing, result)
 
-    def _start_early(self, result: StepResult) -> Settle | None:
+    def _start_early(self, result: StepResult) -> EarlyRun | None:
         """Start the batch's new attempts now, their log writes gated on the commit (see keystate.processors.early)."""
         early, rest = split_early(result.effects)
         if not early:
             return None
-        gate = Gate()
         result.effects = rest  # `_release` must not start them again
-        self.hooks.submit_effects([(p, GatedInvoke(action, gate)) for p, action in early])
-        return lambda committed: self.hooks.submit_effects([(NO_PARTITION, OpenGate(gate) if committed else FailGate(gate))])
+        return EarlyRun(early, self.hooks.submit_effects, self.settings.fold_window_ms / 1000)
 
     def _release(self, result: StepResult) -> None:
         """The batch committed: its effects go to the event loop (before the stores write its rows)."""

@@ -8,7 +8,7 @@ remembers the consumed record that caused it, so one that Kafka refuses can be i
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ from . import changelog
 from .metrics import BatchCounts
 from .partition import PartitionProcessor
 from .quarantine import Drop, Quarantine, Reject, SkipPublish
-from .records import PENDING_TOPIC, InRecord, Origin, OutKind, OutRecord
+from .records import FOLDED_TOPIC, PENDING_TOPIC, InRecord, Origin, OutKind, OutRecord
 from .router import Invalid, Refused, TopicExists, route_request
 from .state_machine import Action, Publish, SendToPartition
 from .store import Checkpoint
@@ -153,8 +153,14 @@ class BatchStep:
             proc.store.commit(rows, checkpoint)
 
     # ---- the step ---------------------------------------------------------------------------------
-    def run(self, records: list[InRecord], now_ms: int, quarantine: Quarantine) -> StepResult:
-        """Apply `records` (and queue the pending commands); the result is void if `rejected` is set."""
+    def run(
+        self, records: list[InRecord], now_ms: int, quarantine: Quarantine, folded: Sequence[LogRecord] = ()
+    ) -> StepResult:
+        """Apply `records` (and queue the pending commands); the result is void if `rejected` is set.
+
+        `folded`: log commands not yet on the log (entries of attempts started early, see
+        keystate.processors.early), written by this batch's transaction and applied after `records`.
+        """
         self._now = now_ms
         result = StepResult(pending_used=len(self.pending))
         for out in self.pending:
@@ -170,6 +176,12 @@ class BatchStep:
                     self._route(record, now_ms, quarantine.get(record.origin), result)
                 else:
                     self._apply(record, quarantine, result)
+            for command in folded:
+                self._seq += 1
+                origin = (FOLDED_TOPIC, command.partition, self._seq)
+                self._emit(self._command(command, origin), result)
+                record = InRecord(FOLDED_TOPIC, command.partition, self._seq, command.key, command.value, now_ms)
+                self._apply(record, quarantine, result)
         except _Rerun as rerun:
             result.rejected = (rerun.origin, rerun.reason)
         return result
@@ -180,7 +192,8 @@ class BatchStep:
             # Revoked between poll and now: the new owner reads it again from the committed offset.
             result.dropped_unowned += 1
             return
-        result.offsets[(record.topic, record.partition)] = record.offset + 1
+        if record.topic != FOLDED_TOPIC:  # a folded command was not consumed: no offset to commit
+            result.offsets[(record.topic, record.partition)] = record.offset + 1
         verdict = quarantine.get(record.origin)
         try:
             command = self.codec.decode(record.value)  # type: ignore[arg-type]

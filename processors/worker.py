@@ -66,6 +66,10 @@ class ProcessorSettings:
     # commit is refused with CONCURRENT_TRANSACTIONS and retried after retry.backoff.ms. Only batches
     # whose lingers bring records linger (processors/linger.py): alone, a call would wait it out twice.
     batch_linger_ms: float = 2.0
+    # Attempts a batch starts run while it commits; the batch first waits up to this long for them to
+    # journal what they can without an ack (a short handler: its output), and writes and applies that in
+    # its own transaction: one transaction per invocation instead of two. 0: no waiting, no folding.
+    fold_window_ms: float = 5.0
     transaction_timeout_ms: int = 10_000
     # How soon the group notices a dead processor and moves its partitions to the others.
     session_timeout_ms: int = 10_000

@@ -17,6 +17,18 @@ def test_ingress_results_default_to_public_and_can_be_private() -> None:
     assert _parser().parse_args(["runtime", "--ingress-results", "private"]).ingress_results == "private"
 
 
+def test_ingress_results_come_from_the_environment_and_a_bad_value_is_refused(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("KEYSTATE_INGRESS_RESULTS", "private")
+    assert _parser().parse_args(["processor"]).ingress_results == "private"
+    monkeypatch.setenv("KEYSTATE_INGRESS_RESULTS", "secret")
+    with caplog.at_level(logging.ERROR):
+        code = cli_main(["processor", "--bootstrap", "127.0.0.1:1"])
+    assert code == 2
+    assert "must be public or private, not 'secret'" in caplog.text
+
+
 def test_ingress_id_flag_names_the_reply_topic(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KEYSTATE_INGRESS_ID", raising=False)
     args = _parser().parse_args(["ingress", "--ingress-id", "edge-1"])

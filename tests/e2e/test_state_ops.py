@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from keystate.cli import main as cli_main
 from keystate.schemas.state import state_version
 from keystate.schemas.topics import Topics
 
@@ -181,3 +182,25 @@ def test_pause_through_the_admin_parks_a_running_invocation(ops: Stack, tmp_path
     assert restarted.status == 200, restarted.body
     new_id = restarted.json()["new_invocation_id"]
     assert new_id != holder and new_id[:12] == holder[:12]  # same partition key: created by the same partition
+
+
+def test_keystate_state_edit_on_a_busy_object_is_applied_in_order_with_its_exclusive_handlers(
+    ops: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    holder = send(ops, "Register/c/append", "hold")
+    before = send(ops, "Register/c/append", "before")
+    document = tmp_path / "state.json"
+    document.write_text(json.dumps({"log": ["edited by the cli"]}))
+    argv = ["state", "--admin", ops.admin_url, "edit", "Register", "c", "--file", str(document), "--force"]
+
+    code = cli_main(argv)  # waits up to 5 s for the edit, then reports it queued behind the key's invocations
+
+    out = capsys.readouterr().out
+    assert code == 0 and "queued" in out, out
+    after = send(ops, "Register/c/append", "after")
+    (tmp_path / "release").touch()
+    assert attach(ops, holder).json() == []
+    assert attach(ops, before).json() == ["hold"]
+    assert attach(ops, after).json() == ["edited by the cli"]  # after "before", before "after"
+    assert http("POST", f"{ops.url}/Register/c/read", None).json() == ["edited by the cli", "after"]
+

@@ -56,19 +56,29 @@ def test_nothing_is_released_when_the_transaction_fails() -> None:
 
 
 class _Early:
-    """Records what run_batch tells the `early` hook and its settle, in order with `release`."""
+    """Records what run_batch asks of the `early` hook's EarlyRun, in order with `release`."""
 
-    def __init__(self, d: Any) -> None:
+    def __init__(self, d: Any, folded: list[Any] | None = None) -> None:
         self.d = d
+        self.folded = folded or []
         self.events: list[tuple[str, Any]] = []
 
     def early(self, result: StepResult) -> Any:
         self.events.append(("early", self.d.txn.begun))
+        return self
 
-        def settle(committed: bool) -> None:
-            self.events.append(("settle", committed))
+    def collect(self) -> list[Any]:
+        self.events.append(("collect", len(self.folded)))
+        return self.folded
 
-        return settle
+    def unfold(self) -> None:
+        self.events.append(("unfold", None))
+
+    def trim(self, result: StepResult) -> None:
+        self.events.append(("trim", None))
+
+    def settle(self, committed: bool) -> None:
+        self.events.append(("settle", committed))
 
     def release(self, result: StepResult) -> None:
         self.events.append(("release", None))
@@ -81,7 +91,7 @@ def test_early_work_starts_before_the_transaction_and_hears_of_the_commit_before
 
     run_batch(d.step, [record], d.now_ms, d.txn, hooks.release, hooks.early)
 
-    assert hooks.events == [("early", 0), ("settle", True), ("release", None)]
+    assert hooks.events == [("early", 0), ("collect", 0), ("settle", True), ("release", None)]
 
 
 def test_early_work_hears_of_a_failed_transaction_and_nothing_is_released() -> None:
@@ -93,7 +103,7 @@ def test_early_work_hears_of_a_failed_transaction_and_nothing_is_released() -> N
     with pytest.raises(BatchFailed):
         run_batch(d.step, [record], d.now_ms, d.txn, hooks.release, hooks.early)
 
-    assert hooks.events == [("early", 0), ("settle", False)]
+    assert hooks.events == [("early", 0), ("collect", 0), ("settle", False)]
 
 
 def test_a_re_run_without_a_blamed_record_settles_each_run_once() -> None:
@@ -107,7 +117,11 @@ def test_a_re_run_without_a_blamed_record_settles_each_run_once() -> None:
 
     run_batch(d.step, [good, bad], d.now_ms, d.txn, hooks.release, hooks.early)
 
-    assert [e for e in hooks.events if e[0] != "early"] == [("settle", False), ("settle", True), ("release", None)]
+    assert [e for e in hooks.events if e[0] not in ("early", "collect")] == [
+        ("settle", False),
+        ("settle", True),
+        ("release", None),
+    ]
     assert [e[0] for e in hooks.events].count("early") == 2
 
 

@@ -89,13 +89,15 @@ async def test_an_early_attempt_runs_but_writes_only_after_its_gate_opens(
 ) -> None:
     _, topics, ledger = deployment
     action = _charge("gated-open")
-    gate = Gate()
+    gate = Gate(1)
 
     invoker.invoke(action, gate)
     await _charged(ledger, "gated-open")  # the handler ran its first step: the attempt is under way
     await asyncio.sleep(0.3)  # time for anything it would write to reach the log
     before = await asyncio.to_thread(_appends, kafka_bootstrap, topics, action.invocation_id, 1, 1.0)
-    gate.open()
+    assert await asyncio.to_thread(gate.collect, 0) != []  # the batch takes nothing: it closes collecting...
+    gate.unfold()  # ...and gives the entries back
+    invoker.open_gate(gate)
     after = await asyncio.to_thread(_appends, kafka_bootstrap, topics, action.invocation_id, 3, 30.0)
 
     assert before == []
@@ -109,7 +111,7 @@ async def test_a_failed_gate_stops_its_attempt_before_it_wrote_and_the_same_atte
 ) -> None:
     _, topics, ledger = deployment
     action = _charge("gated-fail")
-    gate = Gate()
+    gate = Gate(1)
 
     invoker.invoke(action, gate)
     await _charged(ledger, "gated-fail")
@@ -129,3 +131,25 @@ async def test_a_failed_gate_stops_its_attempt_before_it_wrote_and_the_same_atte
     _, value = runs[0]["entry"]["entry"][1]["result"]
     charged_ref = json.loads(value["value"])
     assert charged_ref == charges[1]
+
+
+async def test_entries_collected_by_the_batch_are_not_produced_by_the_attempt_and_later_ones_are(
+    kafka_bootstrap: str, deployment: tuple[str, Topics, Path], invoker: Invoker
+) -> None:
+    _, topics, ledger = deployment
+    action = _charge("gated-fold")
+    gate = Gate(1)
+
+    invoker.invoke(action, gate)
+    # The partition thread's side: wait until the attempt can go no further (it waits for the ack of
+    # its first step), then take what it journaled; the batch would write that in its transaction.
+    folded = await asyncio.to_thread(gate.collect, 20.0)
+    invoker.open_gate(gate)  # the batch committed (nothing of `folded` is produced by the invoker)
+    appended = await asyncio.to_thread(_appends, kafka_bootstrap, topics, action.invocation_id, 2, 30.0)
+    await asyncio.sleep(0.3)
+    appended = await asyncio.to_thread(_appends, kafka_bootstrap, topics, action.invocation_id, 2, 1.0)
+
+    assert [r.invocation_id for r in folded] == [action.invocation_id]
+    assert len(await _charged(ledger, "gated-fold")) == 1
+    assert [r["entry_index"] for r in appended] == [2, 3]  # entry 1 was the batch's to write
+    assert [r["entry"]["entry"][0] for r in appended] == ["keystate.RunEntry", "keystate.OutputEntry"]
