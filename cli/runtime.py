@@ -106,9 +106,10 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fold-window-ms",
         type=float,
-        default=_default(ProcessorSettings, "fold_window_ms"),
+        default=float(os.environ.get("KEYSTATE_FOLD_WINDOW_MS", _default(ProcessorSettings, "fold_window_ms"))),
         help="a batch waits this long for the attempts it started to journal their first steps (a short "
-        "handler's output) and commits them with it; 0: no waiting (default %(default)s)",
+        "handler's output) and commits them with it; 0: no waiting (default $KEYSTATE_FOLD_WINDOW_MS or "
+        "%(default)s)",
     )
     parser.add_argument(
         "--ingress-results",

@@ -93,7 +93,10 @@ def run_batch(
             quarantine[origin] = Drop(reason) if isinstance(previous, (Reject, Drop)) else Reject(reason)
             step.discard(result.touched)
             continue
-        if not result.produced and not result.offsets:
+        if not result.produced:
+            # Nothing to write (records that change nothing, e.g. entries this processor already wrote and
+            # applied in an earlier batch, see keystate.processors.early): no transaction. Their offsets
+            # wait for the next transaction of their partition; a restart reads them again, to no effect.
             if release is not None:
                 release(result)
             step.committed(result, {}, now_ms)

@@ -431,7 +431,8 @@ class Session:
             self._rewind(consumer, router, records)
             return
         self.watchdog.committed()
-        self._linger.committed(time.monotonic())
+        if result.produced:  # a transaction committed (a batch that writes nothing commits none)
+            self._linger.committed(time.monotonic())
         stats = self.stats
         stats.batches += 1
         stats.records += len(records)
