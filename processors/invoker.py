@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 
 _RUN_ENTRY = "keystate.RunEntry"
 _OUTPUT_ENTRY = "keystate.OutputEntry"
+# Entries after which a handler goes on without hearing from keystate; after any other (a ctx.run ack,
+# a call's result, a timer, a promise, its output) it waits, so an early attempt's batch stops waiting.
+_GOES_ON = frozenset(
+    "keystate." + name
+    for name in ("SetStateEntry", "ClearStateEntry", "ClearAllStateEntry", "SendEntry", "CompleteAwakeableEntry",
+                 "CancelInvocationEntry")
+)
 _APPEND = "keystate.JournalAppendCommand"
 _TERMINAL_RETRY_INITIAL_S = 0.1
 _TERMINAL_RETRY_MAX_S = 5.0
@@ -377,7 +384,7 @@ class Invoker:
                 f"of {limit:,} bytes (max_payload_bytes); keep large values outside keystate, or {SETTING_HINT}",
                 index,
             )
-        delivered = await self._deliver(attempt, command, blocking=entry_type in (_RUN_ENTRY, _OUTPUT_ENTRY))
+        delivered = await self._deliver(attempt, command, blocking=entry_type not in _GOES_ON)
         attempt.unsettled.add(delivered)
         delivered.add_done_callback(lambda f: self._appended(attempt, index, f))
         if journaled is not None:
