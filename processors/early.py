@@ -78,6 +78,8 @@ class Gate:
 
     def open(self, produce: Callable[[LogRecord], asyncio.Future[Any]]) -> None:
         """The batch committed: folded entries are written; unfolded ones are produced now, in order."""
+        with self._lock:
+            self._collecting = False  # a batch that did not fold (or collect) keeps nothing after this
         for record, future in self._collected:
             if self._folded:
                 if not future.done():
@@ -88,6 +90,8 @@ class Gate:
         self._opened.set()
 
     def fail(self) -> None:
+        with self._lock:
+            self._collecting = False
         self.failed = True
         for _, future in self._collected:
             future.cancel()

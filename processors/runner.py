@@ -15,7 +15,7 @@ from keystate.server.commands import LogRecord
 
 from .errors import BatchFailed
 from .quarantine import Drop, Quarantine, Reject, verdict_for
-from .records import DeliveryFailure, InRecord, OutRecord
+from .records import FOLDED_TOPIC, DeliveryFailure, InRecord, OutRecord
 from .step import BatchStep, StepResult
 
 __all__ = ["EarlyRun", "Transaction", "run_batch"]
@@ -84,6 +84,7 @@ def run_batch(
     Raises `BatchFailed` when a failure cannot be blamed on one record (the session then rejoins).
     """
     quarantine: Quarantine = {}
+    fold = True  # off once Kafka refused a folded entry
     # Each re-run adds or escalates one verdict (SkipPublish -> Reject -> Drop), so this bounds it.
     for _ in range(4 * (len(records) + len(step.pending)) + 4):
         result = step.run(records, now_ms, quarantine)
@@ -102,7 +103,7 @@ def run_batch(
             step.committed(result, {}, now_ms)
             return result, quarantine
         handle = early(result) if early is not None else None
-        if handle is not None:
+        if handle is not None and fold:
             result = _fold(step, records, now_ms, quarantine, result, handle)
             if result.rejected is not None:  # cannot be: the same run without the entries was not rejected
                 handle.settle(False)
@@ -133,6 +134,12 @@ def run_batch(
             raise BatchFailed(f"the transaction failed: {failures[0].error}")
         for failure in blamed:
             out = result.produced[failure.index]
+            if out.origin is not None and out.origin[0] == FOLDED_TOPIC:
+                # An early attempt's entry: the batch is re-run without folding; the attempt starts
+                # again and appends it itself, where a refusal fails the attempt (retryably).
+                log.warning("invocation %s: Kafka refused a folded entry (%s); re-running without folding", out.invocation_id, failure.error)
+                fold = False
+                continue
             if out.origin is None:
                 raise BatchFailed(f"a record to {out.topic} failed and has no origin: {failure.error}")
             log.error(

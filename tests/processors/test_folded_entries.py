@@ -109,3 +109,23 @@ def test_an_entry_the_batch_cannot_write_is_given_back_and_the_batch_commits_wit
     status = d.tables(InvocationId.parse(iid).partition(PARTITIONS)).status.get((iid,))
     assert status is not None and status["status"] == "INVOKED"  # it completes when the entry arrives the usual way
     assert d.dead_letters() == []
+
+
+def test_a_folded_entry_kafka_refuses_reruns_the_batch_without_folding() -> None:
+    d = driver()
+    target = service_target()
+    name, cmd = invoke(target, argument=b'"you"')
+    iid = cmd["invocation_id"]
+    record = d.command(name, cmd, target=target)
+    fold = _Fold([_output_of(iid, target)])
+    d.fail_records(predicate=lambda r: r.origin is not None and r.origin[0] == "<folded>", times=1)
+    log_before = len(d.log_commands())
+
+    run_batch(d.step, [record], d.now_ms, d.txn, None, fold.early)
+
+    # The first run (folded) is refused and settled False; the second does not fold and commits.
+    assert fold.events == ["collect", "trim", "settle False", "settle True"]
+    assert len(d.log_commands()) == log_before  # the entry is the attempt's to append again
+    status = d.tables(InvocationId.parse(iid).partition(PARTITIONS)).status.get((iid,))
+    assert status is not None and status["status"] == "INVOKED"
+    assert d.dead_letters() == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,13 +16,17 @@ from tests.e2e.harness import HttpResponse, Stack, http
 
 
 @asynccontextmanager
-async def processor_in_this_process(stack: Stack, invoker: InvokerSettings | None = None) -> AsyncIterator[None]:
+async def processor_in_this_process(
+    stack: Stack, invoker: InvokerSettings | None = None, *, fold_window_ms: float | None = None
+) -> AsyncIterator[None]:
     """Runs a processor on the running event loop until the block ends."""
     settings = ProcessorSettings(
         kafka=KafkaSettings(stack.bootstrap, Topics(stack.prefix)),
         instance_id=f"{stack.prefix}in-process",
         invoker=invoker or InvokerSettings(),
     )
+    if fold_window_ms is not None:
+        settings = dataclasses.replace(settings, fold_window_ms=fold_window_ms)
     stop = asyncio.Event()
     worker = asyncio.create_task(Worker(settings).run(stop))
     try:

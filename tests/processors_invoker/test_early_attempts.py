@@ -153,3 +153,19 @@ async def test_entries_collected_by_the_batch_are_not_produced_by_the_attempt_an
     assert len(await _charged(ledger, "gated-fold")) == 1
     assert [r["entry_index"] for r in appended] == [2, 3]  # entry 1 was the batch's to write
     assert [r["entry"]["entry"][0] for r in appended] == ["keystate.RunEntry", "keystate.OutputEntry"]
+
+
+async def test_a_gate_opened_without_collecting_lets_later_entries_through(
+    kafka_bootstrap: str, deployment: tuple[str, Topics, Path], invoker: Invoker
+) -> None:
+    """A batch that did not fold (re-run after Kafka refused a folded entry) never calls `collect`."""
+    _, topics, ledger = deployment
+    action = _charge("gated-nocollect")
+    gate = Gate(1)
+
+    invoker.invoke(action, gate)
+    await _charged(ledger, "gated-nocollect")
+    invoker.open_gate(gate)  # committed; nothing was folded: whatever it offered is produced now
+    appended = await asyncio.to_thread(_appends, kafka_bootstrap, topics, action.invocation_id, 3, 30.0)
+
+    assert [r["entry_index"] for r in appended] == [1, 2, 3]
