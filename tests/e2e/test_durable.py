@@ -42,6 +42,9 @@ def test_sleeps_are_durable_timers_and_run_concurrently(running: Stack) -> None:
 
 
 def test_delayed_send_runs_later_and_a_cancelled_one_never_runs(running: Stack) -> None:
+    # The delays count from the sends: the processor must own its partitions before them (on a busy CI
+    # machine it joined 7.5 s after its start, when both delays had passed and both adds ran at once).
+    assert http("POST", f"{running.url}/Counter/delayed/get").json() == 0
     # The cancel asks the processor whether the invocation exists (404 if not): room for that on a busy machine.
     resp = http("POST", f"{running.url}/Counter/delayed/add/send?delay=4s", 1)
     assert resp.status == 202, resp.body
