@@ -97,7 +97,8 @@ def test_metrics_of_admin_ingress_and_processor_after_calls_failures_and_a_dead_
     assert value(proc, "keystate_transaction_commit_seconds_count") > 0
     assert value(proc, "keystate_transaction_commit_seconds_sum") > 0
     assert value(proc, "keystate_batch_records_sum") >= ADDS
-    assert value(proc, "keystate_batch_records_count") == value(proc, "keystate_transaction_commit_seconds_count")
+    # A batch that writes nothing (entries read back after a batch wrote them itself) commits no transaction.
+    assert 0 < value(proc, "keystate_transaction_commit_seconds_count") <= value(proc, "keystate_batch_records_count")
     lags = matching(proc, "keystate_consumer_lag", topic=topics.log)
     assert {dict(labels)["partition"] for labels in lags} <= {"0", "1", "2", "3"}
     assert all(v >= 0 for v in lags.values())

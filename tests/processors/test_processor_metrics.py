@@ -18,6 +18,7 @@ from keystate.processors.metrics import (
     parse_metrics_address,
     start_metrics_server,
 )
+from keystate.processors.records import OutKind, OutRecord
 from keystate.processors.step import StepResult
 from keystate.server.errors import ServerError
 
@@ -27,6 +28,9 @@ def test_numeric_instance_ids_get_distinct_ports_and_others_a_free_one() -> None
     assert default_metrics_address("2") == MetricsAddress("127.0.0.1", DEFAULT_METRICS_PORT + 2)
     assert default_metrics_address("worker-a") == MetricsAddress("127.0.0.1", 0)
 
+
+# A changelog row: a batch that produces anything commits a transaction.
+_ROW = OutRecord(OutKind.CHANGELOG, "keystate.changelog", 0, b'["status","inv_1"]', b"", None, ("keystate.log", 0, 7))
 
 def test_the_address_flag_takes_host_port_ipv6_or_off_and_says_how_to_write_it() -> None:
     assert parse_metrics_address("0.0.0.0:9200") == MetricsAddress("0.0.0.0", 9200)
@@ -39,7 +43,7 @@ def test_the_address_flag_takes_host_port_ipv6_or_off_and_says_how_to_write_it()
 def test_the_listener_serves_the_registry_and_a_busy_port_says_how_to_fix_it() -> None:
     registry = CollectorRegistry()
     metrics = ProcessorMetrics(registry)
-    metrics.batch_committed(7, 0.004, StepResult(offsets={("keystate.log", 0): 8}))
+    metrics.batch_committed(7, 0.004, StepResult(produced=[_ROW], offsets={("keystate.log", 0): 8}))
     server = start_metrics_server(MetricsAddress("127.0.0.1", 0), registry)
     try:
         with urllib.request.urlopen(server.url, timeout=10) as response:
@@ -62,7 +66,7 @@ def test_a_committed_batch_counts_its_completions_and_dead_letters_and_an_empty_
     registry = CollectorRegistry()
     metrics = ProcessorMetrics(registry)
     target = {"service": "Counter", "handler": "add"}
-    result = StepResult(offsets={("keystate.log", 0): 3})
+    result = StepResult(produced=[_ROW], offsets={("keystate.log", 0): 3})
     result.counts.status_written({"status": "INVOKED", "target": target, "completion_status": None})
     result.counts.status_written(None)  # a purged row
     result.counts.status_written({"status": "COMPLETED", "target": target, "completion_status": "FAILED"})
@@ -71,6 +75,7 @@ def test_a_committed_batch_counts_its_completions_and_dead_letters_and_an_empty_
 
     metrics.batch_committed(3, 0.01, result)
     metrics.batch_committed(0, 0.0, StepResult())  # nothing written: no transaction
+    metrics.batch_committed(2, 0.0, StepResult(offsets={("keystate.log", 0): 5}))  # read back, nothing to write
 
     def sample(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)
@@ -78,7 +83,7 @@ def test_a_committed_batch_counts_its_completions_and_dead_letters_and_an_empty_
     assert sample("keystate_invocations_completed_total", service="Counter", result="failed") == 1
     assert sample("keystate_invocations_completed_total", service="Counter", result="succeeded") is None
     assert sample("keystate_dead_letters_total", source="requests", reason="invalid") == 1
-    assert sample("keystate_batch_records_count") == 2
+    assert sample("keystate_batch_records_count") == 3
     assert sample("keystate_transaction_commit_seconds_count") == 1
 
 
