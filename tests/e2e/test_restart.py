@@ -19,6 +19,9 @@ def test_full_restart_with_a_timer_a_delayed_send_and_a_waiting_workflow(running
     delayed = http("POST", f"{running.url}/Counter/restart/add/send?delay=4s", 1).json()["invocationId"]
     workflow = _send(running, "UserSignup/zed/run", {"name": "Zed", "email": "zed@example.com"})
     secret = _until(lambda: outbox.exists() and outbox.read_text().strip(), stack=running)
+    # A step runs at least once: it is run again after a crash unless its result was journaled first.
+    # Crash only once the mail step is on the log (a batch may write it a few ms after the mail went).
+    _until(lambda: _journaled(running, workflow, "mail"), stack=running)
 
     processor, ingress = running.procs[0], running.procs[1]
     processor.kill9()
@@ -62,3 +65,13 @@ def test_new_deployment_takes_new_invocations_while_old_ones_finish_where_they_s
     described = http("GET", f"{stack.admin_url}/invocations/{pinned}")
     assert described.status == 200 and described.json()["deployment_id"] == v1
     _until(lambda: http("DELETE", f"{stack.admin_url}/deployments/{v1}").status in (200, 202, 204), stack=stack)
+
+
+def _journaled(stack: Stack, invocation_id: str, run_name: str) -> bool:
+    """Whether the invocation's `ctx.run(run_name)` result is in its journal (through POST /query)."""
+    query = (
+        "SELECT count(*) AS n FROM sys_journal WHERE entry_type = 'Run' AND completed "
+        f"AND id = '{invocation_id}' AND name = '{run_name}'"
+    )
+    resp = http("POST", f"{stack.admin_url}/query", {"query": query}, {"Accept": "application/json"})
+    return resp.status == 200 and resp.json()["rows"][0]["n"] > 0
