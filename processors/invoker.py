@@ -45,10 +45,11 @@ _RUN_ENTRY = "keystate.RunEntry"
 _OUTPUT_ENTRY = "keystate.OutputEntry"
 # Entries after which a handler goes on without hearing from keystate; after any other (a ctx.run ack,
 # a call's result, a timer, a promise, its output) it waits, so an early attempt's batch stops waiting.
+# State reads are answered from the state sent with the attempt (the SDK needs it whole).
 _GOES_ON = frozenset(
     "keystate." + name
-    for name in ("SetStateEntry", "ClearStateEntry", "ClearAllStateEntry", "SendEntry", "CompleteAwakeableEntry",
-                 "CancelInvocationEntry")
+    for name in ("GetStateEntry", "GetStateKeysEntry", "SetStateEntry", "ClearStateEntry", "ClearAllStateEntry",
+                 "SendEntry", "CompleteAwakeableEntry", "CancelInvocationEntry")
 )
 _APPEND = "keystate.JournalAppendCommand"
 _TERMINAL_RETRY_INITIAL_S = 0.1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -108,6 +109,14 @@ async def put(ctx: ObjectContext, value: str) -> None:
 @mailbox.handler(kind="shared")
 async def peek(ctx: ObjectSharedContext) -> str | None:
     return await ctx.get("value", type_hint=str)
+
+
+@mailbox.handler(kind="shared")
+async def peek_slowly(ctx: ObjectSharedContext, ms: int) -> str | None:
+    """Reads the state, then works `ms` outside the journal before it answers."""
+    value = await ctx.get("value", type_hint=str)
+    await asyncio.sleep(ms / 1000)
+    return value
 
 
 @approvals.handler()

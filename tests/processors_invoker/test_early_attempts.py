@@ -15,6 +15,7 @@ import pytest
 from keystate.processors.early import Gate
 from keystate.processors.invoker import Invoker
 from keystate.processors.state_machine import Invoke
+from keystate.schemas._codec import codec
 from keystate.schemas.ids import InvocationId
 from keystate.schemas.topics import Topics
 from keystate.server.kafka import AsyncProducer, KafkaSettings
@@ -169,3 +170,24 @@ async def test_a_gate_opened_without_collecting_lets_later_entries_through(
     appended = await asyncio.to_thread(_appends, kafka_bootstrap, topics, action.invocation_id, 3, 30.0)
 
     assert [r["entry_index"] for r in appended] == [1, 2, 3]
+
+
+async def test_a_state_read_does_not_end_the_batch_s_wait_the_attempt_goes_on_to_its_output(
+    kafka_bootstrap: str, deployment: tuple[str, Topics, Path], invoker: Invoker
+) -> None:
+    """The object's state travels with the attempt: a handler never waits for its GetState entry, so a
+    batch folding it must wait on, up to the output (one transaction for a state-reading handler)."""
+    iid = str(InvocationId.new())
+    target = {"service": "Mailbox", "handler": "peek_slowly", "key": "box", "service_type": "VIRTUAL_OBJECT", "handler_kind": "SHARED"}
+    input_entry = {"entry": ("keystate.InputEntry", {"argument": b"300", "headers": {}})}
+    state = [{"key": "value", "value": json.dumps("hello").encode()}]
+    action = Invoke(iid, 1, target, [input_entry], state, None, 0, 1, int(time.time() * 1000))
+    gate = Gate(1)
+
+    invoker.invoke(action, gate)
+    folded = await asyncio.to_thread(gate.collect, 20.0)
+    invoker.open_gate(gate)
+
+    decoded = [codec().decode(r.value) for r in folded]
+    entries = [record["entry"]["entry"][0] for _, record in decoded]
+    assert entries == ["keystate.GetStateEntry", "keystate.OutputEntry"]
