@@ -26,6 +26,7 @@ from keystate.server.kafka import KafkaSettings, kafka_error, watermarks
 
 from .errors import BadRequest, Unavailable
 from .readmodel_sql import (
+    INTERVAL_ENV,
     QUERY_MAX_ROWS_ENV,
     QUERY_TIMEOUT_ENV,
     MetaTables,
@@ -34,11 +35,13 @@ from .readmodel_sql import (
     query_max_rows,
     query_timeout,
     select,
+    write_interval,
 )
 from .readmodel_store import Cursor, InvocationSummary, Page, ReadModelStore
 from .readmodel_tables import TABLES, changelog_table, row_of
 
 __all__ = [
+    "INTERVAL_ENV",
     "INVOCATION_STATUS",
     "MEMORY_LIMIT_ENV",
     "QUERY_MAX_ROWS_ENV",
@@ -87,7 +90,11 @@ class InvocationReadModel:
         self.ready = False
         # Changelog records handed to this model since it started (of every table, before filtering).
         self.records_seen = 0
+        # DuckDB transactions written since it started.
+        self.writes = 0
         self._settings = settings
+        # Caught up, the model writes at most this often (seconds; see readmodel_sql.write_interval).
+        self._interval = write_interval()
         self._store: ReadModelStore | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -270,6 +277,8 @@ class InvocationReadModel:
         if not pending:
             _threadsafe(loop, self._caught_up_now)
         decode = codec().decode_as
+        interval = self._interval
+        applied_at = 0.0
         while not self._stop.is_set():
             if pending:
                 # read_committed may never show the high watermark (aborted tail): use the position.
@@ -280,9 +289,13 @@ class InvocationReadModel:
                     _threadsafe(loop, self._caught_up_now)
             changes: dict[str, dict[tuple[Any, ...], tuple[Any, ...] | None]] = {}
             offsets: dict[int, int] = {}
-            self._read_batch(consumer, decode, changes, offsets)
+            # Catching up, every batch is big: no need to gather longer.
+            until = time.monotonic() if pending else applied_at + interval
+            self._read_batch(consumer, decode, changes, offsets, until)
             if offsets:
+                applied_at = time.monotonic()
                 store.apply(changes, offsets)
+                self.writes += 1
 
     def _read_batch(
         self,
@@ -290,15 +303,18 @@ class InvocationReadModel:
         decode: Callable[[str, bytes], Any],
         changes: dict[str, dict[tuple[Any, ...], tuple[Any, ...] | None]],
         offsets: dict[int, int],
+        until: float,
     ) -> None:
-        """Read what is there (up to a transaction's worth) into `changes`, the last change of each key.
+        """Read what is there, and what comes until the monotonic time `until` (up to a transaction's
+        worth), into `changes`, the last change of each key.
 
-        While catching up, one transaction takes up to _TXN_RECORDS records: DuckDB's cost is per
-        statement and commit more than per row (1,000 records a transaction read ~6x slower than 10,000).
+        One transaction takes up to _TXN_RECORDS records: DuckDB's cost is per statement and commit
+        more than per row (1,000 records a transaction read ~6x slower than 10,000).
         """
         records = size = 0
         while records < _TXN_RECORDS and size < _TXN_BYTES:
-            messages = consumer.consume(_BATCH, 0.1 if records == 0 else 0)
+            left = until - time.monotonic()
+            messages = consumer.consume(_BATCH, max(left, 0.1 if records == 0 else 0.0))
             for msg in messages:
                 err = msg.error()
                 if err is not None:
@@ -325,7 +341,7 @@ class InvocationReadModel:
                     continue
                 # The last change of a key in a batch is the one that counts.
                 changes.setdefault(table, {})[row_key] = row
-            if len(messages) < _BATCH:
+            if len(messages) < _BATCH and time.monotonic() >= until:
                 return  # nothing more queued: write what came
 
     def _caught_up_now(self) -> None:

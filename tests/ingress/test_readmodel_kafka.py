@@ -207,3 +207,36 @@ def _recreate(bootstrap: str, topics: Topics) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+async def test_a_caught_up_model_gathers_what_comes_within_its_interval_into_one_write(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB's cost is per transaction: rows trickling in one at a time are written together."""
+    monkeypatch.setenv("KEYSTATE_READMODEL_INTERVAL_MS", "1500")
+    model = await _started(kafka_bootstrap, topics, tmp_path / "readmodel.duckdb")
+    try:
+        await asyncio.sleep(1.6)  # past the interval of the start's own write, if any
+        before = model.writes
+        rows = _big(12)
+        for row in rows:  # one at a time, 30 ms apart: each would be a write of its own without the interval
+            await asyncio.to_thread(write_changelog, kafka_bootstrap, topics, [row], partitions=PARTITIONS)
+            await asyncio.sleep(0.03)
+        deadline = time.monotonic() + 10
+        while await model.count() < len(rows) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await model.count() == len(rows)
+        assert model.writes - before <= 2
+    finally:
+        await model.stop()
+
+
+def test_the_write_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from keystate.ingress.readmodel_sql import write_interval
+
+    assert write_interval() == 0.2
+    monkeypatch.setenv("KEYSTATE_READMODEL_INTERVAL_MS", "0")
+    assert write_interval() == 0.0
+    monkeypatch.setenv("KEYSTATE_READMODEL_INTERVAL_MS", "-5")
+    with pytest.raises(ValueError, match=r"\$KEYSTATE_READMODEL_INTERVAL_MS='-5' must be a number of at least 0"):
+        write_interval()
