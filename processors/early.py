@@ -15,7 +15,9 @@ they concern, so they run in order with them on the event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,10 +30,15 @@ from .state_machine import Invoke, NotifyCompletion, StopInvocation
 if TYPE_CHECKING:
     from .step import Effect, StepResult
 
-__all__ = ["NO_PARTITION", "EarlyRun", "FailGate", "Gate", "GateAction", "GatedInvoke", "OpenGate", "split_early"]
+__all__ = ["MAX_CHAINED", "NO_PARTITION", "EarlyRun", "FailGate", "Gate", "GateAction", "GatedInvoke", "OpenGate", "split_early"]
 
 NO_PARTITION = -1
 """The partition of the effects that open or fail a gate: no partition's drop filters them out."""
+
+MAX_CHAINED = 32
+"""Attempts a batch may start for its re-runs with folded entries (beyond those of its records)."""
+
+log = logging.getLogger(__name__)
 
 
 class Gate:
@@ -39,10 +46,11 @@ class Gate:
 
     Lives on two threads: the partition thread creates it, `collect`s and `unfold`s; the event loop
     offers entries, marks attempts blocked, and opens or fails it (through the effects queue).
-    While collecting, an attempt's entries are kept here instead of being produced: those collected
-    before `collect` returns go into the batch's own transaction (folded), so a short invocation costs
-    one transaction instead of two; they count as written when the gate opens. `unfold` gives them back
-    (the batch could not take them): `open` then produces them, in order, before anything later.
+    While collecting, an attempt's entries are kept here instead of being produced: the first ones,
+    as many as `close` says, go into the batch's own transaction (folded), so a short invocation costs
+    one transaction instead of two; they count as written when the gate opens. The others (all of
+    them after `unfold`: the batch could not take them) are produced by `open`, in order, before
+    anything later.
     """
 
     def __init__(self, attempts: int) -> None:
@@ -50,7 +58,7 @@ class Gate:
         self._opened = asyncio.Event()
         self._lock = threading.Lock()
         self._collecting = True
-        self._folded = False
+        self._folded = 0  # how many of the collected entries the batch writes
         self._collected: list[tuple[LogRecord, asyncio.Future[Any]]] = []
         self._attempts = attempts
         self._blocked: set[str] = set()
@@ -80,8 +88,8 @@ class Gate:
         """The batch committed: folded entries are written; unfolded ones are produced now, in order."""
         with self._lock:
             self._collecting = False  # a batch that did not fold (or collect) keeps nothing after this
-        for record, future in self._collected:
-            if self._folded:
+        for n, (record, future) in enumerate(self._collected):
+            if n < self._folded:
                 if not future.done():
                     future.set_result(None)
             else:
@@ -102,18 +110,38 @@ class Gate:
         await self._opened.wait()
 
     # ---- partition thread ---------------------------------------------------------------------------
+    def snapshot(self, window_s: float) -> list[LogRecord]:
+        """Wait up to `window_s` until every attempt is blocked; the entries collected so far (it goes on)."""
+        if window_s > 0:
+            self._all_blocked.wait(window_s)
+        with self._lock:
+            return [record for record, _ in self._collected]
+
+    def close(self, folded: int) -> None:
+        """Stop collecting: the batch writes the first `folded` collected entries, `open` produces the rest."""
+        with self._lock:
+            self._collecting = False
+            self._folded = folded
+
     def collect(self, window_s: float) -> list[LogRecord]:
         """Wait up to `window_s` until every attempt is blocked, stop collecting; the entries to fold."""
         if window_s > 0:
             self._all_blocked.wait(window_s)
         with self._lock:
             self._collecting = False
-            self._folded = bool(self._collected)
+            self._folded = len(self._collected)
             return [record for record, _ in self._collected]
+
+    def add(self, attempts: int) -> None:
+        """More attempts joined (started by a re-run of the batch): wait for them too."""
+        with self._lock:
+            self._attempts += attempts
+            if len(self._blocked) < self._attempts:
+                self._all_blocked.clear()
 
     def unfold(self) -> None:
         """The batch does not carry the collected entries after all: `open` produces them."""
-        self._folded = False
+        self._folded = 0
 
 
 def _chain(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
@@ -177,26 +205,56 @@ class EarlyRun:
     """One run of a batch whose new attempts started before its transaction (the session's `early` hook).
 
     `window_s`: how long the partition thread waits, before the transaction, for those attempts to
-    journal what they can (until each waits for an ack or ended); 0 only starts them early.
+    journal what they can (until each waits for an ack or ended); 0 only starts them early. Entries
+    folded into the batch may let more attempts start (the next invocation in an object's inbox once
+    the one before it ended): `more` starts those under the same gate and waits for them within what
+    is left of the window, so a run of short invocations on one key folds into one transaction.
     """
 
     def __init__(self, early: list[tuple[int, Invoke]], submit: Callable[[list[Effect]], None], window_s: float) -> None:
         self._submit = submit
         self._window_s = window_s
+        self._deadline = 0.0
         self._started = {(action.invocation_id, action.attempt) for _, action in early}
+        self._chained: set[tuple[str, int]] = set()  # started by `more`
         self.gate = Gate(len(early))
         submit([(p, GatedInvoke(action, self.gate)) for p, action in early])
 
     def collect(self) -> list[LogRecord]:
-        return self.gate.collect(self._window_s)
+        self._deadline = time.monotonic() + self._window_s
+        return self.gate.snapshot(self._window_s)
 
-    def unfold(self) -> None:
-        self.gate.unfold()
+    def more(self, result: StepResult) -> list[LogRecord] | None:
+        if self._window_s <= 0 or len(self._chained) >= MAX_CHAINED:
+            return None
+        fresh = [(p, a) for p, a in result.effects if not (isinstance(a, Invoke) and (a.invocation_id, a.attempt) in self._started)]
+        early, _ = split_early(fresh)
+        early = early[: MAX_CHAINED - len(self._chained)]
+        left = self._deadline - time.monotonic()
+        if not early or left <= 0:
+            return None
+        chained = {(action.invocation_id, action.attempt) for _, action in early}
+        self._chained |= chained
+        self._started |= chained
+        self.gate.add(len(early))
+        self._submit([(p, GatedInvoke(action, self.gate)) for p, action in early])
+        return self.gate.snapshot(left)
+
+    def close(self, folded: int) -> None:
+        self.gate.close(folded)
 
     def trim(self, result: StepResult) -> None:
+        present = {(a.invocation_id, a.attempt) for _, a in result.effects if isinstance(a, Invoke)}
         result.effects = [
             (p, a) for p, a in result.effects if not (isinstance(a, Invoke) and (a.invocation_id, a.attempt) in self._started)
         ]
+        # An attempt started for a re-run the batch did not keep must not outlive it: its invocation was
+        # not started by what commits, and would start again with the same attempt number. (The batch's
+        # first attempts are in every run: `result` is either a re-run or the first run, already split.)
+        orphans = sorted(iid for iid, _ in self._chained - present)
+        if orphans:
+            log.warning("stopping %d attempts started for a run of the batch that was not kept: %s", len(orphans), orphans)
+            self._submit([(NO_PARTITION, StopInvocation(iid)) for iid in orphans])
 
     def settle(self, committed: bool) -> None:
         self._submit([(NO_PARTITION, OpenGate(self.gate) if committed else FailGate(self.gate))])

@@ -31,8 +31,13 @@ class EarlyRun(Protocol):
         """Entries of the early attempts to write and apply in this batch (waits a short window for them)."""
         ...
 
-    def unfold(self) -> None:
-        """The batch does not take the collected entries: they are produced after the commit instead."""
+    def more(self, result: StepResult) -> Sequence[LogRecord] | None:
+        """Start the attempts `result` (a run with the entries) lets start, and wait for them within the
+        window: every entry so far (a longer list), or None when there is nothing more to fold."""
+        ...
+
+    def close(self, folded: int) -> None:
+        """The batch writes the first `folded` entries handed out; the rest are produced after the commit."""
         ...
 
     def trim(self, result: StepResult) -> None:
@@ -157,17 +162,25 @@ def run_batch(
 def _fold(
     step: BatchStep, records: list[InRecord], now_ms: int, quarantine: Quarantine, result: StepResult, handle: EarlyRun
 ) -> StepResult:
-    """`result`, redone with the early attempts' entries when they came in time."""
-    folded = handle.collect()
-    if not folded:
-        return result
-    step.discard(result.touched)
-    with_entries = step.run(records, now_ms, quarantine, folded)
-    if with_entries.rejected is not None:
-        # One of them cannot be written or applied here: they go the usual way, after the commit.
-        log.warning("an early attempt's entry could not join its batch (%s); it is written after the commit", with_entries.rejected[1])
-        handle.unfold()
-        step.discard(with_entries.touched)
-        with_entries = step.run(records, now_ms, quarantine)
-    handle.trim(with_entries)
-    return with_entries
+    """`result`, redone with the early attempts' entries when they came in time.
+
+    Each run with entries may start more attempts (e.g. the next call queued on the same object once
+    the one before it ended); their entries make the next run, as long as the window lasts.
+    """
+    entries: Sequence[LogRecord] | None = handle.collect()
+    kept, used = result, 0
+    while entries is not None and len(entries) > used:
+        step.discard(kept.touched)
+        run = step.run(records, now_ms, quarantine, entries)
+        if run.rejected is not None:
+            # One of the new entries cannot be written or applied here: they go the usual way, after
+            # the commit, and the batch is the last run that took its entries (the same run again).
+            log.warning("an early attempt's entry could not join its batch (%s); it is written after the commit", run.rejected[1])
+            step.discard(run.touched)
+            kept = step.run(records, now_ms, quarantine, entries[:used])
+            break
+        kept, used = run, len(entries)
+        entries = handle.more(run)
+    handle.close(used)
+    handle.trim(kept)
+    return kept

@@ -284,7 +284,6 @@ async def oversized(ctx: ObjectContext, what: str) -> str:
 SERVICES += [payloads, blobs]
 
 # ---- invoker: back-pressure (issue 7) ----
-import asyncio  # noqa: E402
 
 holder = Service("Holder")
 

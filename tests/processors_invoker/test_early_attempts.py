@@ -191,3 +191,29 @@ async def test_a_state_read_does_not_end_the_batch_s_wait_the_attempt_goes_on_to
     decoded = [codec().decode(r.value) for r in folded]
     entries = [record["entry"]["entry"][0] for _, record in decoded]
     assert entries == ["keystate.GetStateEntry", "keystate.OutputEntry"]
+
+
+async def test_a_gate_closed_at_a_snapshot_leaves_later_entries_to_the_attempts(
+    kafka_bootstrap: str, deployment: tuple[str, Topics, Path], invoker: Invoker
+) -> None:
+    """A batch that re-ran with entries starts more attempts under its gate and takes what it used:
+    the entries offered after that snapshot are produced by their attempts once the gate opens."""
+    _, topics, ledger = deployment
+    first, second = _charge("snap-first"), _charge("snap-second")
+    gate = Gate(1)
+
+    invoker.invoke(first, gate)
+    taken = await asyncio.to_thread(gate.snapshot, 20.0)  # the first waits for its step's ack
+    gate.add(1)  # a re-run with `taken` started the second
+    invoker.invoke(second, gate)
+    later = await asyncio.to_thread(gate.snapshot, 20.0)
+    gate.close(len(taken))  # ...but the batch commits the run that took only `taken`
+    invoker.open_gate(gate)
+    second_appends = await asyncio.to_thread(_appends, kafka_bootstrap, topics, second.invocation_id, 3, 30.0)
+    first_appends = await asyncio.to_thread(_appends, kafka_bootstrap, topics, first.invocation_id, 2, 30.0)
+
+    assert [r.invocation_id for r in taken] == [first.invocation_id]
+    assert [r.invocation_id for r in later] == [first.invocation_id, second.invocation_id]
+    assert len(await _charged(ledger, "snap-second")) == 1
+    assert [r["entry_index"] for r in second_appends] == [1, 2, 3]  # none of it was the batch's
+    assert [r["entry_index"] for r in first_appends] == [2, 3]  # entry 1 was
