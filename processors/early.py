@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from keystate.schemas.ids import InvocationIdStr
 from keystate.server.commands import LogRecord
 
 from .state_machine import Invoke, NotifyCompletion, StopInvocation
@@ -216,7 +217,7 @@ class EarlyRun:
         self._window_s = window_s
         self._deadline = 0.0
         self._started = {(action.invocation_id, action.attempt) for _, action in early}
-        self._chained: set[tuple[str, int]] = set()  # started by `more`
+        self._chained: set[tuple[InvocationIdStr, int]] = set()  # started by `more`
         self.gate = Gate(len(early))
         submit([(p, GatedInvoke(action, self.gate)) for p, action in early])
 
