@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_invoke.py [--partitions 4] [--requests 300] [--concurrent-requests 2000]
         [--concurrency 16] [--batch-linger-ms 0 2] [--time-cap 60] [--json] [--profile]
 
-Starts its own single-node broker (or uses $KAFKA_BOOTSTRAP_SERVERS), and for every --batch-linger-ms
+Starts its own single-node broker (or uses $KAFKA_BOOTSTRAP_SERVERS; then $BENCH_BROKER_PID, if set,
+adds that broker's CPU to the cpu% lines), and for every --batch-linger-ms
 value a fresh stack on a new topic prefix: one processor, one ingress, the examples deployment
 (examples/serve.py), all on free 127.0.0.1 ports; registers the deployment, warms up, then measures
 
@@ -347,7 +348,7 @@ def run_stack(launcher: Launcher, bootstrap: str, args: argparse.Namespace, ling
         print(f"\n== batch linger {linger:g} ms, {args.partitions} partitions, prefix {prefix}", flush=True)
         print(HEADER, flush=True)
     pids = {p.name.split("-linger")[0]: p.pid for p in launcher.procs}
-    broker_pid = launcher.broker_pid()
+    broker_pid = launcher.broker_pid() or (int(os.environ["BENCH_BROKER_PID"]) if os.environ.get("BENCH_BROKER_PID") else None)
     if broker_pid is not None:
         pids["broker"] = broker_pid
     pids["bench client"] = os.getpid()

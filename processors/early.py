@@ -39,6 +39,9 @@ NO_PARTITION = -1
 MAX_CHAINED = 32
 """Attempts a batch may start for its re-runs with folded entries (beyond those of its records)."""
 
+CHAIN_WINDOWS = 5
+"""How long a batch may wait for chained attempts in all, in fold windows (each step waits one at most)."""
+
 log = logging.getLogger(__name__)
 
 
@@ -208,8 +211,9 @@ class EarlyRun:
     `window_s`: how long the partition thread waits, before the transaction, for those attempts to
     journal what they can (until each waits for an ack or ended); 0 only starts them early. Entries
     folded into the batch may let more attempts start (the next invocation in an object's inbox once
-    the one before it ended): `more` starts those under the same gate and waits for them within what
-    is left of the window, so a run of short invocations on one key folds into one transaction.
+    the one before it ended): `more` starts those under the same gate and waits for them, one window
+    at most each time and CHAIN_WINDOWS in all, so a queue of short calls on one key shares a
+    transaction instead of paying one each.
     """
 
     def __init__(self, early: list[tuple[int, Invoke]], submit: Callable[[list[Effect]], None], window_s: float) -> None:
@@ -222,7 +226,7 @@ class EarlyRun:
         submit([(p, GatedInvoke(action, self.gate)) for p, action in early])
 
     def collect(self) -> list[LogRecord]:
-        self._deadline = time.monotonic() + self._window_s
+        self._deadline = time.monotonic() + CHAIN_WINDOWS * self._window_s
         return self.gate.snapshot(self._window_s)
 
     def more(self, result: StepResult) -> list[LogRecord] | None:
@@ -239,7 +243,7 @@ class EarlyRun:
         self._started |= chained
         self.gate.add(len(early))
         self._submit([(p, GatedInvoke(action, self.gate)) for p, action in early])
-        return self.gate.snapshot(left)
+        return self.gate.snapshot(min(left, self._window_s))
 
     def close(self, folded: int) -> None:
         self.gate.close(folded)
