@@ -196,10 +196,10 @@ async def _act(request: web.Request, action: str) -> web.Response:
     invocation_id = _invocation_id(request)
     model = runtime.invocations
     known = await model.get(invocation_id) if model.ready and model.error is None else None
-    if known is not None:
-        completed, how = known.completed, known.completion_status or known.status
-    else:
-        # The read model may lag behind a new invocation: the partition processor knows for sure.
+    completed, how = (known.completed, known.completion_status or known.status) if known is not None else (False, "")
+    if known is None or completed != (action == "purge"):
+        # The read model lags behind (a new invocation, or one that just completed): before refusing,
+        # ask the partition processor, which knows for sure.
         reply = await invocation_status(runtime, InvocationId.parse(invocation_id))
         if reply["status"] == "UNKNOWN":
             raise NotFound(

@@ -52,12 +52,12 @@ def query_timeout() -> float:
 
 
 def write_interval() -> float:
-    """Seconds between the writes of a caught-up read model ($KEYSTATE_READMODEL_INTERVAL_MS, default 200 ms).
+    """Seconds between the writes of a caught-up read model ($KEYSTATE_READMODEL_INTERVAL_MS, default 500 ms).
 
     DuckDB's cost is per transaction: one per small fetch took half the ingress's CPU under load
     (py-spy, greet at c=16). Queries see changes up to this late.
     """
-    return _env_number(INTERVAL_ENV, 200, 0) / 1000
+    return _env_number(INTERVAL_ENV, 500, 0) / 1000
 
 
 def query_max_rows() -> int:

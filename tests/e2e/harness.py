@@ -128,13 +128,14 @@ class Stack:
              "--instance-id", f"{self.prefix}{instance_id}", *extra],
         )
 
-    def ingress(self) -> Proc:
+    def ingress(self, env: dict[str, str] | None = None) -> Proc:
         if not self.ingress_port:
             self.ingress_port, self.admin_port = free_port(), free_port()
         proc = self._python(
             "ingress",
             ["-m", "keystate.cli", "ingress", "--bootstrap", self.bootstrap, "--prefix", self.prefix,
              "--port", str(self.ingress_port), "--admin-port", str(self.admin_port)],
+            env,
         )
         wait_http(f"{self.admin_url}/health", proc=proc)
         return proc

@@ -204,3 +204,32 @@ def test_keystate_state_edit_on_a_busy_object_is_applied_in_order_with_its_exclu
     assert attach(ops, after).json() == ["edited by the cli"]  # after "before", before "after"
     assert http("POST", f"{ops.url}/Register/c/read", None).json() == ["edited by the cli", "after"]
 
+
+
+def test_an_invocation_that_just_completed_is_purged_though_the_read_model_still_shows_it_running(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The read model writes what it read at intervals: the admin must not refuse on its stale row."""
+    stack.processor("a")
+    stack.ingress(env={"KEYSTATE_READMODEL_INTERVAL_MS": "60000"})  # after its first write, the next in a minute
+    port = free_port()
+    release = tmp_path / "release"
+    stack.deployment(SERVICES, port, env={"KEYSTATE_TEST_RELEASE": str(release)})
+    stack.register(f"http://127.0.0.1:{port}")
+    iid = send(stack, "Register/stale/append", "hold")
+    rows = eventually(lambda: _read_model_status(stack, iid), timeout=60)
+    assert rows == "running", rows  # its first write: the invocation holds the key
+
+    release.touch()
+    assert attach(stack, iid).status == 200
+    assert _read_model_status(stack, iid) == "running"  # the read model has not caught up
+
+    purged = http("PATCH", f"{stack.admin_url}/invocations/{iid}/purge")
+    assert purged.status == 202, purged.body
+
+
+def _read_model_status(stack: Stack, iid: str) -> str | None:
+    resp = http("POST", f"{stack.admin_url}/query", {"query": f"SELECT status FROM sys_invocation WHERE id = '{iid}'"},
+                headers={"accept": "application/json"})
+    rows = resp.json().get("rows", []) if resp.status == 200 else []
+    return str(rows[0]["status"]) if rows else None

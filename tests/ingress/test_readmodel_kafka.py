@@ -234,7 +234,7 @@ async def test_a_caught_up_model_gathers_what_comes_within_its_interval_into_one
 def test_the_write_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from keystate.ingress.readmodel_sql import write_interval
 
-    assert write_interval() == 0.2
+    assert write_interval() == 0.5
     monkeypatch.setenv("KEYSTATE_READMODEL_INTERVAL_MS", "0")
     assert write_interval() == 0.0
     monkeypatch.setenv("KEYSTATE_READMODEL_INTERVAL_MS", "-5")
