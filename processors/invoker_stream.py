@@ -122,7 +122,7 @@ Append = Callable[[Attempt, dict[str, Any], "aiohttp.ClientWebSocketResponse | N
 
 
 class AttemptStream:
-    """Talks the deployment protocol for attempts, over one WebSocket each or one request/response."""
+    """Talks the deployment protocol for attempts, over a WebSocket (fresh or warm from the pool) or one request/response."""
 
     def __init__(
         self, session: aiohttp.ClientSession, settings: InvokerSettings, append: Append, pool: SocketPool | None = None

@@ -144,10 +144,18 @@ class Connection:
                     return
                 try:
                     name, record = self.codec.decode(msg.data)
-                    if attempt is not None and (not attempt.ended or name in (ACK, COMPLETION)):
-                        # An ack or completion after the end raced it: the closed machine drops it.
+                    if attempt is not None and not attempt.machine.closed:
                         attempt.feed(name, record)
                         continue
+                    if attempt is not None and name in (ACK, COMPLETION):
+                        continue  # it raced the end of the attempt: nothing is waiting for it
+                    if attempt is not None:
+                        # The processor starts the next attempt once it has the last one's end, but the
+                        # writer that sent it may not have returned yet.
+                        await asyncio.gather(attempt.writer, return_exceptions=True)
+                        if not attempt.ended_cleanly:
+                            await self.ws.close()
+                            return
                     attempt = self._next(name, record)
                 except (ContractError, ProtocolError) as exc:
                     await self._protocol_error(attempt, str(exc))
