@@ -177,6 +177,7 @@ class AttemptStream:
                         url, exc,
                     )
                     attempt.ws = None
+                    attempt.connected = False  # a timeout connecting anew is a connect timeout
                     # Completions sent on the dead socket go again, before any that arrived meanwhile.
                     attempt.pending[:0] = attempt.unanswered
                     attempt.unanswered = []
