@@ -139,7 +139,8 @@ class Invoker:
 
     async def start(self) -> None:
         # The pool holds exactly as many connections per host as attempts may run against it, so an
-        # attempt that has its slot never waits for a connection inside its connect timeout.
+        # attempt that has its slot never waits for a connection inside its connect timeout (idle warm
+        # sockets hold connections too: each attempt first trims them to what the limit leaves, see _attempt).
         # Resolved addresses are checked against the policy (cached ones were checked when resolved).
         connector = aiohttp.TCPConnector(
             limit=0,

@@ -4,6 +4,7 @@ writing to a real broker; sockets that ended badly are closed, dead pooled ones 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -288,3 +289,36 @@ async def test_a_completion_for_an_ended_attempt_never_reaches_the_next_attempt(
     records = await asyncio.to_thread(_log, kafka_bootstrap, topics, 4)
     assert _outputs(records) == {}  # the late value never completed the next attempt's awakeable
     assert sorted(r["invocation_id"] for r in records if "waiting_on" in r) == sorted([ended, next_one])
+
+
+async def test_idle_sockets_of_one_deployment_make_room_for_another_on_the_same_endpoint(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    # Two deployments behind one host:port (different base paths) share its connection limit; with a
+    # limit of 1, the socket idle for one must be closed before the other connects, not block it.
+    port = free_port()
+    root = web.Application()
+    root.add_subapp("/a/", keystate.app([warm]))
+    root.add_subapp("/b/", keystate.app([warm]))
+    runner = web.AppRunner(root, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    producer = AsyncProducer(KafkaSettings(kafka_bootstrap, topics))
+    settings = InvokerSettings(max_concurrent_attempts_per_deployment=1, connect_timeout_s=5.0)
+    the_invoker = Invoker(
+        producer, topics.log, PARTITIONS, lambda d, _s: (f"http://127.0.0.1:{port}/{d}", ["websocket"]), settings
+    )
+    await the_invoker.start()
+    ids = [str(InvocationId.new()) for _ in range(3)]
+    try:
+        for iid, deployment in zip(ids, ("a", "b", "a"), strict=True):
+            action = _action(iid, "greet", f'"{deployment}"'.encode())
+            await _run(the_invoker, dataclasses.replace(action, deployment_id=deployment))
+    finally:
+        await the_invoker.close()
+        await asyncio.to_thread(producer.close)
+        await runner.cleanup()
+    outputs = _outputs(await asyncio.to_thread(_log, kafka_bootstrap, topics, 3))
+    assert outputs == {
+        iid: (NS + "Value", {"value": f'"Hello {d}!"'.encode()}) for iid, d in zip(ids, ("a", "b", "a"), strict=True)
+    }
