@@ -322,3 +322,33 @@ async def test_idle_sockets_of_one_deployment_make_room_for_another_on_the_same_
     assert outputs == {
         iid: (NS + "Value", {"value": f'"Hello {d}!"'.encode()}) for iid, d in zip(ids, ("a", "b", "a"), strict=True)
     }
+
+
+async def test_a_socket_idle_past_the_pools_timeout_is_closed_and_the_next_attempt_connects_anew(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    port = free_port()
+    deployment = Deployment(port)
+    await deployment.start()
+    producer = AsyncProducer(KafkaSettings(kafka_bootstrap, topics))
+    url = f"http://127.0.0.1:{port}"
+    settings = InvokerSettings(idle_connection_timeout_s=2.0)
+    the_invoker = Invoker(producer, topics.log, PARTITIONS, lambda _d, _s: (url, ["websocket"]), settings)
+    await the_invoker.start()
+    try:
+        await _run(the_invoker, _action(str(InvocationId.new()), "greet", b'"a"'))
+        await _run(the_invoker, _action(str(InvocationId.new()), "greet", b'"b"'))
+        assert deployment.connections == 1
+        assert the_invoker._pool is not None
+        for _ in range(500):  # the pool's watcher closes it once it was idle for 2 s
+            if the_invoker._pool.idle(url) == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert the_invoker._pool.idle(url) == 0
+        await _run(the_invoker, _action(str(InvocationId.new()), "greet", b'"c"'))
+        assert deployment.connections == 2
+    finally:
+        await the_invoker.close()
+        await asyncio.to_thread(producer.close)
+        await deployment.stop()
+    assert len(_outputs(await asyncio.to_thread(_log, kafka_bootstrap, topics, 3))) == 3
