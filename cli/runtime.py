@@ -134,6 +134,11 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent-attempts", type=int,
                         default=_default(InvokerSettings, "max_concurrent_attempts_per_deployment"),
                         help="attempts running against one deployment at once; more wait in a queue (default %(default)s)")
+    parser.add_argument("--idle-connection-timeout", type=float,
+                        default=_default(InvokerSettings, "idle_connection_timeout_s"),
+                        help="seconds a WebSocket to a deployment stays open between attempts, for the next one "
+                        "(warm connections; keep it below the SDK's idle_timeout of 60 s); 0: one WebSocket per "
+                        "attempt (default %(default)s)")
     parser.add_argument("--max-queued-attempts", type=int, default=_default(InvokerSettings, "max_queued_attempts"),
                         help="waiting attempts above which log partitions are paused (default %(default)s)")
     parser.add_argument("--watchdog-stall", type=float, default=_default(ProcessorSettings, "watchdog_stall_s"),
@@ -350,6 +355,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
                 max_payload_bytes=args.max_payload_bytes,
                 max_concurrent_attempts_per_deployment=args.max_concurrent_attempts,
                 max_queued_attempts=args.max_queued_attempts,
+                idle_connection_timeout_s=args.idle_connection_timeout,
                 identity=identity,
                 deployment_allow=args.deployment_allow,
             ),

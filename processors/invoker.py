@@ -1,4 +1,4 @@
-"""The invoker: runs attempts on deployments over one WebSocket each and journals what comes back.
+"""The invoker: runs attempts on deployments over WebSockets (reused when warm) and journals what comes back.
 
 Every entry from the deployment is appended to keystate.log tagged with (invocation id, attempt);
 a `ctx.run` result is acknowledged to the SDK only after Kafka acknowledged that append.
@@ -36,6 +36,7 @@ from .early import Gate
 from .invoker_slots import AttemptSlots
 from .invoker_stream import Attempt, AttemptError, AttemptStream, Oversized, Terminal, failure
 from .state_machine import Invoke
+from .ws_pool import SocketPool
 
 __all__ = ["Invoker", "InvokerSettings"]
 
@@ -83,10 +84,17 @@ class InvokerSettings:
     max_queued_attempts: int = 10_000
     # The key every request to a deployment is signed with (WebSocket handshake or POST; see
     # keystate.server.identity); None: unsigned, refused by deployments that set identity_keys.
+    # A reused WebSocket (below) was signed at its handshake; the attempts it carries are not signed again.
     identity: RequestIdentity | None = None
     # Addresses attempts may connect to (the admin's registration rule, $KEYSTATE_DEPLOYMENT_ALLOW): a
     # registered name that later resolves elsewhere (DNS rebinding) is not connected to.
     deployment_allow: AddressPolicy = field(default_factory=AddressPolicy.from_env)
+    # Warm connections (keystate.processors.ws_pool): a WebSocket whose attempt ended with End,
+    # Suspension or Error goes back to a pool (if the deployment agreed to reuse it) and carries the
+    # next attempt on that deployment, for up to this long idle. Keep it below the SDK's idle_timeout
+    # (60 s by default), so that the processor, not the deployment, closes an idle socket. 0: one
+    # WebSocket per attempt. At most max_concurrent_attempts_per_deployment sockets are idle per endpoint.
+    idle_connection_timeout_s: float = 30.0
 
     @property
     def resume_below_queued_attempts(self) -> int:
@@ -122,6 +130,7 @@ class Invoker:
         self._live: dict[str, Attempt] = {}
         self._session: aiohttp.ClientSession | None = None
         self._stream: AttemptStream | None = None
+        self._pool: SocketPool | None = None  # idle WebSockets for the next attempts (warm connections)
         self._sends: set[asyncio.Task[None]] = set()  # completions on their way to a socket (kept from GC)
         s = self._settings
         self._max_record_bytes = kafka_sizes(s.max_payload_bytes).record_bytes
@@ -131,7 +140,8 @@ class Invoker:
 
     async def start(self) -> None:
         # The pool holds exactly as many connections per host as attempts may run against it, so an
-        # attempt that has its slot never waits for a connection inside its connect timeout.
+        # attempt that has its slot never waits for a connection inside its connect timeout (idle warm
+        # sockets hold connections too: each attempt first trims them to what the limit leaves, see _attempt).
         # Resolved addresses are checked against the policy (cached ones were checked when resolved).
         connector = aiohttp.TCPConnector(
             limit=0,
@@ -146,7 +156,10 @@ class Invoker:
             timeout=aiohttp.ClientTimeout(total=None, connect=self._settings.connect_timeout_s),
             middlewares=(signing_middleware(identity),) if identity is not None else (),
         )
-        self._stream = AttemptStream(self._session, self._settings, self._append)
+        s = self._settings
+        if s.idle_connection_timeout_s > 0:
+            self._pool = SocketPool(s.max_concurrent_attempts_per_deployment, s.idle_connection_timeout_s)
+        self._stream = AttemptStream(self._session, self._settings, self._append, self._pool)
 
     async def close(self) -> None:
         tasks = [a.task for a in self._live.values() if a.task is not None]
@@ -154,6 +167,8 @@ class Invoker:
             self.stop(iid)
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
+        if self._pool is not None:
+            await self._pool.close()
         if self._session is not None:
             await self._session.close()
 
@@ -194,7 +209,9 @@ class Invoker:
         if attempt.ws is None:
             attempt.pending.append(message)
         else:
-            task = asyncio.create_task(self._send(attempt, message))
+            if not attempt.answered:
+                attempt.unanswered.append(message)  # sent again if the socket turns out dead
+            task = asyncio.create_task(self._send(attempt, attempt.ws, message))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
 
@@ -229,10 +246,12 @@ class Invoker:
     def _current(self, attempt: Attempt) -> bool:
         return self._live.get(attempt.action.invocation_id) is attempt
 
-    async def _send(self, attempt: Attempt, message: bytes) -> None:
+    async def _send(self, attempt: Attempt, ws: aiohttp.ClientWebSocketResponse, message: bytes) -> None:
         try:
-            if attempt.ws is not None and not attempt.ws.closed:
-                await attempt.ws.send_bytes(message)
+            # Only while the attempt still holds the socket: once it ended, the socket may carry another
+            # attempt (warm connections), and a late completion must never reach that one.
+            if attempt.ws is ws and not ws.closed:
+                await ws.send_bytes(message)
         except (aiohttp.ClientError, ConnectionError, RuntimeError):
             pass  # the receive loop sees the broken socket and fails the attempt
 
@@ -282,12 +301,17 @@ class Invoker:
             deployment = _deployment_key(url)
             await self._slots.acquire(deployment, attempt.partition)
             try:
+                if self._pool is not None:
+                    attempt.pool_key, attempt.pool_group = uri.rstrip("/"), deployment
+                    # Idle sockets hold connections of the per-endpoint limit: leave room for this attempt's.
+                    room = self._settings.max_concurrent_attempts_per_deployment - self._slots.running(deployment)
+                    await self._pool.trim(deployment, keep=room)
                 # The abort and inactivity timeouts run from here: time in the queue does not count.
                 assert self._stream is not None
                 return await asyncio.wait_for(self._stream.run(attempt, url, transports), attempt.abort_timeout_s)
             finally:
                 try:
-                    await self._close_ws(attempt)  # the connection goes back to the pool before the slot does
+                    await self._close_ws(attempt)  # the socket is closed or pooled before the slot goes back
                 finally:
                     self._slots.release(deployment)
         except asyncio.CancelledError:
@@ -321,11 +345,18 @@ class Invoker:
         attempt.abort_timeout_s = self._settings.abort_timeout_s if abort is None else abort
 
     async def _close_ws(self, attempt: Attempt) -> None:
-        if attempt.ws is not None and not attempt.ws.closed:
-            try:
-                await attempt.ws.close()
-            except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError):
-                pass  # closing a broken socket: nothing left to tell the deployment
+        """Detach the attempt's socket; pool it if the attempt ended cleanly on a reusable one, else close it."""
+        ws, attempt.ws = attempt.ws, None  # from now on nothing of this attempt writes to it
+        if ws is None or ws.closed:
+            return
+        if attempt.reusable and self._pool is not None and attempt.pool_key is not None:
+            attempt.reusable = False
+            self._pool.put(attempt.pool_key, attempt.pool_group, ws)
+            return
+        try:
+            await ws.close()
+        except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError):
+            pass  # closing a broken socket: nothing left to tell the deployment
 
     async def _settle_appends(self, attempt: Attempt, terminal: Terminal | None) -> Terminal | None:
         """Wait until Kafka took every entry of the attempt; if one failed, the attempt failed (retryably)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from keystate.schemas.limits import truncate_text
 from . import metrics
 from .early import Gate
 from .state_machine import Invoke
+from .ws_pool import REUSE_HEADER, SocketPool, advertises_reuse
 
 if TYPE_CHECKING:
     from .invoker import InvokerSettings
@@ -44,6 +45,10 @@ class Oversized(Exception):
         self.index = index
 
 
+class _DeadSocket(Exception):
+    """A pooled socket turned out closed before the deployment answered: reconnect, fresh."""
+
+
 @dataclass(frozen=True, slots=True)
 class Terminal:
     """The command that ends an attempt on the log: a SuspendCommand or an AttemptFailedCommand."""
@@ -59,10 +64,16 @@ class Attempt:
         self.action = action
         self.partition = partition
         self.gate = gate  # started before its batch committed: log writes wait for it (keystate.processors.early)
+        # Its socket while it runs; detached when it ends, so nothing of it reaches a pooled socket.
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.task: asyncio.Task[None] | None = None
         self.pending: list[bytes] = []  # completions that arrived before the socket opened
         self.connected = False  # the deployment answered: a timeout from here on is not a connect timeout
+        self.answered = False  # a message from the deployment arrived on the current socket
+        self.unanswered: list[bytes] = []  # completions sent before that: sent again if the socket was dead
+        self.pool_key: Hashable | None = None  # where its socket goes back to: the deployment's base URI
+        self.pool_group: Hashable | None = None  # and the endpoint whose connection limit it counts against
+        self.reusable = False  # it ended with End, Suspension or Error on a socket that advertises reuse
         self.output_appended = False
         self.unsettled: set[asyncio.Future[Any]] = set()  # appends Kafka has not acknowledged yet
         self.append_failure: tuple[int, BaseException] | None = None  # the first append that failed
@@ -111,12 +122,15 @@ Append = Callable[[Attempt, dict[str, Any], "aiohttp.ClientWebSocketResponse | N
 
 
 class AttemptStream:
-    """Talks the deployment protocol for attempts, over one WebSocket each or one request/response."""
+    """Talks the deployment protocol for attempts, over a WebSocket (fresh or warm from the pool) or one request/response."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: InvokerSettings, append: Append) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, settings: InvokerSettings, append: Append, pool: SocketPool | None = None
+    ) -> None:
         self._session = session
         self._settings = settings
         self._append = append
+        self._pool = pool  # None: one socket per attempt
         self._codec = codec()
 
     async def run(self, attempt: Attempt, url: str, transports: list[str]) -> Terminal | None:
@@ -131,31 +145,77 @@ class AttemptStream:
     def ack(self, index: int) -> bytes:
         return bytes(self._codec.encode("keystate.AckMessage", {"index": index}))
 
-    def _opening(self, action: Invoke) -> list[bytes]:
-        """Start message and the journal so far, encoded."""
+    def _opening(self, attempt: Attempt, *, warm: bool = False) -> list[bytes]:
+        """Start message and the journal so far, encoded.
+
+        `warm`: the SDK runs attempts on reused sockets, so it reads the StartMessage that carries the
+        attempt's trace headers; any other SDK gets the first layout (StartMessageV1).
+        """
+        action = attempt.action
         encode = self._codec.encode
+        start = _start_message(action)
+        if warm:
+            start["attempt_headers"] = _trace_headers(attempt) or {}
         return [
-            encode("keystate.StartMessage", _start_message(action)),
+            encode("keystate.StartMessage" if warm else "keystate.StartMessageV1", start),
             *(encode("keystate.EntryMessage", {"index": i, "entry": r}) for i, r in enumerate(action.journal)),
         ]
 
     async def _websocket(self, attempt: Attempt, url: str) -> Terminal | None:
-        action = attempt.action
+        if self._pool is not None and attempt.pool_key is not None:
+            ws = await self._pool.take(attempt.pool_key)
+            if ws is not None:
+                attempt.connected = True
+                try:
+                    return await self._converse(attempt, ws, reused=True)
+                except _DeadSocket as exc:
+                    action = attempt.action
+                    log.info(
+                        "invocation %s (%s/%s) attempt %d: the pooled connection to %s was gone before the "
+                        "deployment answered (%s); connecting anew",
+                        action.invocation_id, action.target["service"], action.target["handler"], action.attempt,
+                        url, exc,
+                    )
+                    attempt.ws = None
+                    attempt.connected = False  # a timeout connecting anew is a connect timeout
+                    # Completions sent on the dead socket go again, before any that arrived meanwhile.
+                    attempt.pending[:0] = attempt.unanswered
+                    attempt.unanswered = []
+                    await _close_quietly(ws)
+        return await self._converse(attempt, await self._connect(attempt, url), reused=False)
+
+    async def _connect(self, attempt: Attempt, url: str) -> aiohttp.ClientWebSocketResponse:
+        headers = dict(_trace_headers(attempt) or {})
+        if self._pool is not None:
+            headers[REUSE_HEADER] = "1"  # the deployment may keep the socket open for the next attempt
         try:
             ws = await self._session.ws_connect(
-                url, max_msg_size=self._settings.max_message_bytes, autoping=True, headers=_trace_headers(attempt)
+                url, max_msg_size=self._settings.max_message_bytes, autoping=True, headers=headers
             )
         except aiohttp.WSServerHandshakeError as exc:
             raise AttemptError(
                 f"deployment refused the invocation at {url}: HTTP {exc.status} {exc.message}{self._hint(exc.status)}"
             ) from exc
-        attempt.ws = ws
         attempt.connected = True
-        for message in self._opening(action):
-            await ws.send_bytes(message)
-        for message in attempt.pending:
-            await ws.send_bytes(message)
-        attempt.pending.clear()
+        return ws
+
+    async def _converse(self, attempt: Attempt, ws: aiohttp.ClientWebSocketResponse, *, reused: bool) -> Terminal | None:
+        """The attempt's protocol on `ws`; _DeadSocket if a reused `ws` ends before the deployment answers."""
+        action = attempt.action
+        warm = self._pool is not None and advertises_reuse(ws)
+        attempt.ws = ws
+        attempt.answered = False
+        try:
+            for message in self._opening(attempt, warm=warm):
+                await ws.send_bytes(message)
+            while attempt.pending:
+                message = attempt.pending.pop(0)
+                attempt.unanswered.append(message)
+                await ws.send_bytes(message)
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            if reused:
+                raise _DeadSocket(f"sending failed: {exc!r}") from exc
+            raise
         next_index = len(action.journal)
         while True:
             try:
@@ -164,20 +224,28 @@ class AttemptStream:
                 raise AttemptError(
                     f"no message from the deployment for {attempt.inactivity_timeout_s:g} s (inactivity timeout)"
                 ) from exc
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
-                raise AttemptError("the deployment closed the stream before the handler ended or suspended")
-            if msg.type == aiohttp.WSMsgType.ERROR:
-                raise AttemptError(f"stream error: {ws.exception()!r}")
+            if msg.type in _ENDED:
+                if reused and not attempt.answered:
+                    raise _DeadSocket(f"{msg.type.name}{_close_reason(ws)}")
+                if msg.type == aiohttp.WSMsgType.ERROR:
+                    raise AttemptError(f"stream error: {ws.exception()!r}")
+                raise AttemptError(
+                    f"the deployment closed the stream before the handler ended or suspended{_close_reason(ws)}"
+                )
             if msg.type != aiohttp.WSMsgType.BINARY:
                 raise AttemptError(f"protocol violation: expected a binary message, got {msg.type.name}")
+            if not attempt.answered:
+                attempt.answered = True  # from here on a failure is the attempt's, not a stale socket's
+                attempt.unanswered = []
             next_index, ended, terminal = await self._handle(attempt, msg.data, next_index, ws)
             if ended:
+                attempt.reusable = warm  # the deployment is done with this attempt: the socket may carry the next
                 return terminal
 
     async def _request_response(self, attempt: Attempt, url: str) -> Terminal | None:
         """One POST per attempt: the journal goes in; new entries and how it ended come out."""
         action = attempt.action
-        body = self._codec.encode("keystate.MessageBatch", {"messages": self._opening(action)})
+        body = self._codec.encode("keystate.MessageBatch", {"messages": self._opening(attempt)})
         # One response per attempt and no heartbeats: a long ctx.run is bounded by the abort timeout.
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self._settings.connect_timeout_s, sock_read=attempt.abort_timeout_s
@@ -256,6 +324,21 @@ class AttemptStream:
             )
             return next_index, True, failed
         raise AttemptError(f"protocol violation: unexpected {name} from the deployment")
+
+
+_ENDED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR)
+
+
+def _close_reason(ws: aiohttp.ClientWebSocketResponse) -> str:
+    """The deployment's close code, for the failure message (its reason text is not echoed)."""
+    return f" (close code {ws.close_code})" if ws.close_code is not None else ""
+
+
+async def _close_quietly(ws: aiohttp.ClientWebSocketResponse) -> None:
+    try:
+        await ws.close()
+    except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError):
+        pass  # closing a broken socket: nothing left to tell the deployment
 
 
 def _trace_headers(attempt: Attempt) -> dict[str, str] | None:

@@ -61,7 +61,8 @@ SCHEMA_IDS: Final[dict[str, int]] = {
     # key "service:<name>": settings changed with PATCH /services/{name} (keystate.server.meta).
     "keystate.ServiceSettings": 403,
     # processor <-> deployment protocol
-    "keystate.StartMessage": 501,
+    # 501: StartMessage before attempt_headers; sent to SDKs without warm connections, read and upgraded.
+    "keystate.StartMessageV1": 501,
     "keystate.EntryMessage": 502,
     "keystate.AckMessage": 503,
     "keystate.CompletionMessage": 504,
@@ -70,6 +71,7 @@ SCHEMA_IDS: Final[dict[str, int]] = {
     "keystate.EndMessage": 507,
     "keystate.MessageBatch": 508,
     "keystate.HeartbeatMessage": 509,
+    "keystate.StartMessage": 510,
 }
 
 UPGRADES: Final[dict[str, str]] = {
@@ -77,6 +79,7 @@ UPGRADES: Final[dict[str, str]] = {
     "keystate.InvocationStatusV1": "keystate.InvocationStatus",
     "keystate.InboxItemV1": "keystate.InboxItem",
     "keystate.InvocationResultV1": "keystate.InvocationResult",
+    "keystate.StartMessageV1": "keystate.StartMessage",
 }
 """Old versions the codec upgrades on read: old full name -> current full name.
 

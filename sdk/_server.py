@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 
 from keystate.schemas._codec import Codec, codec
 from keystate.schemas.errors import ContractError
@@ -17,6 +16,7 @@ from ._context import InvocationCore
 from ._identity import IdentityVerifier, identity_middleware
 from ._machine import COMPLETION, ENTRY, START, Machine, Message, target_from_avro
 from ._service import AnyService, Handler, InvocationRetryPolicy
+from ._stream import REUSE_HEADER, Connection
 from ._tracing import attempt_context
 from .errors import ProtocolError
 
@@ -119,10 +119,11 @@ def app(
     transports: Iterable[str] = TRANSPORTS,
     heartbeat_interval: timedelta = timedelta(seconds=10),
     identity_keys: Iterable[str] | None = None,
+    idle_timeout: timedelta | None = timedelta(seconds=60),
 ) -> web.Application:
     """The aiohttp application serving `GET /discover` and the invocation attempts.
 
-    `GET /invoke/{service}/{handler}` upgraded to a WebSocket streams one attempt (transport
+    `GET /invoke/{service}/{handler}` upgraded to a WebSocket streams attempts (transport
     "websocket"); `POST /invoke/{service}/{handler}` with a MessageBatch body runs one attempt
     and answers with its new entries and how it ended (transport "request-response").
     `transports` chooses which of the two the deployment offers (and advertises).
@@ -132,6 +133,9 @@ def app(
     `identity_keys` (`publickeyv1_...` strings, as Restate's SDKs take them): every request, discovery
     included, must be signed by keystate with one of these keys, or it is answered 401. List several
     to rotate keys or to accept processors with different keys. Needs `pip install 'keystate[identity]'`.
+    A processor may keep a WebSocket open and run attempt after attempt on it (keystate._stream);
+    the SDK closes such a socket after `idle_timeout` without an attempt (keep it above the
+    processor's pool idle timeout); None: one attempt per socket.
     """
     # Checked first: a bad key is a configuration error at start, not a 401 at the first request.
     verifier = IdentityVerifier(identity_keys) if identity_keys is not None else None
@@ -144,6 +148,9 @@ def app(
     the_manifest = manifest(registry.values(), transports=offered)
     the_codec = codec()
     suspend_seconds = suspend_after.total_seconds()
+    if idle_timeout is not None and idle_timeout <= timedelta(0):
+        raise ValueError(f"idle_timeout must be positive (or None for one attempt per socket), got {idle_timeout}")
+    idle_seconds = idle_timeout.total_seconds() if idle_timeout is not None else None
 
     async def discover(_: web.Request) -> web.Response:
         return web.json_response(the_manifest)
@@ -170,12 +177,23 @@ def app(
     async def invoke(request: web.Request) -> web.StreamResponse:
         handler = lookup(request, WEBSOCKET)
         ws = web.WebSocketResponse(max_msg_size=max_message_bytes)
+        reuse = idle_seconds is not None and request.headers.get(REUSE_HEADER) == "1"
+        if reuse:
+            ws.headers[REUSE_HEADER] = "1"  # the processor may send the next attempt on this socket
         await ws.prepare(request)
+        connection = Connection(
+            ws,
+            registry,
+            the_codec,
+            suspend_after=suspend_seconds,
+            heartbeat=heartbeat_interval.total_seconds(),
+            handshake_headers=request.headers,
+            idle_timeout=idle_seconds if reuse else None,
+        )
         try:
-            with attempt_context(request.headers):  # the handler's spans join the attempt's trace
-                await _Attempt(ws, handler, the_codec, suspend_seconds, heartbeat_interval.total_seconds()).run()
+            await connection.run()
         except Exception:  # never let one attempt take the server down
-            log.exception("attempt of %s failed inside the SDK", handler.qualified)
+            log.exception("a stream opened for %s failed inside the SDK", handler.qualified)
             if not ws.closed:
                 await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal SDK error")
         return ws
@@ -279,69 +297,15 @@ def serve(
     transports: Iterable[str] = TRANSPORTS,
     heartbeat_interval: timedelta = timedelta(seconds=10),
     identity_keys: Iterable[str] | None = None,
+    idle_timeout: timedelta | None = timedelta(seconds=60),
 ) -> None:
-    """Serve the services until interrupted (blocking); `identity_keys` as for `app`."""
+    """Serve the services until interrupted (blocking); `identity_keys` and `idle_timeout` as for `app`."""
     application = app(
         services,
         suspend_after=suspend_after,
         transports=transports,
         heartbeat_interval=heartbeat_interval,
         identity_keys=identity_keys,
+        idle_timeout=idle_timeout,
     )
     web.run_app(application, host=host, port=port)
-
-
-class _Attempt:
-    """Pumps one WebSocket: processor messages into the core, machine output back out."""
-
-    def __init__(
-        self, ws: web.WebSocketResponse, handler: Handler, the_codec: Codec, suspend_after: float, heartbeat: float
-    ) -> None:
-        self.ws = ws
-        self.heartbeat = heartbeat
-        self.codec = the_codec
-        self.wake = asyncio.Event()
-        self.machine = Machine()
-        self.core = InvocationCore(self.machine, handler, suspend_after=suspend_after, on_output=self.wake.set)
-        self.handler = handler
-
-    async def run(self) -> None:
-        writer = asyncio.create_task(self._write())
-        try:
-            async for msg in self.ws:
-                if msg.type is not WSMsgType.BINARY:
-                    await self._protocol_error(f"expected binary messages, got {msg.type.name}")
-                    break
-                try:
-                    name, record = self.codec.decode(msg.data)
-                    self.core.feed(name, record)
-                except (ContractError, ProtocolError) as exc:
-                    await self._protocol_error(str(exc))
-                    break
-        finally:
-            self.core.abort()
-            if not writer.done():
-                writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
-
-    async def _write(self) -> None:
-        beat = self.codec.encode("keystate.HeartbeatMessage", {})
-        while True:
-            try:
-                await asyncio.wait_for(self.wake.wait(), self.heartbeat)
-            except TimeoutError:
-                await self.ws.send_bytes(beat)  # quiet, not dead: e.g. a long ctx.run
-                continue
-            self.wake.clear()
-            for name, record in self.machine.take_output():
-                await self.ws.send_bytes(self.codec.encode(name, record))
-            if self.machine.closed:
-                await self.ws.close()
-                return
-
-    async def _protocol_error(self, reason: str) -> None:
-        log.warning(
-            "closing the stream of %s (invocation %s): the processor broke the protocol: %s",
-            self.handler.qualified, self.core.invocation_id, reason,
-        )
-        await self.ws.close(code=WSCloseCode.PROTOCOL_ERROR, message=reason.encode()[:120])

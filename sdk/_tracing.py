@@ -2,7 +2,7 @@
 
 Optional: without `opentelemetry-api` installed nothing here does anything. The processor sends each
 attempt's span context as the W3C `traceparent` header of the attempt's request (WebSocket handshake
-or POST); the handler task runs with it attached, so spans the handler makes with the OpenTelemetry
+or POST), or, on a reused WebSocket, in the StartMessage's `attempt_headers`; the handler task runs with it attached, so spans the handler makes with the OpenTelemetry
 API are children of the attempt. Without that header (a processor that does not trace), the
 `traceparent` among the invocation's own headers is used instead.
 """
@@ -22,7 +22,7 @@ try:
 except ImportError:  # OpenTelemetry is not installed: handlers run untraced
     ENABLED = False
 
-__all__ = ["ENABLED", "attempt_context", "handler_context", "run_span"]
+__all__ = ["ENABLED", "attached", "attempt_context", "handler_context", "run_span", "trace_context"]
 
 _TRACE_HEADERS = ("traceparent", "tracestate")
 _SCOPE = "keystate.sdk"
@@ -38,10 +38,14 @@ def _extract(headers: Mapping[str, str] | None) -> otel_context.Context | None:
     return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
 
 
+def trace_context(headers: Mapping[str, str] | None) -> otel_context.Context | None:
+    """The span context of an attempt's `traceparent` (if any), to be `attached` around its work."""
+    return _extract(headers) if ENABLED else None
+
+
 @contextmanager
-def attempt_context(headers: Mapping[str, str]) -> Iterator[None]:
-    """Inside, the trace context of the attempt request's `traceparent` (if any) is current."""
-    ctx = _extract(headers) if ENABLED else None
+def attached(ctx: otel_context.Context | None) -> Iterator[None]:
+    """Inside, `ctx` (from `trace_context`) is the current trace context; None changes nothing."""
     if ctx is None:
         yield
         return
@@ -50,6 +54,13 @@ def attempt_context(headers: Mapping[str, str]) -> Iterator[None]:
         yield
     finally:
         otel_context.detach(token)
+
+
+@contextmanager
+def attempt_context(headers: Mapping[str, str]) -> Iterator[None]:
+    """Inside, the trace context of the attempt request's `traceparent` (if any) is current."""
+    with attached(trace_context(headers)):
+        yield
 
 
 def handler_context(input_headers: Mapping[str, str] | None) -> contextvars.Context | None:

@@ -22,7 +22,9 @@ def _invocation(stack: Stack, iid: str) -> dict:
 def test_forced_removal_pauses_pinned_invocations_and_a_resume_onto_another_deployment_completes_them(
     stack: Stack, deployment_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stack.processor("a")
+    # The deployments' access logs count the attempts each served: one line per WebSocket, written when
+    # it closes, so every attempt gets its own socket here (no warm connections).
+    stack.processor("a", "--idle-connection-timeout", "0")
     stack.ingress()
     old_port, new_port = free_port(), free_port()
     old = stack.deployment(SERVICES_SCRIPT, old_port, name="v1", env=deployment_env)

@@ -110,3 +110,38 @@ async def test_a_run_is_a_span_of_the_handler_and_untraced_requests_make_root_sp
     )
     assert resp.status == 200
     assert [(s.name, s.parent) for s in spans.get_finished_spans()] == [("handler-work", None)]
+
+
+async def _attempt_on(ws: aiohttp.ClientWebSocketResponse, first: tuple[str, dict[str, Any]]) -> None:
+    """One attempt of `work` on an open socket: its StartMessage, input, the run's ack, up to its End."""
+    for name, record in (first, input_entry()):
+        await ws.send_bytes(codec().encode(name, record))
+    while True:
+        msg = await ws.receive(timeout=30)
+        assert msg.type is aiohttp.WSMsgType.BINARY, msg
+        name, record = codec().decode(msg.data)
+        if name == NS + "EndMessage":
+            return
+        for index, kind, _ in entries_of([(name, record)]):
+            if kind == "RunEntry":
+                await ws.send_bytes(codec().encode(*ack(index)))
+
+
+async def test_on_a_reused_socket_each_attempt_is_parented_by_its_own_start_messages_traceparent(
+    client: TestClient, spans: InMemorySpanExporter
+) -> None:
+    second_trace, second_span = 0x1234567890ABCDEF1234567890ABCDEF, 0x1122334455667788
+    ws = await client.ws_connect(
+        "/invoke/SdkTraced/work",
+        headers={"traceparent": _traceparent(ATTEMPT_TRACE, ATTEMPT_SPAN), "x-keystate-reuse": "1"},
+    )
+    name, first = start(target("SdkTraced", "work"))
+    await _attempt_on(ws, (name, first))  # no attempt_headers: the handshake's traceparent is its parent
+    second = {**first, "attempt_headers": {"traceparent": _traceparent(second_trace, second_span)}}
+    await _attempt_on(ws, (name, second))
+    await _attempt_on(ws, (name, first))  # the handshake's context belongs to the first attempt only
+    await ws.close()
+
+    works = [s for s in spans.get_finished_spans() if s.name == "handler-work"]
+    assert [(s.parent.span_id if s.parent else None) for s in works] == [ATTEMPT_SPAN, second_span, None]
+    assert works[1].context.trace_id == second_trace

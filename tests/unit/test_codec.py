@@ -120,6 +120,8 @@ def _read_as(name, record):
         added["reply_topics"] = []
     if name == "keystate.InboxItemV1":
         added = {"state_edit": None}
+    if name == "keystate.StartMessageV1":
+        added = {"attempt_headers": {}}
     return UPGRADES[name], {**record, **added}
 
 
@@ -227,7 +229,9 @@ def test_exact_bytes_of_a_small_record():
         # 401 keeps the layout it was written with (read and upgraded); the current one is 402.
         ("keystate.DeploymentRecordV1", 401),
         ("keystate.DeploymentRecord", 402),
-        ("keystate.StartMessage", 501),
+        # 501 keeps StartMessage's first layout (sent to SDKs without warm connections); 510 adds attempt_headers.
+        ("keystate.StartMessageV1", 501),
+        ("keystate.StartMessage", 510),
         ("keystate.MessageBatch", 508),
     ],
 )
