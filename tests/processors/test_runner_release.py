@@ -71,8 +71,12 @@ class _Early:
         self.events.append(("collect", len(self.folded)))
         return self.folded
 
-    def unfold(self) -> None:
-        self.events.append(("unfold", None))
+    def more(self, result: StepResult) -> list[Any] | None:
+        self.events.append(("more", None))
+        return None
+
+    def close(self, folded: int) -> None:
+        self.events.append(("close", folded))
 
     def trim(self, result: StepResult) -> None:
         self.events.append(("trim", None))
@@ -91,7 +95,7 @@ def test_early_work_starts_before_the_transaction_and_hears_of_the_commit_before
 
     run_batch(d.step, [record], d.now_ms, d.txn, hooks.release, hooks.early)
 
-    assert hooks.events == [("early", 0), ("collect", 0), ("settle", True), ("release", None)]
+    assert hooks.events == [("early", 0), ("collect", 0), ("close", 0), ("trim", None), ("settle", True), ("release", None)]
 
 
 def test_early_work_hears_of_a_failed_transaction_and_nothing_is_released() -> None:
@@ -103,7 +107,7 @@ def test_early_work_hears_of_a_failed_transaction_and_nothing_is_released() -> N
     with pytest.raises(BatchFailed):
         run_batch(d.step, [record], d.now_ms, d.txn, hooks.release, hooks.early)
 
-    assert hooks.events == [("early", 0), ("collect", 0), ("settle", False)]
+    assert hooks.events == [("early", 0), ("collect", 0), ("close", 0), ("trim", None), ("settle", False)]
 
 
 def test_a_re_run_without_a_blamed_record_settles_each_run_once() -> None:
@@ -117,7 +121,7 @@ def test_a_re_run_without_a_blamed_record_settles_each_run_once() -> None:
 
     run_batch(d.step, [good, bad], d.now_ms, d.txn, hooks.release, hooks.early)
 
-    assert [e for e in hooks.events if e[0] not in ("early", "collect")] == [
+    assert [e for e in hooks.events if e[0] not in ("early", "collect", "close", "trim")] == [
         ("settle", False),
         ("settle", True),
         ("release", None),
