@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 from collections.abc import Iterable
 from datetime import timedelta
@@ -189,6 +191,7 @@ def app(
             heartbeat=heartbeat_interval.total_seconds(),
             handshake_headers=request.headers,
             idle_timeout=idle_seconds if reuse else None,
+            stopping=stopping,
         )
         try:
             await connection.run()
@@ -219,8 +222,16 @@ def app(
         payload = the_codec.encode(BATCH, {"messages": [the_codec.encode(n, r) for n, r in out]})
         return web.Response(body=payload, content_type=BATCH_CONTENT_TYPE)
 
+    # Set on shutdown: idle warm sockets close at once instead of holding the server's graceful
+    # shutdown for its whole timeout (60 s); a socket running an attempt closes after it.
+    stopping = asyncio.Event()
+
+    async def on_shutdown(_: web.Application) -> None:
+        stopping.set()
+
     middlewares = [identity_middleware(verifier)] if verifier is not None else []
     application = web.Application(client_max_size=max_message_bytes, middlewares=middlewares)
+    application.on_shutdown.append(on_shutdown)
     application.router.add_get("/discover", discover)
     application.router.add_get("/invoke/{service}/{handler}", invoke)
     application.router.add_post("/invoke/{service}/{handler}", invoke_batch)

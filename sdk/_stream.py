@@ -105,8 +105,12 @@ class Connection:
         heartbeat: float,
         handshake_headers: Mapping[str, str],
         idle_timeout: float | None,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self.ws = ws
+        # Set when the server shuts down: an idle socket closes at once, a busy one after its attempt
+        # (else aiohttp's graceful shutdown waits out its whole timeout for sockets nobody will use).
+        self.stopping = stopping
         self.registry = registry
         self.codec = the_codec
         self.suspend_after = suspend_after
@@ -131,10 +135,17 @@ class Connection:
                     await self.ws.close()  # one attempt per socket, or the writer broke: done here
                     return
                 else:
-                    done, _ = await asyncio.wait((receiving,), timeout=self.idle_timeout)
-                    if not done:
-                        log.debug("closing a WebSocket idle for %g s", self.idle_timeout)
-                        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"idle")
+                    stopped = asyncio.ensure_future(self.stopping.wait()) if self.stopping is not None else None
+                    try:
+                        waits = (receiving,) if stopped is None else (receiving, stopped)
+                        done, _ = await asyncio.wait(waits, timeout=self.idle_timeout, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        if stopped is not None:
+                            stopped.cancel()
+                    if receiving not in done:
+                        why = "shutting down" if self.stopping is not None and self.stopping.is_set() else "idle"
+                        log.debug("closing an idle WebSocket: %s", why)
+                        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=why.encode())
                         return
                 msg, receiving = receiving.result(), None
                 if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):

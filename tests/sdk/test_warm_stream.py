@@ -159,3 +159,45 @@ async def test_an_unknown_handler_or_an_entry_between_attempts_closes_with_a_pro
 def test_a_nonpositive_idle_timeout_is_refused() -> None:
     with pytest.raises(ValueError, match="idle_timeout"):
         keystate.app([greeter], idle_timeout=timedelta(0))
+
+
+async def test_a_deployment_with_an_idle_warm_socket_stops_at_once_on_sigterm() -> None:
+    """aiohttp's graceful shutdown waits (60 s) for open handlers: an idle warm socket must not hold it."""
+    import asyncio
+    import signal
+    import socket
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve = Path(__file__).resolve().parents[2] / "examples" / "serve.py"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(serve), str(port), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/discover") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+            ws = await session.ws_connect(f"http://127.0.0.1:{port}/invoke/Greeter/greet", headers=REUSE)
+            processor = Processor(ws)
+            await processor.send(start(target("Greeter", "greet")), input_entry(b'"a"'))
+            assert kinds(await processor.until_ended())[-1] == "EndMessage"  # the socket is idle now
+            began = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            closed = await ws.receive(timeout=10)
+            assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+            await ws.close()
+        await asyncio.wait_for(proc.wait(), 10)
+        assert time.monotonic() - began < 10
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
