@@ -197,9 +197,9 @@ async def _act(request: web.Request, action: str) -> web.Response:
     model = runtime.invocations
     known = await model.get(invocation_id) if model.ready and model.error is None else None
     completed, how = (known.completed, known.completion_status or known.status) if known is not None else (False, "")
-    if known is None or completed != (action == "purge"):
-        # The read model lags behind (a new invocation, or one that just completed): before refusing,
-        # ask the partition processor, which knows for sure.
+    if known is None or (action == "purge" and not completed):
+        # The read model lags behind (a new invocation, or one that just completed): ask the partition
+        # processor, which knows for sure. A completion it shows is final: refusing on it needs no check.
         reply = await invocation_status(runtime, InvocationId.parse(invocation_id))
         if reply["status"] == "UNKNOWN":
             raise NotFound(

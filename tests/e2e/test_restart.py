@@ -40,7 +40,9 @@ def test_full_restart_with_a_timer_a_delayed_send_and_a_waiting_workflow(running
 def test_new_deployment_takes_new_invocations_while_old_ones_finish_where_they_started(
     stack: Stack, deployment_env: dict[str, str]
 ) -> None:
-    stack.processor("a")
+    # One WebSocket per attempt: the deployments' access logs then show each attempt (a warm socket
+    # is logged once, when it closes).
+    stack.processor("a", "--idle-connection-timeout", "0")
     stack.ingress()
     old_port, new_port = free_port(), free_port()
     old = stack.deployment(SERVICES_SCRIPT, old_port, name="v1", env=deployment_env)

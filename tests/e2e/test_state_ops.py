@@ -219,6 +219,8 @@ def test_an_invocation_that_just_completed_is_purged_though_the_read_model_still
     iid = send(stack, "Register/stale/append", "hold")
     rows = eventually(lambda: _read_model_status(stack, iid), timeout=60)
     assert rows == "running", rows  # its first write: the invocation holds the key
+    running = http("PATCH", f"{stack.admin_url}/invocations/{iid}/purge")  # the processor confirms: running
+    assert running.status == 409 and b"only completed invocations can be purged" in running.body, running.body
 
     release.touch()
     assert attach(stack, iid).status == 200

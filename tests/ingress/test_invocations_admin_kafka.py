@@ -157,9 +157,8 @@ async def test_what_the_read_model_knows_for_sure_is_refused_with_409(runtime: I
     cancel = await admin.patch(f"/invocations/{done}/cancel")
     assert cancel.status == 409
     assert "already completed (SUCCEEDED), so it cannot be cancelled" in (await cancel.json())["message"]
-    purge = await admin.patch(f"/invocations/{running}/purge")
-    assert purge.status == 409
-    assert "only completed invocations can be purged" in (await purge.json())["message"]
+    # A "running" row is not known for sure (it may have completed since): a purge asks the processor
+    # first (tests/e2e/test_state_ops.py), so none is tried here, where no processor runs.
     assert (await admin.patch(f"/invocations/{running}/explode")).status == 404
     assert (await admin.delete(f"/invocations/{running}?mode=nuke")).status == 400
 
