@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import socket
+import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -163,13 +169,6 @@ def test_a_nonpositive_idle_timeout_is_refused() -> None:
 
 async def test_a_deployment_with_an_idle_warm_socket_stops_at_once_on_sigterm() -> None:
     """aiohttp's graceful shutdown waits (60 s) for open handlers: an idle warm socket must not hold it."""
-    import asyncio
-    import signal
-    import socket
-    import sys
-    import time
-    from pathlib import Path
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
