@@ -48,12 +48,12 @@ log = logging.getLogger(__name__)
 class Gate:
     """The commit a batch's early attempts wait for, and the entries they journal meanwhile.
 
-    Lives on two threads: the partition thread creates it, `collect`s and `unfold`s; the event loop
+    Lives on two threads: the partition thread creates it, takes `snapshot`s and `close`s it; the event loop
     offers entries, marks attempts blocked, and opens or fails it (through the effects queue).
     While collecting, an attempt's entries are kept here instead of being produced: the first ones,
     as many as `close` says, go into the batch's own transaction (folded), so a short invocation costs
     one transaction instead of two; they count as written when the gate opens. The others (all of
-    them after `unfold`: the batch could not take them) are produced by `open`, in order, before
+    them after `close(0)`: the batch could not take them) are produced by `open`, in order, before
     anything later.
     """
 
@@ -127,25 +127,12 @@ class Gate:
             self._collecting = False
             self._folded = folded
 
-    def collect(self, window_s: float) -> list[LogRecord]:
-        """Wait up to `window_s` until every attempt is blocked, stop collecting; the entries to fold."""
-        if window_s > 0:
-            self._all_blocked.wait(window_s)
-        with self._lock:
-            self._collecting = False
-            self._folded = len(self._collected)
-            return [record for record, _ in self._collected]
-
     def add(self, attempts: int) -> None:
         """More attempts joined (started by a re-run of the batch): wait for them too."""
         with self._lock:
             self._attempts += attempts
             if len(self._blocked) < self._attempts:
                 self._all_blocked.clear()
-
-    def unfold(self) -> None:
-        """The batch does not carry the collected entries after all: `open` produces them."""
-        self._folded = 0
 
 
 def _chain(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:

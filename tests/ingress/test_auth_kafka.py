@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -17,17 +16,12 @@ from keystate.ingress.auth import ADMIN, INGRESS, BearerToken
 from keystate.ingress.runtime import IngressSettings, run_ingress
 
 from ingress_support import GREETER, Deployment, manifest, read_log_record
+from tests.e2e.harness import free_port
 
 pytestmark = pytest.mark.integration
 
 ADMIN_SECRET = "kafka-admin-token-0123456789abcdef"
 INGRESS_SECRET = "kafka-ingress-token-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -38,7 +32,7 @@ async def served(ingress_settings: IngressSettings) -> AsyncIterator[tuple[str, 
         admin_token=BearerToken(ADMIN_SECRET, f"${ADMIN.env}"),
         ingress_token=BearerToken(INGRESS_SECRET, f"${INGRESS.env}"),
     )
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     server = asyncio.create_task(run_ingress(settings, "127.0.0.1", port, admin_port, admin_host="127.0.0.1"))
     admin_url = f"http://127.0.0.1:{admin_port}"
     try:

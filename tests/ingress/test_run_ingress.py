@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import aiohttp
 import pytest
 
 from keystate.ingress.runtime import IngressSettings, run_ingress
+from tests.e2e.harness import free_port
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_run_ingress_serves_until_cancelled(ingress_settings: IngressSettings) -> None:
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     server = asyncio.create_task(run_ingress(ingress_settings, port=port, admin_port=admin_port))
     try:
         async with aiohttp.ClientSession() as http:

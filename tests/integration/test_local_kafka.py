@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from keystate.cli.kafka import REPO, SINGLE_NODE_SETTINGS, BrokerExited, LocalKafka, PortInUse, main
+from tests.e2e.harness import free_port
 from tests.kafka_fixture import create_topic
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ def test_taken_port_is_named_with_the_fix(tmp_path: Path, listening_port: int) -
 
 
 def test_broker_that_exits_shows_its_log_tail(tmp_path: Path) -> None:
-    broker = LocalKafka(tmp_path, port=_free_port(), controller_port=_free_port())  # same ports: data kept
+    broker = LocalKafka(tmp_path, port=free_port(), controller_port=free_port())  # same ports: data kept
     broker.start()
     broker.stop()
     meta = broker.run_dir / "data" / "meta.properties"
@@ -96,12 +97,6 @@ def test_docker_compose_has_the_local_broker_settings() -> None:
     assert {key: compose.get(key) for key in SINGLE_NODE_SETTINGS if key != "listener.security.protocol.map"} == {
         key: value for key, value in SINGLE_NODE_SETTINGS.items() if key != "listener.security.protocol.map"
     }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_records_round_trip(kafka_bootstrap: str, kafka_admin: AdminClient, unique_topic_prefix: str) -> None:

@@ -18,6 +18,7 @@ from keystate.processors.state_machine import Invoke
 from keystate.schemas._codec import codec
 from keystate.schemas.ids import InvocationId
 from keystate.schemas.topics import Topics
+from keystate.server.commands import LogRecord
 from keystate.server.kafka import AsyncProducer, KafkaSettings
 from keystate.server.topics import TopicSettings, ensure_topics
 from tests.e2e.harness import SERVICES_SCRIPT, Stack, free_port
@@ -85,6 +86,13 @@ def _appends(bootstrap: str, topics: Topics, iid: str, at_least: int, timeout: f
     return [r for r in records if r.get("invocation_id") == iid]
 
 
+def _fold_all(gate: Gate) -> list[LogRecord]:
+    """The partition thread's side: wait until every attempt is blocked, then take all they offered."""
+    taken = gate.snapshot(20.0)
+    gate.close(len(taken))
+    return taken
+
+
 async def test_an_early_attempt_runs_but_writes_only_after_its_gate_opens(
     kafka_bootstrap: str, deployment: tuple[str, Topics, Path], invoker: Invoker
 ) -> None:
@@ -96,8 +104,8 @@ async def test_an_early_attempt_runs_but_writes_only_after_its_gate_opens(
     await _charged(ledger, "gated-open")  # the handler ran its first step: the attempt is under way
     await asyncio.sleep(0.3)  # time for anything it would write to reach the log
     before = await asyncio.to_thread(_appends, kafka_bootstrap, topics, action.invocation_id, 1, 1.0)
-    assert await asyncio.to_thread(gate.collect, 0) != []  # the batch takes nothing: it closes collecting...
-    gate.unfold()  # ...and gives the entries back
+    assert await asyncio.to_thread(gate.snapshot, 0) != []  # the attempt offered its entries...
+    gate.close(0)  # ...but the batch takes none of them
     invoker.open_gate(gate)
     after = await asyncio.to_thread(_appends, kafka_bootstrap, topics, action.invocation_id, 3, 30.0)
 
@@ -144,7 +152,7 @@ async def test_entries_collected_by_the_batch_are_not_produced_by_the_attempt_an
     invoker.invoke(action, gate)
     # The partition thread's side: wait until the attempt can go no further (it waits for the ack of
     # its first step), then take what it journaled; the batch would write that in its transaction.
-    folded = await asyncio.to_thread(gate.collect, 20.0)
+    folded = await asyncio.to_thread(_fold_all, gate)
     invoker.open_gate(gate)  # the batch committed (nothing of `folded` is produced by the invoker)
     appended = await asyncio.to_thread(_appends, kafka_bootstrap, topics, action.invocation_id, 2, 30.0)
     await asyncio.sleep(0.3)
@@ -159,7 +167,7 @@ async def test_entries_collected_by_the_batch_are_not_produced_by_the_attempt_an
 async def test_a_gate_opened_without_collecting_lets_later_entries_through(
     kafka_bootstrap: str, deployment: tuple[str, Topics, Path], invoker: Invoker
 ) -> None:
-    """A batch that did not fold (re-run after Kafka refused a folded entry) never calls `collect`."""
+    """A batch that did not fold (re-run after Kafka refused a folded entry) never takes a snapshot."""
     _, topics, ledger = deployment
     action = _charge("gated-nocollect")
     gate = Gate(1)
@@ -185,7 +193,7 @@ async def test_a_state_read_does_not_end_the_batch_s_wait_the_attempt_goes_on_to
     gate = Gate(1)
 
     invoker.invoke(action, gate)
-    folded = await asyncio.to_thread(gate.collect, 20.0)
+    folded = await asyncio.to_thread(_fold_all, gate)
     invoker.open_gate(gate)
 
     decoded = [codec().decode(r.value) for r in folded]

@@ -4,6 +4,7 @@ writing to a real broker; sockets that ended badly are closed, dead pooled ones 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -87,6 +88,13 @@ class Deployment:
             await self._runner.cleanup()
             self._runner = None
 
+    async def __aenter__(self) -> Deployment:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
 
 @pytest.fixture
 async def topics(kafka_bootstrap: str, unique_topic_prefix: str) -> Topics:
@@ -95,19 +103,27 @@ async def topics(kafka_bootstrap: str, unique_topic_prefix: str) -> Topics:
     return topics
 
 
-@pytest.fixture
-async def invoker(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[tuple[Invoker, int]]:
-    """An invoker writing to a real broker, pointed at the port of the test's deployment."""
-    port = free_port()
-    producer = AsyncProducer(KafkaSettings(kafka_bootstrap, topics))
-    url = f"http://127.0.0.1:{port}"
-    the_invoker = Invoker(producer, topics.log, PARTITIONS, lambda _d, _s: (url, ["websocket"]), InvokerSettings())
+@contextlib.asynccontextmanager
+async def _invoker(
+    bootstrap: str, topics: Topics, url: Callable[[str], str], settings: InvokerSettings | None = None
+) -> AsyncIterator[Invoker]:
+    """An invoker writing to a real broker; `url` gives a deployment id's base URL."""
+    producer = AsyncProducer(KafkaSettings(bootstrap, topics))
+    the_invoker = Invoker(producer, topics.log, PARTITIONS, lambda d, _s: (url(d), ["websocket"]), settings or InvokerSettings())
     await the_invoker.start()
     try:
-        yield the_invoker, port
+        yield the_invoker
     finally:
         await the_invoker.close()
         await asyncio.to_thread(producer.close)
+
+
+@pytest.fixture
+async def invoker(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[tuple[Invoker, int]]:
+    """An invoker pointed at the port of the test's deployment."""
+    port = free_port()
+    async with _invoker(kafka_bootstrap, topics, lambda _d: f"http://127.0.0.1:{port}") as the_invoker:
+        yield the_invoker, port
 
 
 def _journal(argument: bytes, *more: dict[str, Any]) -> list[dict[str, Any]]:
@@ -147,15 +163,11 @@ async def test_sequential_attempts_share_one_connection(
     kafka_bootstrap: str, topics: Topics, invoker: tuple[Invoker, int]
 ) -> None:
     the_invoker, port = invoker
-    deployment = Deployment(port)
-    await deployment.start()
-    try:
+    async with Deployment(port) as deployment:
         ids = [str(InvocationId.new()) for _ in range(5)]
         for n, iid in enumerate(ids):
             await _run(the_invoker, _action(iid, "greet", f'"n{n}"'.encode()))
         assert deployment.connections == 1
-    finally:
-        await deployment.stop()
     outputs = _outputs(await asyncio.to_thread(_log, kafka_bootstrap, topics, 5))
     assert outputs == {iid: (NS + "Value", {"value": f'"Hello n{n}!"'.encode()}) for n, iid in enumerate(ids)}
 
@@ -164,15 +176,11 @@ async def test_a_deployment_that_does_not_advertise_reuse_gets_a_socket_per_atte
     kafka_bootstrap: str, topics: Topics, invoker: tuple[Invoker, int]
 ) -> None:
     the_invoker, port = invoker
-    deployment = Deployment(port, idle_timeout=None)  # as an SDK from before warm connections answers
-    await deployment.start()
-    try:
+    async with Deployment(port, idle_timeout=None) as deployment:  # as an SDK from before warm connections answers
         ids = [str(InvocationId.new()) for _ in range(3)]
         for iid in ids:
             await _run(the_invoker, _action(iid, "greet", b'"old"'))
         assert deployment.connections == 3
-    finally:
-        await deployment.stop()
     assert set(_outputs(await asyncio.to_thread(_log, kafka_bootstrap, topics, 3))) == set(ids)
 
 
@@ -185,13 +193,9 @@ async def test_after_a_deployment_restart_the_next_attempt_succeeds_on_a_fresh_s
     await before.start()
     await _run(the_invoker, _action(first, "greet", b'"a"'))
     await before.stop()  # the pooled socket dies with it
-    after = Deployment(port)
-    await after.start()
-    try:
+    async with Deployment(port) as after:
         await _run(the_invoker, _action(second, "greet", b'"b"'))
         assert after.connections == 1
-    finally:
-        await after.stop()
     records = await asyncio.to_thread(_log, kafka_bootstrap, topics, 2)
     assert set(_outputs(records)) == {first, second}
     assert not [r for r in records if "failure" in r]  # no attempt failed for the dead socket
@@ -203,15 +207,11 @@ async def test_a_pooled_socket_closed_before_the_deployment_answered_is_replaced
     # The deployment closes the reused socket at the StartMessage of a handler it does not serve:
     # the invoker connects once anew, and the handshake's 404 is what the failure says.
     the_invoker, port = invoker
-    deployment = Deployment(port)
-    await deployment.start()
-    ok, unknown = str(InvocationId.new()), str(InvocationId.new())
-    try:
+    async with Deployment(port) as deployment:
+        ok, unknown = str(InvocationId.new()), str(InvocationId.new())
         await _run(the_invoker, _action(ok, "greet", b'"a"'))
         await _run(the_invoker, _action(unknown, "nope"))
         assert deployment.connections == 2
-    finally:
-        await deployment.stop()
     records = await asyncio.to_thread(_log, kafka_bootstrap, topics, 2)
     failed = [r for r in records if r.get("invocation_id") == unknown and "failure" in r]
     assert len(failed) == 1 and failed[0]["retryable"] is True
@@ -222,20 +222,16 @@ async def test_a_cancelled_attempt_closes_its_socket_and_the_next_attempt_works(
     kafka_bootstrap: str, topics: Topics, invoker: tuple[Invoker, int]
 ) -> None:
     the_invoker, port = invoker
-    deployment = Deployment(port)
-    await deployment.start()
-    hanging.clear()
-    hung_up.clear()
-    stopped, after = str(InvocationId.new()), str(InvocationId.new())
-    try:
+    async with Deployment(port) as deployment:
+        hanging.clear()
+        hung_up.clear()
+        stopped, after = str(InvocationId.new()), str(InvocationId.new())
         the_invoker.invoke(_action(stopped, "hang"))
         await asyncio.wait_for(hanging.wait(), 10)
         the_invoker.stop(stopped)  # e.g. the invocation was cancelled or moved
         await asyncio.wait_for(hung_up.wait(), 10)  # the deployment saw its socket close
         await _run(the_invoker, _action(after, "greet", b'"next"'))
         assert deployment.connections == 2
-    finally:
-        await deployment.stop()
     assert set(_outputs(await asyncio.to_thread(_log, kafka_bootstrap, topics, 1))) == {after}
 
 
@@ -243,10 +239,8 @@ async def test_suspension_then_resume_over_the_pooled_socket(
     kafka_bootstrap: str, topics: Topics, invoker: tuple[Invoker, int]
 ) -> None:
     the_invoker, port = invoker
-    deployment = Deployment(port)
-    await deployment.start()
-    iid = str(InvocationId.new())
-    try:
+    async with Deployment(port) as deployment:
+        iid = str(InvocationId.new())
         await _run(the_invoker, _action(iid, "wait"))  # suspends on its awakeable
         records = await asyncio.to_thread(_log, kafka_bootstrap, topics, 2)
         awakeable = next(r["entry"] for r in records if "entry" in r)
@@ -255,8 +249,6 @@ async def test_suspension_then_resume_over_the_pooled_socket(
         resolved = {"entry": (name, {**entry, "result": (NS + "Value", {"value": b'"woken"'})})}
         await _run(the_invoker, _action(iid, "wait", attempt=2, more=(resolved,)))
         assert deployment.connections == 1
-    finally:
-        await deployment.stop()
     outputs = _outputs(await asyncio.to_thread(_log, kafka_bootstrap, topics, 4))
     assert outputs == {iid: (NS + "Value", {"value": b'"woken"'})}
 
@@ -265,10 +257,8 @@ async def test_a_completion_for_an_ended_attempt_never_reaches_the_next_attempt(
     kafka_bootstrap: str, topics: Topics, invoker: tuple[Invoker, int]
 ) -> None:
     the_invoker, port = invoker
-    deployment = Deployment(port)
-    await deployment.start()
-    ended, next_one = str(InvocationId.new()), str(InvocationId.new())
-    try:
+    async with Deployment(port) as deployment:
+        ended, next_one = str(InvocationId.new()), str(InvocationId.new())
         the_invoker.invoke(_action(ended, "wait"))
         attempt = the_invoker._live[ended]
         for _ in range(200):
@@ -284,8 +274,6 @@ async def test_a_completion_for_an_ended_attempt_never_reaches_the_next_attempt(
         await the_invoker._send(attempt, socket, the_invoker._stream.completion(1, (NS + "Value", {"value": b'"late"'})))
         await _run(the_invoker, _action(next_one, "wait"))  # same handler, same entry index, same socket
         assert deployment.connections == 1
-    finally:
-        await deployment.stop()
     records = await asyncio.to_thread(_log, kafka_bootstrap, topics, 4)
     assert _outputs(records) == {}  # the late value never completed the next attempt's awakeable
     assert sorted(r["invocation_id"] for r in records if "waiting_on" in r) == sorted([ended, next_one])
@@ -303,20 +291,14 @@ async def test_idle_sockets_of_one_deployment_make_room_for_another_on_the_same_
     runner = web.AppRunner(root, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    producer = AsyncProducer(KafkaSettings(kafka_bootstrap, topics))
     settings = InvokerSettings(max_concurrent_attempts_per_deployment=1, connect_timeout_s=5.0)
-    the_invoker = Invoker(
-        producer, topics.log, PARTITIONS, lambda d, _s: (f"http://127.0.0.1:{port}/{d}", ["websocket"]), settings
-    )
-    await the_invoker.start()
     ids = [str(InvocationId.new()) for _ in range(3)]
     try:
-        for iid, deployment in zip(ids, ("a", "b", "a"), strict=True):
-            action = _action(iid, "greet", f'"{deployment}"'.encode())
-            await _run(the_invoker, dataclasses.replace(action, deployment_id=deployment))
+        async with _invoker(kafka_bootstrap, topics, lambda d: f"http://127.0.0.1:{port}/{d}", settings) as the_invoker:
+            for iid, deployment in zip(ids, ("a", "b", "a"), strict=True):
+                action = _action(iid, "greet", f'"{deployment}"'.encode())
+                await _run(the_invoker, dataclasses.replace(action, deployment_id=deployment))
     finally:
-        await the_invoker.close()
-        await asyncio.to_thread(producer.close)
         await runner.cleanup()
     outputs = _outputs(await asyncio.to_thread(_log, kafka_bootstrap, topics, 3))
     assert outputs == {
@@ -328,14 +310,9 @@ async def test_a_socket_idle_past_the_pools_timeout_is_closed_and_the_next_attem
     kafka_bootstrap: str, topics: Topics
 ) -> None:
     port = free_port()
-    deployment = Deployment(port)
-    await deployment.start()
-    producer = AsyncProducer(KafkaSettings(kafka_bootstrap, topics))
     url = f"http://127.0.0.1:{port}"
     settings = InvokerSettings(idle_connection_timeout_s=2.0)
-    the_invoker = Invoker(producer, topics.log, PARTITIONS, lambda _d, _s: (url, ["websocket"]), settings)
-    await the_invoker.start()
-    try:
+    async with Deployment(port) as deployment, _invoker(kafka_bootstrap, topics, lambda _d: url, settings) as the_invoker:
         await _run(the_invoker, _action(str(InvocationId.new()), "greet", b'"a"'))
         await _run(the_invoker, _action(str(InvocationId.new()), "greet", b'"b"'))
         assert deployment.connections == 1
@@ -347,8 +324,4 @@ async def test_a_socket_idle_past_the_pools_timeout_is_closed_and_the_next_attem
         assert the_invoker._pool.idle(url) == 0
         await _run(the_invoker, _action(str(InvocationId.new()), "greet", b'"c"'))
         assert deployment.connections == 2
-    finally:
-        await the_invoker.close()
-        await asyncio.to_thread(producer.close)
-        await deployment.stop()
     assert len(_outputs(await asyncio.to_thread(_log, kafka_bootstrap, topics, 3))) == 3

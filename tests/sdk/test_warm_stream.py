@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from keystate.schemas._codec import codec
 from keystate.schemas.ids import InvocationId, positive_hash
 
 from sdk_helpers import NS, completion, entries_of, entry, input_entry, kinds, start, target, value
+from tests.e2e.harness import free_port
 
 REUSE = {"x-keystate-reuse": "1"}
 
@@ -169,9 +169,7 @@ def test_a_nonpositive_idle_timeout_is_refused() -> None:
 
 async def test_a_deployment_with_an_idle_warm_socket_stops_at_once_on_sigterm() -> None:
     """aiohttp's graceful shutdown waits (60 s) for open handlers: an idle warm socket must not hold it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     serve = Path(__file__).resolve().parents[2] / "examples" / "serve.py"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(serve), str(port), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
