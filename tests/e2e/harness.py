@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,10 +23,38 @@ SERVICES_SCRIPT = str(Path(__file__).with_name("services.py"))
 """The deployment the end-to-end tests run: examples plus test services (`python services.py PORT`)."""
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range, not handed out before in this run.
+
+    A port from bind(0) is ephemeral: between its close and the server's bind, an outgoing connection
+    (the Kafka clients open many) may take it as its local port, and the server exits with "address in
+    use". Ports outside that range are never taken that way.
+    """
+    low, _ = _ephemeral_range()
+    candidates = list(range(max(1024, low - 20000), low))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port between {max(1024, low - 20000)} and {low}")
 
 
 class Proc:
@@ -95,7 +124,9 @@ def wait_http(url: str, timeout: float = 60.0, proc: Proc | None = None) -> None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and not proc.alive():
-            raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+            # The first line names the cause: CI's summary shows only that line.
+            last = next((line for line in reversed(proc.tail().splitlines()) if line.strip()), "(no output)")
+            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}) before {url} answered: {last}\n{proc.tail()}")
         try:
             if http("GET", url, timeout=2.0).status == 200:
                 return
