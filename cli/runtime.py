@@ -112,6 +112,12 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
         "%(default)s)",
     )
     parser.add_argument(
+        "--pipeline-commits",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("KEYSTATE_PIPELINE_COMMITS", "1") != "0",
+        help="apply the next batch while a transaction commits (default on; $KEYSTATE_PIPELINE_COMMITS=0: off)",
+    )
+    parser.add_argument(
         "--ingress-results",
         choices=("public", "private"),
         default=os.environ.get(
@@ -340,6 +346,7 @@ async def _main(args: argparse.Namespace, bootstrap: str, *, processor: bool, li
             batch_max_records=args.batch_max_records,
             batch_linger_ms=args.batch_linger_ms,
             fold_window_ms=args.fold_window_ms,
+            pipeline_commits=args.pipeline_commits,
             completion_retention_ms=int(args.retention * 1000),
             publish_ingress_results=args.ingress_results == "public",
             journal_retention_ms=int(args.journal_retention * 1000),

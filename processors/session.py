@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,7 @@ from .restore import ChangelogInfo, RestoreReport, restore_store
 from .restorer import Restorer, StoreRegistry
 from .early import EarlyRun, split_early
 from .linger import Linger
-from .runner import run_batch
+from .runner import Committed, Pipeline, run_batch
 from .state_machine import Config
 from .step import BatchStep, Effect, StepResult
 from .timer_window import TimerWindow
@@ -123,6 +124,7 @@ class Session:
         self._next_sweep = time.monotonic() + settings.sweep_interval_s
         self._name = f"processor {settings.instance_id}"
         self._linger = Linger(settings.batch_linger_ms)
+        self._pipeline: Pipeline | None = None  # the live session's, when settings.pipeline_commits
 
     # ---- the rejoin loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -167,6 +169,7 @@ class Session:
         caller = BoundedCaller(f"{self._name} transactional producer", self.settings.call_grace_s)
         consumer: Consumer | None = None
         router: Consumer | None = None
+        committer: ThreadPoolExecutor | None = None
         try:
             self._changelog = self.hooks.changelog_info()
             self.step.changelog_id = self._changelog.topic_id
@@ -179,9 +182,19 @@ class Session:
             router = self._live_router = self._router()
             self._joined_at = time.monotonic()
             self.watchdog.progress()
-            txn = KafkaTransaction(
-                producer, {self.topics.log: consumer, self.topics.requests: router}, self.watchdog, bound, caller
-            )
+            consumers = {self.topics.log: consumer, self.topics.requests: router}
+            if self.settings.pipeline_commits:
+                # The commit runs on its own thread while the loop applies the next batch: it must not
+                # overwrite the loop's current call in the watchdog. Its calls are bounded by `caller`
+                # anyway, and the loop waits for it inside `calling` (see `_pipelined`).
+                txn = KafkaTransaction(producer, consumers, _unwatched(self.settings), bound, caller)
+                committer = ThreadPoolExecutor(1, thread_name_prefix=f"{self._name}-commit")
+                self._pipeline = Pipeline(
+                    self.step, txn, committer.submit, self._release, self._start_early, self._gap, time.perf_counter,
+                    partial(self.watchdog.calling, "commit", bound),
+                )  # fmt: skip
+            else:
+                txn = KafkaTransaction(producer, consumers, self.watchdog, bound, caller)
             while not self.stop.is_set():
                 if self.reset_requested.is_set():
                     raise _Reset("the watchdog saw no progress with work pending")
@@ -192,6 +205,9 @@ class Session:
                 self._backpressure(consumer)
                 metrics.sample_lag((consumer, router))
         finally:
+            self._end_pipeline()
+            if committer is not None:
+                committer.shutdown(wait=False, cancel_futures=True)
             self._live_consumer = None
             self._live_router = None
             self._release_all()
@@ -305,6 +321,7 @@ class Session:
         if consumer is not self._live_consumer:
             return  # a closing consumer of an ended session: `_release_all` dropped everything already
         moved = {tp.partition for tp in partitions if tp.topic == self.topics.log}
+        self._drain()  # the committing batch may have written to them: it ends before they go
         self._assigned_log -= moved
         for p in moved:
             self.restorer.cancel(p)  # a cancelled job closes its own store
@@ -361,7 +378,10 @@ class Session:
                 del self._restore_retries[partition]
             elif now_s >= due:
                 self.restorer.start(partition)
-        for partition, outcome in self.restorer.finished():
+        finished = self.restorer.finished()
+        if finished:
+            self._drain()  # an adopted store gets no overlay of the committing batch
+        for partition, outcome in finished:
             if partition not in self._assigned_log:
                 self.stores.close(partition)  # revoked while it restored
                 continue
@@ -398,23 +418,28 @@ class Session:
             # Two consumers: only the log's poll waits (a log record wakes it at once); the router's
             # never does, so a request waits at most one idle poll of the log (_IDLE_POLL_S).
             messages: list[Message] = router.consume(s.batch_max_records, 0)
-            first = consumer.poll(0 if messages else _IDLE_POLL_S)
+            in_flight = self._pipeline is not None and self._pipeline.busy
+            # While a transaction commits, take what is here: the commit is this batch's linger.
+            first = consumer.poll(0 if messages or in_flight else _IDLE_POLL_S)
             if first is not None:
                 messages.append(first)
                 if s.batch_max_records > 1:
                     messages.extend(consumer.consume(s.batch_max_records - 1, 0))  # what is already here
                     room = s.batch_max_records - len(messages)
-                    wait = self._linger.wait_s() if room > 0 else 0.0
+                    wait = self._linger.wait_s() if room > 0 and not in_flight else 0.0
                     if wait > 0:
                         more = consumer.consume(room, wait)
                         messages.extend(more)
                         self._linger.gained(len(more))
                     gap = self._linger.gap_left_s(time.monotonic())
                     room = s.batch_max_records - len(messages)
-                    if gap > 0 and room > 0:
+                    if gap > 0 and room > 0 and not in_flight:
                         # Too soon after the last commit: gather what arrives meanwhile (see Linger.gap_left_s).
                         messages.extend(consumer.consume(room, gap))
         records = self._records(messages)
+        if self._pipeline is not None:
+            self._pipelined(self._pipeline, consumer, router, records)
+            return
         if not records and not self.step.pending:
             self.watchdog.progress()
             return
@@ -442,6 +467,62 @@ class Session:
         stats.dead_lettered += result.dead_lettered
         stats.dropped_unowned += result.dropped_unowned
         metrics.batch_committed(len(records), txn.commit_s - committing, result)
+
+    # ---- pipelined commit (settings.pipeline_commits) -----------------------------------------
+    def _pipelined(self, pipeline: Pipeline, consumer: Consumer, router: Consumer, records: list[InRecord]) -> None:
+        if not records and not self.step.unheld_pending():
+            self._drain()
+            self.watchdog.progress()
+            return
+        self.watchdog.work_seen()
+        started = time.perf_counter()
+        try:
+            done = pipeline.run(records, int(time.time() * 1000))
+        except GroupMoved as exc:
+            # As in `_batch`; here the committing batch's records are read again too.
+            log.info("%s: %s; %d records are aborted and read again", self._name, exc, len(pipeline.unwritten))
+            self._rewind(consumer, router, pipeline.unwritten)
+            return
+        self.stats.apply_s += time.perf_counter() - started
+        self._count(done)
+
+    def _drain(self) -> None:
+        """Wait for the committing transaction, if any, and settle it."""
+        if self._pipeline is None or not self._pipeline.busy:
+            return
+        self._count(self._pipeline.drain())
+
+    def _end_pipeline(self) -> None:
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is None or not pipeline.busy:
+            return
+        try:
+            done = pipeline.drain()
+        except Exception as exc:  # the session ends anyway; the next one restores from the changelog
+            log.warning("%s: the last transaction of the session did not commit: %s", self._name, exc)
+            return
+        self._count(done)
+
+    def _gap(self) -> None:
+        """Before a pipelined transaction begins: not sooner than the gap after the last commit (Linger.gap_left_s)."""
+        gap = self._linger.gap_left_s(time.monotonic())
+        if gap > 0:
+            time.sleep(gap)
+
+    def _count(self, done: list[Committed]) -> None:
+        stats = self.stats
+        for batch in done:
+            result = batch.result
+            self.watchdog.committed()
+            if result.produced:
+                self._linger.committed(time.monotonic())
+            stats.batches += 1
+            stats.records += batch.records
+            stats.max_batch = max(stats.max_batch, batch.records)
+            stats.commit_s += batch.commit_s
+            stats.dead_lettered += result.dead_lettered
+            stats.dropped_unowned += result.dropped_unowned
+            metrics.batch_committed(batch.records, batch.commit_s, result)
 
     def _start_early(self, result: StepResult) -> EarlyRun | None:
         """Start the batch's new attempts now, their log writes gated on the commit (see keystate.processors.early)."""
@@ -516,3 +597,8 @@ def _close_producer(producer: Producer) -> None:
         producer.purge()
     finally:
         producer.close()
+
+
+def _unwatched(settings: ProcessorSettings) -> Watchdog:
+    """A watchdog nobody checks: for calls made off the partition loop's thread."""
+    return Watchdog(settings.watchdog_stall_s, settings.watchdog_stuck_grace_s, settings.watchdog_max_setbacks)

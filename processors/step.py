@@ -71,6 +71,7 @@ class StepResult:
     # raised or produced an oversized record. The tables of `touched` are dirty: restore, re-run.
     rejected: tuple[Origin, str] | None = None
     pending_used: int = 0
+    held: bool = False  # its transaction committed while the next batch was applied (pipelined)
     # partition -> changelog key -> index in `produced` of the row's one record in this batch
     rows: dict[int, dict[bytes, int]] = field(default_factory=dict)
     dropped_unowned: int = 0
@@ -95,6 +96,7 @@ class BatchStep:
         self.codec = codec
         self.partitions: dict[int, PartitionProcessor] = {}
         self.pending: list[OutRecord] = []
+        self._held = 0  # pending commands a committing (held) result already carries
         self._seq = 0
         self._now = 0
         # Identity of the changelog topic (its topic id), written with every checkpoint.
@@ -124,8 +126,9 @@ class BatchStep:
         for p in partitions:
             proc = self.partitions.pop(p, None)
             if proc is not None:
-                proc.store.discard()
+                proc.store.discard_all()
         self.pending = [r for r in self.pending if r.partition not in partitions]
+        self._held = 0  # the session drains a committing result before partitions go
 
     def discard(self, partitions: set[int]) -> None:
         """The run is void (aborted or to be re-run): the stores of `partitions` drop what it wrote."""
@@ -134,6 +137,22 @@ class BatchStep:
             if proc is not None:
                 proc.store.discard()
 
+    def unheld_pending(self) -> list[OutRecord]:
+        """The queued commands no committing result carries yet."""
+        return self.pending[self._held :]
+
+    def hold(self, result: StepResult) -> None:
+        """`result`'s transaction is committing: the next run applies over it (its stores keep its overlay)."""
+        self._held += result.pending_used
+        for p in self.partitions.values():
+            p.store.hold()
+
+    def discard_held(self) -> None:
+        """The held result's transaction did not commit: every overlay goes (the next run read them)."""
+        self._held = 0
+        for p in self.partitions.values():
+            p.store.discard_all()
+
     def committed(self, result: StepResult, delivered: Mapping[tuple[str, int], int], now_ms: int) -> None:
         """The result's transaction committed: its queued commands are written, its rows go to the stores.
 
@@ -141,10 +160,14 @@ class BatchStep:
         checkpoint moves past its own rows, so a restart reads the changelog only after them.
         """
         del self.pending[: result.pending_used]
+        self._held = max(0, self._held - result.pending_used)
         topic = self.settings.topics.changelog_topic
-        for p in result.touched:
+        for p in (self.partitions if result.held else result.touched):
             proc = self.partitions.get(p)
             if proc is None:
+                continue
+            if result.held and p not in result.touched:
+                proc.store.tables.settle()  # its (empty) layer of the held batch
                 continue
             written = (result.produced[i] for i in result.rows.get(p, {}).values())
             rows = [(r.key or b"", r.value, r.headers) for r in written]
@@ -162,8 +185,8 @@ class BatchStep:
         keystate.processors.early), written by this batch's transaction and applied after `records`.
         """
         self._now = now_ms
-        result = StepResult(pending_used=len(self.pending))
-        for out in self.pending:
+        result = StepResult(pending_used=len(self.pending) - self._held)
+        for out in self.pending[self._held :]:
             assert out.origin is not None
             verdict = quarantine.get(out.origin)
             if verdict is None:

@@ -291,6 +291,14 @@ class PartitionStore:
         """The batch's transaction aborted (or is re-run): forget the overlay and the captured changes."""
         self.tables.discard()
 
+    def hold(self) -> None:
+        """The batch's transaction is committing; the next batch writes over its overlay (see StoreTables.hold)."""
+        self.tables.hold()
+
+    def discard_all(self) -> None:
+        """A committing transaction aborted: forget every overlay."""
+        self.tables.discard_all()
+
     def _write(self, records: Iterable[Record], checkpoint: Checkpoint | None) -> int:
         batch = rocksdict.WriteBatch(raw_mode=True)
         put, delete = batch.put, batch.delete
@@ -340,7 +348,7 @@ class PartitionStore:
             raise StoreFailed(f"cannot wipe the store of partition {self.partition} at {self.path}: {exc}") from exc
         self._checkpoint = None
         self._cache.clear()
-        self.tables.discard()
+        self.tables.discard_all()
 
     def invoked(self) -> list[str]:
         """Ids of the invocations whose status is INVOKED (committed rows and the open batch's overlay)."""
@@ -386,7 +394,7 @@ class PartitionStore:
         if self._closed:
             return
         self._closed = True
-        self.tables.discard()
+        self.tables.discard_all()
         self._cache.clear()
         try:
             self._db.close()

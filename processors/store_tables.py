@@ -81,6 +81,8 @@ class StoreTable:
         self._changes = changes
         self.overlay: dict[Key, Any] = {}
         """Rows written by the open batch: value, or `_DELETED`."""
+        self.below: list[dict[Key, Any]] = []
+        """Overlays of batches whose transactions are committing, oldest first (pipelined commit)."""
 
     def _committed(self, key: Key) -> Any | None:
         cached = self._cache.get(self.name, key)
@@ -93,6 +95,11 @@ class StoreTable:
 
     def get(self, key: Key) -> Any | None:
         value = self.overlay.get(key)
+        if value is None and self.below:
+            for layer in reversed(self.below):
+                value = layer.get(key)
+                if value is not None:
+                    break
         if value is not None:
             return None if value is _DELETED else value
         return self._committed(key)
@@ -127,17 +134,21 @@ class StoreTable:
             cached = self._cache.get(self.name, key)
             found[key] = cached if cached is not None and cached is not _ABSENT else decode_value(self.name, data)
         n = len(prefix)
-        for key, value in self.overlay.items():
-            if key[:n] == prefix:
-                if value is _DELETED:
-                    found.pop(key, None)
-                else:
-                    found[key] = value
+        for layer in (*self.below, self.overlay):
+            for key, value in layer.items():
+                if key[:n] == prefix:
+                    if value is _DELETED:
+                        found.pop(key, None)
+                    else:
+                        found[key] = value
         return sorted(found.items(), key=lambda kv: key_order(kv[0]))
 
     def pending(self) -> list[tuple[Key, Any | None]]:
-        """The rows the open batch wrote: (key, value or None for a delete)."""
-        return [(key, None if value is _DELETED else value) for key, value in self.overlay.items()]
+        """The rows the open and committing batches wrote, the newest winning: (key, value or None for a delete)."""
+        merged: dict[Key, Any] = {}
+        for layer in (*self.below, self.overlay):
+            merged.update(layer)
+        return [(key, None if value is _DELETED else value) for key, value in merged.items()]
 
     def items(self) -> Iterator[tuple[Key, Any]]:
         """Every row of the table (committed and overlay); for tests and debugging."""
@@ -180,15 +191,29 @@ class StoreTables:
         """Every row of every table, committed and overlay, decoded (for tests and debugging)."""
         return {name: dict(t.items()) for name, t in self._tables.items()}
 
+    def hold(self) -> None:
+        """The open batch's transaction is committing: its overlay goes below a fresh one for the next batch."""
+        for t in self._tables.values():
+            t.below.append(t.overlay)
+            t.overlay = {}
+
     def settle(self) -> None:
-        """The batch committed: overlay values become cached committed rows; the overlay empties."""
+        """The oldest batch committed: its overlay values become cached committed rows and leave the overlays."""
         for name, t in self._tables.items():
-            for key, value in t.overlay.items():
+            layer = t.below.pop(0) if t.below else t.overlay
+            for key, value in layer.items():
                 self._cache.put(name, key, _ABSENT if value is _DELETED else value)
-            t.overlay.clear()
+            layer.clear()
 
     def discard(self) -> None:
-        """The batch aborted: drop the overlay and the uncaptured changes."""
+        """The open batch is void: drop its overlay and the uncaptured changes (committing batches stay)."""
         for t in self._tables.values():
             t.overlay.clear()
+        self.changes.clear()
+
+    def discard_all(self) -> None:
+        """A committing batch aborted: every later batch read its rows, so every overlay goes."""
+        for t in self._tables.values():
+            t.overlay.clear()
+            t.below.clear()
         self.changes.clear()

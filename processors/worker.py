@@ -70,6 +70,9 @@ class ProcessorSettings:
     # journal what they can without an ack (a short handler: its output), and writes and applies that in
     # its own transaction: one transaction per invocation instead of two. 0: no waiting, no folding.
     fold_window_ms: float = 5.0
+    # Apply the next batch (and start its attempts) while a transaction commits, its transaction
+    # begun once that one ended (pipelined group commit, processors/runner.py Pipeline).
+    pipeline_commits: bool = True
     transaction_timeout_ms: int = 10_000
     # How soon the group notices a dead processor and moves its partitions to the others.
     session_timeout_ms: int = 10_000
