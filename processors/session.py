@@ -189,9 +189,12 @@ class Session:
                 # anyway, and the loop waits for it inside `calling` (see `_pipelined`).
                 txn = KafkaTransaction(producer, consumers, _unwatched(self.settings), bound, caller)
                 committer = ThreadPoolExecutor(1, thread_name_prefix=f"{self._name}-commit")
+                # The loop waits for the whole transaction: one bounded call per consumer group's offsets
+                # and the commit, each up to bound + grace (a broker restart can take most of both).
+                whole = (len(consumers) + 1) * (bound + self.settings.call_grace_s)
                 self._pipeline = Pipeline(
                     self.step, txn, committer.submit, self._release, self._start_early, self._gap, time.perf_counter,
-                    partial(self.watchdog.calling, "commit", bound),
+                    partial(self.watchdog.calling, "the pipelined transaction", whole),
                 )  # fmt: skip
             else:
                 txn = KafkaTransaction(producer, consumers, self.watchdog, bound, caller)
