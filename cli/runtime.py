@@ -114,8 +114,8 @@ def _processor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pipeline-commits",
         action=argparse.BooleanOptionalAction,
-        default=os.environ.get("KEYSTATE_PIPELINE_COMMITS", "1") != "0",
-        help="apply the next batch while a transaction commits (default on; $KEYSTATE_PIPELINE_COMMITS=0: off)",
+        default=os.environ.get("KEYSTATE_PIPELINE_COMMITS", "0") == "1",
+        help="apply the next batch while a transaction commits (default off; $KEYSTATE_PIPELINE_COMMITS=1: on)",
     )
     parser.add_argument(
         "--ingress-results",

@@ -71,8 +71,9 @@ class ProcessorSettings:
     # its own transaction: one transaction per invocation instead of two. 0: no waiting, no folding.
     fold_window_ms: float = 5.0
     # Apply the next batch (and start its attempts) while a transaction commits, its transaction
-    # begun once that one ended (pipelined group commit, processors/runner.py Pipeline).
-    pipeline_commits: bool = True
+    # begun once that one ended (pipelined group commit, processors/runner.py Pipeline). Off by
+    # default until a processor that stalled in one fault test (bench/README.md) is explained.
+    pipeline_commits: bool = False
     transaction_timeout_ms: int = 10_000
     # How soon the group notices a dead processor and moves its partitions to the others.
     session_timeout_ms: int = 10_000

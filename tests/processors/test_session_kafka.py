@@ -124,9 +124,10 @@ async def test_bad_reply_topics_are_dead_lettered_and_good_requests_still_run(ka
     assert len(commands) == 1
 
 
-async def test_a_fenced_producer_is_replaced_and_processing_goes_on(kafka: KafkaSettings) -> None:
+@pytest.mark.parametrize("pipelined", [False, True], ids=["sequential", "pipelined"])
+async def test_a_fenced_producer_is_replaced_and_processing_goes_on(kafka: KafkaSettings, pipelined: bool) -> None:
     stop = asyncio.Event()
-    worker = Worker(_settings(kafka, fenced_window_s=0.0))
+    worker = Worker(_settings(kafka, fenced_window_s=0.0, pipeline_commits=pipelined))
     task = asyncio.create_task(worker.run(stop))
     try:
         _request(kafka)
@@ -160,7 +161,8 @@ async def test_two_processes_with_one_instance_id_end_with_a_clear_error(kafka: 
     assert "--instance-id same" in str(errors[0]) and "its own" in str(errors[0])
 
 
-async def test_a_reply_kafka_refuses_is_skipped_and_the_partition_carries_on(kafka: KafkaSettings) -> None:
+@pytest.mark.parametrize("pipelined", [False, True], ids=["sequential", "pipelined"])
+async def test_a_reply_kafka_refuses_is_skipped_and_the_partition_carries_on(kafka: KafkaSettings, pipelined: bool) -> None:
     # As if the reply topic was deleted after the request was accepted: the real producer refuses it.
     query = {
         "invocation_id": None,
@@ -176,7 +178,7 @@ async def test_a_reply_kafka_refuses_is_skipped_and_the_partition_carries_on(kaf
     producer.flush(10)
     _request(kafka)
     stop = asyncio.Event()
-    worker = Worker(_settings(kafka))
+    worker = Worker(_settings(kafka, pipeline_commits=pipelined))
     task = asyncio.create_task(worker.run(stop))
     try:
         commands = await asyncio.to_thread(_read, kafka, kafka.topics.log, PARTITIONS, 1, 90.0, "keystate.InvokeCommand")
