@@ -93,11 +93,11 @@ def run_batch(
     attempts, which the run then also writes and applies (the run is redone with them; if that run is
     rejected, they are given back and the run redone without), and hears whether that run committed
     (True, before `release`) or not (False), exactly once.
-    `quarantine` and `fold` carry what an earlier transaction of these records already blamed.
+    `quarantine` and `fold` (off once Kafka refused a folded entry) carry what an earlier transaction of
+    these records already blamed.
     Raises `BatchFailed` when a failure cannot be blamed on one record (the session then rejoins).
     """
     quarantine = {} if quarantine is None else quarantine
-    # `fold` goes off once Kafka refused a folded entry.
     # Each re-run adds or escalates one verdict (SkipPublish -> Reject -> Drop), so this bounds it.
     for _ in range(4 * (len(records) + len(step.pending)) + 4):
         result = step.run(records, now_ms, quarantine)
@@ -350,11 +350,11 @@ class Pipeline:
             self.unwritten.extend(flight.records)
             raise
         if failures:
-            self._txn.abort()
             if flight.handle is not None:
                 flight.handle.settle(False)
             step.discard_held()
             try:
+                self._txn.abort()
                 quarantine: Quarantine = {}
                 fold = _blame(flight.result, failures, quarantine)
             except BaseException:

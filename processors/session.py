@@ -186,7 +186,7 @@ class Session:
             if self.settings.pipeline_commits:
                 # The commit runs on its own thread while the loop applies the next batch: it must not
                 # overwrite the loop's current call in the watchdog. Its calls are bounded by `caller`
-                # anyway, and the loop waits for it inside `calling` (see `_pipelined`).
+                # anyway, and the loop waits for it inside `calling` (the Pipeline's `waiting`).
                 txn = KafkaTransaction(producer, consumers, _unwatched(self.settings), bound, caller)
                 committer = ThreadPoolExecutor(1, thread_name_prefix=f"{self._name}-commit")
                 # The loop waits for the whole transaction: one bounded call per consumer group's offsets
