@@ -93,6 +93,7 @@ def test_the_next_batch_reads_the_committing_batch_s_rows_and_the_store_takes_ea
     p = InvocationId.parse(xid).partition(PARTITIONS)
     store = d.step.partitions[p].store
     gate: Future[None] = Future()
+    seen: list[tuple[int, Any, Any]] = []
 
     def held_submit(fn: Callable[[], Any]) -> Future[Any]:
         def after_gate() -> Any:
@@ -101,16 +102,21 @@ def test_the_next_batch_reads_the_committing_batch_s_rows_and_the_store_takes_ea
 
         return committer.submit(after_gate)
 
-    pipeline = Pipeline(d.step, d.txn, held_submit)
+    def early(result: StepResult) -> None:
+        # Called once a run is applied, before its batch waits for the one committing.
+        status = d.tables(p).status.get((xid,))
+        seen.append((d.txn.begun, status and status["status"], store.checkpoint()))
+        if len(seen) == 2:
+            gate.set_result(None)  # only now may N's transaction begin
+
+    pipeline = Pipeline(d.step, d.txn, held_submit, early=early)
     pipeline.run([d.command(*c) for c in script[0]], d.now_ms)
-    # N's transaction has not even begun; N+1 is applied over N's rows (Y queues behind X) ...
-    checkpoint = store.checkpoint()
-    records = [d.command(*c) for c in script[1]]
-    gate.set_result(None)
-    pipeline.run(records, d.now_ms)
-    assert store.checkpoint() != checkpoint  # N's rows reached the store when N committed ...
-    status = d.tables(p).status.get((xid,))
-    assert status is not None and status["status"] == "COMPLETED"  # ... and N+1's ended X over them
+    pipeline.run([d.command(*c) for c in script[1]], d.now_ms)
+
+    # N+1 ended X over N's rows before N's transaction had even begun, and before the store had them.
+    (_, _, before), (begun, status, checkpoint) = seen
+    assert begun == 0 and status == "COMPLETED" and checkpoint == before
+    assert store.checkpoint() != before  # N's rows reached the store when N committed
     pipeline.drain()
     rows = store.tables
     assert rows.status.get((xid,))["status"] == "COMPLETED" and not rows.status.below and not rows.status.overlay
