@@ -21,7 +21,7 @@ from keystate.schemas._codec import codec
 from keystate.schemas.ids import InvocationId, positive_hash
 
 from sdk_helpers import NS, completion, entries_of, entry, input_entry, kinds, start, target, value
-from tests.e2e.harness import free_port
+from tests.e2e.harness import free_port, wait_http
 
 REUSE = {"x-keystate-reuse": "1"}
 
@@ -175,14 +175,8 @@ async def test_a_deployment_with_an_idle_warm_socket_stops_at_once_on_sigterm() 
         sys.executable, str(serve), str(port), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
     try:
+        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/discover", 10.0)
         async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/discover") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
             ws = await session.ws_connect(f"http://127.0.0.1:{port}/invoke/Greeter/greet", headers=REUSE)
             processor = Processor(ws)
             await processor.send(start(target("Greeter", "greet")), input_entry(b'"a"'))
